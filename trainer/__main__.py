@@ -1,0 +1,135 @@
+"""``python -m trainer run JOB.yaml --run-uri URI`` and ``python -m trainer restart-loop ...``.
+
+Exit codes are the contract with the runner (``trainer.contract``): 0 done, 75 interrupted after an
+emergency checkpoint, 2 invalid job file, 3 storage misconfigured, 4 diverged, 1 anything else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from trainer import contract
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description="Train a job; resume from its run URI by itself.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "train once: resume from the newest good checkpoint under the run URI, or start fresh"),
+        ("restart-loop", "run, and rerun after a crash with backoff, a bounded number of times (container entrypoint)"),
+    ):
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("job", help="job file (YAML) with a train: section")
+        s.add_argument("--run-uri", required=True, help="where the run lives: a local path, file://PATH or s3://BUCKET/PREFIX")
+        s.add_argument("--cache-dir", default=None, help="local working copy for remote runs (default: $XDG_CACHE_HOME or the temp dir)")
+        if name == "restart-loop":
+            s.add_argument("--max-restarts", type=int, default=5, help="crashes to recover from before giving up (default 5)")
+            s.add_argument("--backoff", type=float, default=5.0, help="seconds before the first restart; doubles each time")
+            s.add_argument("--nproc", type=int, default=1, help="processes per machine; more than 1 starts torchrun")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "restart-loop":
+        from trainer.restart import restart_loop
+
+        return restart_loop(args.job, args.run_uri, args.cache_dir, args.max_restarts, args.backoff, args.nproc)
+    return run(args.job, args.run_uri, args.cache_dir)
+
+
+def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
+    from trainer.config import load_train_config
+    from trainer.jobfile import JobFileError
+    from trainer.signals import StopRequest
+    from trainer.storage import StorageError, open_storage
+
+    # Signals first: a SIGTERM during the (slow) start must still end in a clean exit.
+    stop = StopRequest()
+    stop.install()
+    _console_logging()
+    log = logging.getLogger("trainer")
+    try:
+        cfg, _ = load_train_config(job)
+    except JobFileError as e:
+        print(str(e), file=sys.stderr)
+        return contract.EXIT_BAD_CONFIG
+    try:
+        storage = open_storage(run_uri, cache_dir)
+        storage.check()
+    except StorageError as e:
+        log.error("storage: %s", e)
+        return contract.EXIT_STORAGE
+
+    raw = storage.get_bytes(contract.STATUS)
+    if raw is not None:
+        try:
+            previous = contract.Status.from_json(raw)
+        except ValueError:
+            previous = None
+        if previous and previous.state == contract.DONE:
+            log.info("%s is already done (step %d): nothing to do", run_uri, previous.step)
+            return contract.EXIT_DONE
+
+    _file_logging(storage)
+    log.info("trainer starting: job %s, run %s, pid %d", job, storage.uri, os.getpid())
+    if stop.requested:
+        return contract.EXIT_INTERRUPTED
+
+    from trainer.loop import Diverged, train
+    from trainer.reporter import Reporter
+
+    try:
+        return train(cfg, job, storage, stop).exit_code
+    except Diverged as e:
+        log.error("%s", e)
+        _record_failure(storage, Reporter, str(e), contract.EXIT_DIVERGED)
+        return contract.EXIT_DIVERGED
+    except StorageError as e:
+        log.error("storage: %s", e)
+        _record_failure(storage, Reporter, str(e), contract.EXIT_STORAGE)
+        return contract.EXIT_STORAGE
+    except Exception as e:
+        log.exception("training failed: %s", e)
+        _record_failure(storage, Reporter, f"{type(e).__name__}: {e}", contract.EXIT_FAILED)
+        return contract.EXIT_FAILED
+    finally:
+        storage.close()
+
+
+def _record_failure(storage, reporter_cls, error: str, code: int) -> None:
+    try:
+        raw = storage.get_bytes(contract.STATUS)
+        status = contract.Status.from_json(raw) if raw else contract.Status(contract.FAILED)
+        reporter_cls(storage, 1, 1, status).finish(contract.FAILED, error=error[:2000], exit_code=code)
+    except Exception as e:
+        logging.getLogger("trainer").warning("could not record the failure in status.json: %s", e)
+
+
+_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def _console_logging() -> None:
+    root = logging.getLogger("trainer")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
+def _file_logging(storage) -> None:
+    path = storage.work_dir / contract.TRAINER_LOG
+    if not storage.is_local and not path.exists():
+        storage.get_file(contract.TRAINER_LOG, path)  # a new machine continues the run's log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    logging.getLogger("trainer").addHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

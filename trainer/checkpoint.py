@@ -1,0 +1,271 @@
+"""The checkpoint manager: one object owns checkpoint policy behind ``load`` / ``save`` / ``flush``.
+
+What a checkpoint holds is decided by the loop (model, optimizer, scaler, EMA, sampler, RNGs, ...);
+this module decides when to write, how to write safely and what to keep:
+
+* ``save`` copies the state to CPU memory (the only stall the loop pays) and hands it to one
+  background writer. If a newer checkpoint is ready before the previous one was written, the newer
+  one wins and the older one is never written.
+* Each file is written to a temporary name, fsynced and renamed (or uploaded in one atomic PUT), and
+  only then is its checksum sidecar written. Before a file is replaced, its old sidecar is removed,
+  so a sidecar always belongs to the bytes beside it: a reader that finds a file without a sidecar,
+  or one whose bytes do not match, skips it and falls back to the previous good checkpoint.
+* ``load`` takes the newest checkpoint that verifies, with ``torch.load(weights_only=True)``: a
+  checkpoint from a shared bucket cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import contract
+from trainer.config import Checkpoint as CheckpointPolicy
+from trainer.storage import Storage, remove_stale_temp_files
+
+log = logging.getLogger("trainer")
+
+
+def to_cpu_copy(obj: Any) -> Any:
+    """A deep copy of ``obj`` with every tensor cloned to CPU: safe to serialise while training goes on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_cpu_copy(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_cpu_copy(v) for v in obj)
+    return obj
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through, so the checksum costs no second read."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _checksum_record(sha256: str, size: int, step: int, source: str) -> bytes:
+    return json.dumps({"sha256": sha256, "size": size, "step": step, "source": source}).encode()
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size
+
+
+@dataclass
+class _Job:
+    step: int
+    state: dict[str, Any]
+    best: bool
+
+
+class CheckpointManager:
+    def __init__(self, storage: Storage, policy: CheckpointPolicy):
+        self.storage, self.policy = storage, policy
+        self.staging = storage.work_dir / contract.CHECKPOINT_DIR
+        self.staging.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temp_files(self.staging)
+        if removed:
+            log.info("removed %d partial checkpoint file(s) left by a killed process", removed)
+        self._last_save_time = time.monotonic()
+        self._cond = threading.Condition()
+        self._pending_latest: _Job | None = None
+        self._pending_best: _Job | None = None
+        self._busy = False
+        self._closed = False
+        self.last_written_step: int | None = None
+        self.last_error: BaseException | None = None
+        self.superseded = 0  # snapshots that a newer one replaced before they were written
+        self.last_stall_s = 0.0
+        self.last_write_s = 0.0
+        self._thread = threading.Thread(target=self._writer, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    # --- policy ---------------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        p = self.policy
+        if p.every_steps and step % p.every_steps == 0:
+            return True
+        return bool(p.every_minutes) and time.monotonic() - self._last_save_time >= p.every_minutes * 60
+
+    # --- saving ---------------------------------------------------------------------------------
+    def save(self, step: int, state: dict[str, Any], *, best: bool = False) -> float:
+        """Queue a checkpoint of ``state`` at ``step``; returns the seconds the caller was stalled."""
+        t0 = time.perf_counter()
+        job = _Job(step, to_cpu_copy(state), best)
+        with self._cond:
+            if self._pending_latest is not None:
+                self.superseded += 1
+            self._pending_latest = job
+            if best:
+                self._pending_best = job
+            self._cond.notify_all()
+        self._last_save_time = time.monotonic()
+        self.last_stall_s = time.perf_counter() - t0
+        return self.last_stall_s
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued is written. False on timeout or if the last write failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending_latest or self._pending_best or self._busy:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return self.last_error is None
+
+    def close(self, timeout: float | None = None) -> bool:
+        ok = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+        return ok
+
+    def _writer(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._pending_latest or self._pending_best or self._closed):
+                    self._cond.wait()
+                if self._closed and not (self._pending_latest or self._pending_best):
+                    return
+                latest, best = self._pending_latest, self._pending_best
+                self._pending_latest = self._pending_best = None
+                self._busy = True
+            try:
+                t0 = time.perf_counter()
+                if latest is not None:
+                    self._write(latest, also_best=best is latest)
+                if best is not None and best is not latest:
+                    self._write(best, also_best=True, history=False)
+                self.last_write_s = time.perf_counter() - t0
+                self.last_error = None
+            except Exception as e:  # keep training; the error surfaces at flush and in the log
+                self.last_error = e
+                log.error("checkpoint write failed: %s", e)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _write(self, job: _Job, *, also_best: bool, history: bool = True) -> None:
+        name = f"step-{job.step:09d}.pt" if history else "best.pt"
+        staged = self.staging / f".{name}.{os.getpid()}.tmp"
+        with open(staged, "wb") as raw:
+            out = _HashingWriter(raw)
+            torch.save(job.state, out)
+            raw.flush()
+            os.fsync(raw.fileno())
+        digest, size = out.sha.hexdigest(), out.size
+        if history:
+            key = contract.step_checkpoint(job.step)
+            self._publish_file(staged, key, digest, size, job.step)
+            self._publish_copy(key, contract.LATEST, digest, size, job.step)
+            if also_best:
+                self._publish_copy(key, contract.BEST, digest, size, job.step)
+            self._apply_retention()
+            self.last_written_step = job.step
+        else:
+            self._publish_file(staged, contract.BEST, digest, size, job.step)
+
+    def _publish_file(self, staged: Path, key: str, digest: str, size: int, step: int) -> None:
+        sidecar = key + contract.CHECKSUM_SUFFIX
+        self.storage.delete(sidecar)
+        self.storage.put_file(staged, key, sha256=digest, move=True)
+        self.storage.put_bytes(sidecar, _checksum_record(digest, size, step, key))
+
+    def _publish_copy(self, src: str, key: str, digest: str, size: int, step: int) -> None:
+        sidecar = key + contract.CHECKSUM_SUFFIX
+        self.storage.delete(sidecar)
+        self.storage.copy(src, key)
+        self.storage.put_bytes(sidecar, _checksum_record(digest, size, step, src))
+
+    def _apply_retention(self) -> None:
+        steps = sorted(
+            (s, k) for k in self.storage.list(contract.CHECKPOINT_DIR + "/")
+            if (s := contract.parse_step_checkpoint(k)) is not None
+        )
+        for _, key in steps[: -self.policy.keep_last]:
+            # The sidecar goes first: readers skip a file with no checksum, so this never looks torn.
+            self.storage.delete(key + contract.CHECKSUM_SUFFIX)
+            self.storage.delete(key)
+
+    # --- loading --------------------------------------------------------------------------------
+    def load(self) -> tuple[dict[str, Any], str] | None:
+        """The newest checkpoint under the run URI that verifies, and its key; None for a fresh run."""
+        keys = set(self.storage.list(contract.CHECKPOINT_DIR + "/"))
+        candidates = [k for k in keys if k == contract.LATEST or contract.parse_step_checkpoint(k) is not None]
+        records: list[tuple[int, int, str, dict]] = []
+        for key in candidates:
+            raw = self.storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
+            if raw is None:
+                log.warning("skipping %s: it has no checksum (a write that did not finish)", key)
+                continue
+            try:
+                record = json.loads(raw)
+                records.append((int(record["step"]), key == contract.LATEST, key, record))
+            except (ValueError, KeyError, TypeError):
+                log.warning("skipping %s: its checksum file is unreadable", key)
+        for step, _, key, record in sorted(records, reverse=True):
+            payload = self._load_verified(key, record)
+            if payload is not None:
+                if int(payload.get("step", -1)) != step:
+                    log.warning("skipping %s: it holds step %s, its checksum says %d", key, payload.get("step"), step)
+                    continue
+                log.info("resuming from %s (step %d, sha256 %s… verified)", key, step, record["sha256"][:12])
+                return payload, key
+        if records:
+            log.error("no checkpoint under %s verified; starting from scratch", self.storage.uri)
+        return None
+
+    def _load_verified(self, key: str, record: dict) -> dict[str, Any] | None:
+        path = self.storage.local_path(key)
+        downloaded = None
+        if path is None:
+            downloaded = path = self.staging / f".{Path(key).name}.{os.getpid()}.download.tmp"
+            if not self.storage.get_file(key, path):
+                log.warning("skipping %s: it vanished while resuming", key)
+                return None
+        try:
+            digest, size = sha256_file(path)
+            if digest != record["sha256"] or size != record["size"]:
+                log.warning(
+                    "skipping %s: its bytes do not match its checksum (torn or corrupt: %d bytes, expected %d); "
+                    "falling back to the previous checkpoint", key, size, record["size"],
+                )
+                return None
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            log.warning("skipping %s: it vanished while resuming", key)
+            return None
+        except Exception as e:  # a checkpoint that passes the checksum but not the loader
+            log.warning("skipping %s: it cannot be loaded (%s); falling back", key, e)
+            return None
+        finally:
+            if downloaded is not None:
+                downloaded.unlink(missing_ok=True)

@@ -1,0 +1,231 @@
+"""The ``train:`` section of a job file: a torch-free schema, so the runner validates a job
+without importing torch, and the trainer validates it again at start.
+
+Defaults follow the training guides this project grew from (see SEEDS.md in the design notes):
+AdamW with weight decay, warmup then cosine, clip 1.0, loss computed in float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+
+from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, register_tags, validation_problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- model recipes --------------------------------------------------------------------------------
+class TinyGPT(_Section):
+    """A small GPT built from a config (nanoGPT's shape): the quickstart model."""
+
+    recipe: Literal["tiny_gpt"]
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(256, ge=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    bias: bool = True
+    #: Vocabulary size; default: taken from the tokenizer (256 for ``bytes``).
+    vocab_size: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyGPT:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+class LoRA(_Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["c_attn", "c_proj"], min_length=1)
+
+
+class CausalLMLoRA(_Section):
+    """A Hugging Face causal LM (hub id or local path) wrapped with peft LoRA."""
+
+    recipe: Literal["causal_lm_lora"]
+    name_or_path: str = Field(min_length=1)
+    lora: LoRA = Field(default_factory=LoRA)
+    gradient_checkpointing: bool = False
+    #: Passed to ``from_pretrained``; pin it for reproducible runs.
+    revision: str | None = None
+
+
+class CustomRecipe(_Section):
+    """``recipe: "package.module:function"``: the user's own model, data and loss.
+
+    The function is called as ``function(train_config, options)`` and returns a
+    ``trainer.recipes.Recipe``."""
+
+    recipe: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _recipe_tag(value: Any) -> str | None:
+    recipe = value.get("recipe") if isinstance(value, dict) else getattr(value, "recipe", None)
+    if recipe in ("tiny_gpt", "causal_lm_lora"):
+        return recipe
+    if isinstance(recipe, str) and ":" in recipe:
+        return "custom"
+    return None
+
+
+ModelConfig = Annotated[
+    Annotated[TinyGPT, Tag("tiny_gpt")] | Annotated[CausalLMLoRA, Tag("causal_lm_lora")] | Annotated[CustomRecipe, Tag("custom")],
+    Discriminator(
+        _recipe_tag,
+        custom_error_type="recipe",
+        custom_error_message="model.recipe must be 'tiny_gpt', 'causal_lm_lora' or 'package.module:function'",
+    ),
+]
+register_tags("tiny_gpt", "causal_lm_lora", "custom")
+
+
+# --- data -----------------------------------------------------------------------------------------
+class Data(_Section):
+    """Where the examples come from. Relative paths are relative to the job file."""
+
+    #: ``tokens``: uint16 token shards (``.bin`` as nanoGPT writes them, or ``.npy``);
+    #: ``text``: plain text, tokenized and cut into windows; ``jsonl``: one example per line.
+    format: Literal["tokens", "text", "jsonl"]
+    train: str | list[str] = Field(min_length=1)
+    val: str | list[str] | None = None
+    #: With no ``val``, hold out this fraction of the training data (the tail, so it never leaks).
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    #: Tokens per example: the window for ``tokens``/``text``, the cut-off for ``jsonl``.
+    block_size: int = Field(256, ge=2)
+    #: ``bytes`` (256 symbols, no files needed) or a Hugging Face tokenizer id or local path.
+    #: Default: ``bytes`` for tiny_gpt, the model's own tokenizer for causal_lm_lora.
+    tokenizer: str | None = None
+    text_field: str = "text"
+    vocab_size: int | None = Field(None, ge=2, description="for tokens: the tokenizer's vocabulary size")
+
+
+# --- optimisation ---------------------------------------------------------------------------------
+class Optimizer(_Section):
+    #: ``adamw8bit`` uses bitsandbytes on CUDA; without CUDA the trainer says so and uses AdamW.
+    name: Literal["adamw", "adamw8bit"] = "adamw"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _betas(self) -> Optimizer:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must each be in [0, 1), got {list(self.betas)}")
+        return self
+
+
+class Schedule(_Section):
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+
+    warmup_steps: int = Field(100, ge=0)
+    decay: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+
+
+class EMA(_Section):
+    decay: float = Field(0.999, gt=0, lt=1)
+
+
+class Eval(_Section):
+    every_steps: int = Field(100, ge=1)
+    #: Batches of the validation set per evaluation (the same batches every time).
+    batches: int = Field(20, ge=1)
+    #: Stop after this many evaluations without improving val loss by ``min_delta``. Off when unset.
+    early_stop_patience: int | None = Field(None, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class Checkpoint(_Section):
+    """A checkpoint is written every ``every_steps`` steps or every ``every_minutes``, whichever first."""
+
+    every_steps: int | None = Field(1000, ge=1)
+    every_minutes: float | None = Field(10.0, gt=0)
+    keep_last: int = Field(3, ge=1)
+
+
+class Guard(_Section):
+    #: Skip a step whose loss or gradients are not finite; stop the run after this many in a row.
+    max_nonfinite_in_a_row: int = Field(5, ge=1)
+    #: Log a warning when the gradient norm (before clipping) exceeds this.
+    warn_grad_norm: float = Field(100.0, gt=0)
+
+
+class Logging(_Section):
+    every_steps: int = Field(10, ge=1)
+    #: status.json is rewritten this often while training (the runner's liveness signal).
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    #: TensorBoard events and the trainer log are copied to the run URI this often.
+    sync_seconds: float = Field(30.0, gt=0)
+    progress_bar: bool = True
+
+
+class TrainConfig(_Section):
+    """Everything under ``train:``."""
+
+    seed: int = 1337
+    model: ModelConfig
+    data: Data | None = None
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    #: Length of the run in optimizer steps; or give ``epochs`` and it follows from the data.
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    schedule: Schedule = Field(default_factory=Schedule)
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    ema: EMA | None = None
+    eval: Eval = Field(default_factory=Eval)
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    guard: Guard = Field(default_factory=Guard)
+    logging: Logging = Field(default_factory=Logging)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: CPU threads for torch; fixed by default so a run is reproducible on the same machine.
+    threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _length_and_data(self) -> TrainConfig:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of max_steps or epochs")
+        if not isinstance(self.model, CustomRecipe) and self.data is None:
+            raise ValueError(f"recipe {self.model.recipe!r} needs a `data:` section")
+        if self.data and self.data.format == "tokens" and isinstance(self.model, TinyGPT):
+            if self.model.vocab_size is None and self.data.vocab_size is None:
+                raise ValueError("token shards need the vocabulary size: set data.vocab_size or model.vocab_size")
+        if self.checkpoint.every_steps is None and self.checkpoint.every_minutes is None:
+            raise ValueError("checkpoint needs every_steps, every_minutes or both")
+        return self
+
+
+def parse_train(raw: Any, doc: LocatedYaml, prefix: tuple[str, ...] = ("train",)) -> TrainConfig:
+    """Validate a ``train:`` mapping, raising :class:`JobFileError` with file and line on failure."""
+    if not isinstance(raw, dict):
+        raise JobFileError(doc.path, [f"{doc.where(prefix)}: {'.'.join(prefix)}: expected a mapping of training settings"])
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise JobFileError(doc.path, validation_problems(e, doc, prefix, TrainConfig)) from None
+
+
+def load_train_config(path: str | Path) -> tuple[TrainConfig, LocatedYaml]:
+    """Read a job file and validate its ``train:`` section; the rest of the file belongs to the runner."""
+    doc = load_yaml(path)
+    if "train" not in doc.data:
+        raise JobFileError(path, [f"{path}: the job file has no `train:` section"])
+    return parse_train(doc.data["train"], doc), doc
+
+
+def resolve_path(job_path: str | Path, value: str) -> str:
+    """A data path from the job file: absolute, ``s3://``, or relative to the job file's folder."""
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str((Path(job_path).resolve().parent / value))

@@ -1,0 +1,111 @@
+"""The runner–trainer contract, in one place.
+
+The runner never imports torch and the trainer never schedules machines; they meet only through
+the job file, the run URI layout below, ``status.json`` and the exit codes. This module is
+torch-free so the runner can import it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# --- exit codes -----------------------------------------------------------------------------------
+EXIT_DONE = 0
+#: Any failure not covered below (a crash, an exception in user code). Retried a bounded number of times.
+EXIT_FAILED = 1
+#: The job file is invalid. Retrying cannot help.
+EXIT_BAD_CONFIG = 2
+#: Storage is misconfigured: wrong bucket, wrong credentials, unreachable endpoint. Retrying cannot help.
+EXIT_STORAGE = 3
+#: Training diverged: too many non-finite steps in a row. Retrying from the same checkpoint repeats it.
+EXIT_DIVERGED = 4
+#: Stopped by SIGTERM/SIGINT after a clean emergency checkpoint (EX_TEMPFAIL): relaunch to continue.
+EXIT_INTERRUPTED = 75
+
+#: Exit codes after which relaunching the same command cannot succeed.
+EXIT_PERMANENT = frozenset({EXIT_BAD_CONFIG, EXIT_STORAGE, EXIT_DIVERGED})
+
+EXIT_MEANING = {
+    EXIT_DONE: "done",
+    EXIT_FAILED: "failed",
+    EXIT_BAD_CONFIG: "invalid job file",
+    EXIT_STORAGE: "storage misconfigured",
+    EXIT_DIVERGED: "training diverged",
+    EXIT_INTERRUPTED: "interrupted (emergency checkpoint written)",
+}
+
+# --- run layout, relative to the run URI -----------------------------------------------------------
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "checkpoints/latest.pt"
+BEST = "checkpoints/best.pt"
+FINAL_DIR = "final"
+STATUS = "status.json"
+TENSORBOARD_DIR = "tensorboard"
+LOGS_DIR = "logs"
+TRAINER_LOG = "logs/trainer.log"
+#: Sidecar written after each checkpoint: ``{"sha256": ..., "size": ..., "step": ...}``.
+CHECKSUM_SUFFIX = ".sha256"
+
+_STEP_RE = re.compile(r"^checkpoints/step-(\d+)\.pt$")
+
+
+def step_checkpoint(step: int) -> str:
+    """Key of the history checkpoint for ``step`` (zero-padded so keys sort by step)."""
+    return f"checkpoints/step-{step:09d}.pt"
+
+
+def parse_step_checkpoint(key: str) -> int | None:
+    m = _STEP_RE.match(key)
+    return int(m.group(1)) if m else None
+
+
+# --- status.json ----------------------------------------------------------------------------------
+RUNNING, DONE, FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
+STATES = (RUNNING, DONE, FAILED, INTERRUPTED)
+
+
+@dataclass
+class Status:
+    """What ``status.json`` holds. ``done`` is written only after ``final/`` is complete."""
+
+    state: str
+    step: int = 0
+    max_steps: int = 0
+    heartbeat: float = field(default_factory=time.time)  # unix seconds of the last write
+    started: float = 0.0
+    attempt: str = ""  # the runner's attempt id, from RUNNER_ATTEMPT_ID when set
+    host: str = ""
+    loss: float | None = None
+    val_loss: float | None = None
+    tokens_per_s: float | None = None
+    last_checkpoint_step: int | None = None
+    error: str | None = None
+    exit_code: int | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Status:
+        raw: dict[str, Any] = json.loads(data)
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)
+
+
+# --- environment ----------------------------------------------------------------------------------
+#: Set by the runner so status.json and logs can be tied to an attempt.
+ENV_ATTEMPT_ID = "RUNNER_ATTEMPT_ID"
+#: Standard AWS variables the S3 storage reads; never put them in a job file or an image.
+AWS_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)

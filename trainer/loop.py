@@ -1,0 +1,424 @@
+"""The training loop. Read it top to bottom: set up, resume if there is anything to resume from,
+step until done, write the final weights. Everything that shapes the numbers is either derived
+from the step counter (learning rate) or restored from the checkpoint (weights, optimizer, scaler,
+EMA, sampler position, RNGs), so a run killed at any instant continues bit for bit."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer import contract
+from trainer.checkpoint import CheckpointManager
+from trainer.config import TrainConfig
+from trainer.data import EpochSampler
+from trainer.recipes import Recipe, build_recipe
+from trainer.reporter import Reporter
+from trainer.signals import StopRequest
+from trainer.storage import Storage
+
+log = logging.getLogger("trainer")
+
+CHECKPOINT_FORMAT = 1
+
+
+class Diverged(RuntimeError):
+    """Too many steps in a row with a non-finite loss or gradient."""
+
+
+@dataclass
+class Progress:
+    """Counters that decide what happens next; saved in every checkpoint."""
+
+    best_val: float = math.inf
+    evals_since_best: int = 0
+    nonfinite_in_a_row: int = 0
+    tokens_seen: int = 0
+    early_stopped: bool = False
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    step: int
+    emergency_save_s: float | None = None
+
+
+# --- small pieces the loop uses -------------------------------------------------------------------
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for, but no CUDA device is visible")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def lr_at(step: int, cfg: TrainConfig, max_steps: int) -> float:
+    """Linear warmup, then cosine to ``min_lr_ratio * lr``. A pure function of the step, so there is
+    no scheduler state that a resume could get wrong."""
+    base, sched = cfg.optimizer.lr, cfg.schedule
+    if step < sched.warmup_steps:
+        return base * (step + 1) / sched.warmup_steps
+    if sched.decay == "constant":
+        return base
+    span = max(1, max_steps - sched.warmup_steps)
+    progress = min(1.0, (step - sched.warmup_steps) / span)
+    floor = base * sched.min_lr_ratio
+    return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (base - floor)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Weight decay on matrices only, not on biases and norms (as in GPT-2 and nanoGPT).
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optimizer.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    opt = cfg.optimizer
+    if opt.name == "adamw8bit":
+        if device.type == "cuda":
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+        log.warning("optimizer adamw8bit needs CUDA (bitsandbytes); this machine has none, using AdamW")
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+
+
+class EMA:
+    """Exponential moving average of the trainable weights, kept in float32."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().float().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        shadow = list(self.shadow.values())
+        live = [p.detach().float() for p in self.params.values()]
+        torch._foreach_lerp_(shadow, live, 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Swap the averaged weights into the model for the duration of the block."""
+        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self.shadow[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(backup[n])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for n, t in state.items():
+            self.shadow[n].copy_(t)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state minus frozen parameters: for a LoRA run, the adapter (and any buffers)."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# --- the loop --------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRequest) -> Outcome:
+    seed_everything(cfg.seed)
+    torch.set_num_threads(cfg.threads or min(torch.get_num_threads(), 8))
+    device = pick_device(cfg.device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+
+    recipe: Recipe = build_recipe(cfg, job_path)
+    model = recipe.model.to(device)
+    optimizer = make_optimizer(cfg, model, device)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    ema = EMA(model, cfg.ema.decay) if cfg.ema else None
+    sampler = EpochSampler(len(recipe.train_set), cfg.batch_size, cfg.seed)
+    max_steps = cfg.max_steps or math.ceil(cfg.epochs * sampler.batches_per_epoch / cfg.grad_accum)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    progress = Progress()
+    step = 0
+
+    checkpoints = CheckpointManager(storage, cfg.checkpoint)
+    resumed = checkpoints.load()
+    if resumed:
+        payload, key = resumed
+        model.load_state_dict(payload["model"], strict=False)
+        optimizer.load_state_dict(payload["optimizer"])
+        if scaler is not None and payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+        if ema is not None and payload.get("ema"):
+            ema.load_state_dict(payload["ema"])
+        sampler.load_state_dict(payload["sampler"])
+        progress = Progress(**payload["progress"])
+        set_rng_state(payload["rng"])
+        step = int(payload["step"])
+    else:
+        log.info("no checkpoint under %s: starting fresh", storage.uri)
+
+    def state() -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "max_steps": max_steps,
+            "model": trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None,
+            "ema": ema.state_dict() if ema else None,
+            "sampler": sampler.state_dict(),
+            "progress": asdict(progress),
+            "rng": rng_state(),
+        }
+
+    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only once training starts
+
+    tb = SummaryWriter(str(storage.work_dir / contract.TENSORBOARD_DIR), purge_step=step + 1 if step else None)
+    reporter = Reporter(
+        storage, cfg.logging.heartbeat_seconds, cfg.logging.sync_seconds,
+        contract.Status(contract.RUNNING, step=step, max_steps=max_steps, started=time.time(),
+                        last_checkpoint_step=step if resumed else None),
+    )
+    reporter.start()
+    n_params = sum(p.numel() for p in trainable)
+    log.info("training %s trainable parameters for %d steps (batch %d x accumulation %d, %s, %s) from step %d",
+             f"{n_params:,}", max_steps, cfg.batch_size, cfg.grad_accum, cfg.precision, device, step)
+
+    val_batches = _fixed_val_batches(recipe, cfg)
+    bar = _progress_bar(cfg, step, max_steps)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    model.train()
+    window_t0, window_tokens = time.perf_counter(), 0
+    outcome: Outcome | None = None
+    try:
+        while step < max_steps:
+            lr = lr_at(step, cfg, max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(cfg.grad_accum):
+                batch = recipe.collate([recipe.train_set[i] for i in sampler.next_batch()])
+                batch_tokens = _tokens(batch)
+                window_tokens += batch_tokens
+                progress.tokens_seen += batch_tokens
+                batch = _to(batch, device)
+                with autocast():
+                    out = recipe.forward(model, batch)
+                loss = out.loss / cfg.grad_accum
+                (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += out.loss.detach()
+            train_loss = (loss_sum / cfg.grad_accum).item()
+
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or math.inf).item()
+            # With fp16 the scaler skips steps with inf gradients itself (that is how it finds its scale).
+            finite = math.isfinite(train_loss) and (scaler is not None or math.isfinite(grad_norm))
+            if finite:
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                if ema:
+                    ema.update()
+                progress.nonfinite_in_a_row = 0
+            else:
+                progress.nonfinite_in_a_row += 1
+                log.warning("step %d skipped: loss %s, gradient norm %s (%d non-finite in a row)",
+                            step + 1, train_loss, grad_norm, progress.nonfinite_in_a_row)
+                if progress.nonfinite_in_a_row >= cfg.guard.max_nonfinite_in_a_row:
+                    raise Diverged(
+                        f"{progress.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
+                        f"(last: loss {train_loss}, gradient norm {grad_norm}); lower the learning rate, "
+                        f"use bf16 instead of fp16, or check the data"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if finite and grad_norm > cfg.guard.warn_grad_norm:
+                log.warning("step %d: gradient norm %.1f is above %.0f (clipped to %s)", step, grad_norm,
+                            cfg.guard.warn_grad_norm, cfg.grad_clip)
+
+            if step % cfg.logging.every_steps == 0 or step == max_steps:
+                elapsed = time.perf_counter() - window_t0
+                tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
+                window_t0, window_tokens = time.perf_counter(), 0
+                for name, value in (("train/loss", train_loss), ("train/lr", lr), ("train/grad_norm", grad_norm),
+                                    ("train/tokens_per_s", tokens_per_s)):
+                    tb.add_scalar(name, value, step)
+                reporter.update(step=step, loss=train_loss, tokens_per_s=round(tokens_per_s, 1))
+                bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                if not cfg.logging.progress_bar:
+                    log.info("step %d/%d loss %.4f lr %.2e grad norm %.3f %.0f tok/s", step, max_steps,
+                             train_loss, lr, grad_norm, tokens_per_s)
+            bar.update(1)
+
+            improved = False
+            if val_batches and (step % cfg.eval.every_steps == 0 or step == max_steps):
+                metrics = _evaluate(model, recipe, val_batches, device, autocast, ema)
+                for name, value in metrics.items():
+                    tb.add_scalar(f"val/{name}", value, step)
+                improved = metrics["loss"] < progress.best_val - cfg.eval.min_delta
+                if improved:
+                    progress.best_val, progress.evals_since_best = metrics["loss"], 0
+                else:
+                    progress.evals_since_best += 1
+                reporter.update(val_loss=metrics["loss"])
+                log.info("step %d: val loss %.4f, perplexity %.2f, token accuracy %.3f%s", step, metrics["loss"],
+                         metrics["perplexity"], metrics["token_accuracy"], " (best)" if improved else "")
+                patience = cfg.eval.early_stop_patience
+                if patience and progress.evals_since_best >= patience:
+                    progress.early_stopped = True
+                    log.info("early stop: val loss has not improved for %d evaluations", patience)
+
+            if improved or checkpoints.due(step) or stop.requested or progress.early_stopped:
+                stall = checkpoints.save(step, state(), best=improved)
+                tb.add_scalar("checkpoint/stall_seconds", stall, step)
+                reporter.update(last_checkpoint_step=step)
+            if stop.requested:
+                outcome = _emergency_exit(checkpoints, stop, step, reporter)
+                return outcome
+            if progress.early_stopped:
+                break
+
+        # The last state is a checkpoint too, so a crash while writing final/ loses nothing.
+        if checkpoints.last_written_step != step:
+            checkpoints.save(step, state())
+        if not checkpoints.flush():
+            raise RuntimeError(f"the last checkpoint could not be written: {checkpoints.last_error}")
+        _write_final(recipe, model, ema, storage)
+        reporter.finish(contract.DONE, step=step, exit_code=contract.EXIT_DONE)
+        log.info("done at step %d; final weights in %s/%s", step, storage.uri, contract.FINAL_DIR)
+        outcome = Outcome(contract.EXIT_DONE, step)
+        return outcome
+    finally:
+        bar.close()
+        tb.close()
+        if outcome is None:  # an exception is on its way out: leave what was queued written
+            checkpoints.close(timeout=60)
+        else:
+            checkpoints.close()
+
+
+def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int, reporter: Reporter) -> Outcome:
+    t0 = time.perf_counter()
+    ok = checkpoints.flush(timeout=120)
+    save_s = time.perf_counter() - t0
+    since_signal = time.monotonic() - (stop.received_at or time.monotonic())
+    if ok:
+        log.warning("emergency checkpoint at step %d written in %.2fs (%.2fs after %s); exiting with code %d",
+                    step, save_s, since_signal, stop.signal_name, contract.EXIT_INTERRUPTED)
+    else:
+        log.error("emergency checkpoint at step %d could not be written in time: %s", step, checkpoints.last_error)
+    reporter.finish(contract.INTERRUPTED, step=step, exit_code=contract.EXIT_INTERRUPTED)
+    return Outcome(contract.EXIT_INTERRUPTED if ok else contract.EXIT_FAILED, step, save_s)
+
+
+def _write_final(recipe: Recipe, model: nn.Module, ema: EMA | None, storage: Storage) -> None:
+    """Write ``final/`` completely before anything says done. With EMA on, the averaged weights."""
+    staging = storage.work_dir / ".final-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with ema.applied() if ema else contextlib.nullcontext():
+        recipe.save_final(model, staging)
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    for path in files:
+        storage.put_file(path, f"{contract.FINAL_DIR}/{path.relative_to(staging).as_posix()}", move=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fixed_val_batches(recipe: Recipe, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The same validation batches at every evaluation, evenly spread over the validation set."""
+    val = recipe.val_set
+    if not val or len(val) == 0:
+        return []
+    n = min(len(val), cfg.eval.batches * cfg.batch_size)
+    idx = np.linspace(0, len(val) - 1, n).round().astype(int).tolist()
+    return [recipe.collate([val[i] for i in idx[j : j + cfg.batch_size]]) for j in range(0, n, cfg.batch_size)]
+
+
+@torch.no_grad()
+def _evaluate(model, recipe: Recipe, batches, device, autocast, ema: EMA | None) -> dict[str, float]:
+    model.eval()
+    total_loss = total_tokens = correct = 0.0
+    with ema.applied() if ema else contextlib.nullcontext():
+        for batch in batches:
+            with autocast():
+                out = recipe.forward(model, _to(batch, device))
+            if out.logits is not None and out.targets is not None:
+                mask = out.targets != -100
+                count = mask.sum().item()
+                total_loss += out.loss.item() * count
+                total_tokens += count
+                correct += ((out.logits.argmax(-1) == out.targets) & mask).sum().item()
+            else:
+                total_loss += out.loss.item()
+                total_tokens += 1
+    model.train()
+    loss = total_loss / max(total_tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+            "token_accuracy": correct / total_tokens if total_tokens else float("nan")}
+
+
+def _tokens(batch: dict[str, Any]) -> int:
+    for key in ("attention_mask",):
+        if key in batch:
+            return int(batch[key].sum())
+    first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    return int(first.numel()) if first is not None else 0
+
+
+def _progress_bar(cfg: TrainConfig, step: int, max_steps: int):
+    from tqdm import tqdm
+
+    return tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not cfg.logging.progress_bar,
+                dynamic_ncols=True, mininterval=0.5)

@@ -1,0 +1,74 @@
+"""Model + data + loss builders. A recipe turns the ``train:`` section into a :class:`Recipe`;
+the loop knows nothing else about the model.
+
+Built in: ``tiny_gpt`` (the quickstart) and ``causal_lm_lora`` (a Hugging Face causal LM with a
+peft LoRA adapter). ``"package.module:function"`` names a user's own builder, called as
+``function(train_config, options)`` and returning a :class:`Recipe`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from trainer.config import CausalLMLoRA, CustomRecipe, TinyGPT, TrainConfig
+
+
+class LossOutput(NamedTuple):
+    """What a forward pass returns. ``logits``/``targets`` (aligned, -100 = ignore) feed the
+    perplexity and token-accuracy metrics; leave them None when they make no sense."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+
+
+@dataclass
+class Recipe:
+    model: nn.Module
+    train_set: Sequence[Any]
+    val_set: Sequence[Any] | None
+    #: Turns a list of dataset items into a batch (anything ``forward`` accepts; tensors are moved to the device).
+    collate: Callable[[list[Any]], dict[str, torch.Tensor]]
+    #: ``forward(model, batch) -> LossOutput``; the loss should be computed in float32.
+    forward: Callable[[nn.Module, dict[str, torch.Tensor]], LossOutput]
+    #: Writes the finished weights into a folder (``final/`` under the run URI).
+    save_final: Callable[[nn.Module, Path], None]
+
+
+def build_recipe(cfg: TrainConfig, job_path: str | Path) -> Recipe:
+    model_cfg = cfg.model
+    if isinstance(model_cfg, TinyGPT):
+        from trainer.recipes.tiny_gpt import build
+    elif isinstance(model_cfg, CausalLMLoRA):
+        from trainer.recipes.causal_lm_lora import build
+    else:
+        assert isinstance(model_cfg, CustomRecipe)
+        return _custom(model_cfg, cfg)
+    return build(cfg, job_path)
+
+
+def _custom(model_cfg: CustomRecipe, cfg: TrainConfig) -> Recipe:
+    module_name, func_name = model_cfg.recipe.split(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load recipe {model_cfg.recipe!r}: {e}") from e
+    recipe = func(cfg, dict(model_cfg.options))
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe {model_cfg.recipe!r} returned {type(recipe).__name__}, expected trainer.recipes.Recipe")
+    return recipe
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+    """Cross-entropy over aligned logits/targets, in float32 whatever the autocast dtype."""
+    loss = nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+    )
+    return LossOutput(loss, logits, targets)

@@ -1,0 +1,65 @@
+"""The in-container restart loop (what the hand workflow did with a bash ``while`` loop): rerun the
+trainer after a crash, with backoff, a bounded number of times; never after done, and never after
+an interruption or a failure that a rerun cannot fix. Signals are passed on to the trainer."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+
+from trainer import contract
+
+log = logging.getLogger("trainer.restart")
+
+
+def trainer_command(job: str, run_uri: str, cache_dir: str | None, nproc: int = 1) -> list[str]:
+    if nproc > 1:
+        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "trainer"]
+    else:
+        head = [sys.executable, "-m", "trainer"]
+    cmd = [*head, "run", job, "--run-uri", run_uri]
+    return cmd + (["--cache-dir", cache_dir] if cache_dir else [])
+
+
+def restart_loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: int, backoff: float, nproc: int = 1) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s restart-loop: %(message)s", datefmt="%H:%M:%S")
+    cmd = trainer_command(job, run_uri, cache_dir, nproc)
+    child: subprocess.Popen | None = None
+    stopping = False
+
+    def forward(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        if child and child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+
+    crashes = 0
+    while True:
+        child = subprocess.Popen(cmd)
+        code = child.wait()
+        if code == contract.EXIT_DONE:
+            return code
+        meaning = contract.EXIT_MEANING.get(code, f"crashed (exit {code})")
+        if stopping or code == contract.EXIT_INTERRUPTED:
+            log.info("trainer %s; not restarting (we are being stopped)", meaning)
+            return code
+        if code in contract.EXIT_PERMANENT:
+            log.error("trainer exited: %s; a restart cannot fix that", meaning)
+            return code
+        crashes += 1
+        if crashes > max_restarts:
+            log.error("trainer %s; giving up after %d restarts", meaning, max_restarts)
+            return code
+        delay = backoff * 2 ** (crashes - 1)
+        log.warning("trainer %s; restart %d of %d in %.0fs", meaning, crashes, max_restarts, delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not stopping:
+            time.sleep(min(0.2, deadline - time.monotonic()))
+        if stopping:
+            return contract.EXIT_INTERRUPTED

@@ -204,6 +204,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
         step = int(payload["step"])
     else:
         log.info("no checkpoint under %s: starting fresh", storage.uri)
+    stop.steps_done = step
 
     def state() -> dict[str, Any]:
         return {
@@ -284,6 +285,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                     )
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            stop.steps_done = step
             if finite and grad_norm > cfg.guard.warn_grad_norm:
                 log.warning("step %d: gradient norm %.1f is above %.0f (clipped to %s)", step, grad_norm,
                             cfg.guard.warn_grad_norm, cfg.grad_clip)
@@ -355,8 +357,9 @@ def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int
     save_s = time.perf_counter() - t0
     since_signal = time.monotonic() - (stop.received_at or time.monotonic())
     if ok:
-        log.warning("emergency checkpoint at step %d written in %.2fs (%.2fs after %s); exiting with code %d",
-                    step, save_s, since_signal, stop.signal_name, contract.EXIT_INTERRUPTED)
+        log.warning("emergency checkpoint at step %d (the signal came after step %s) written in %.2fs, "
+                    "%.2fs after %s; exiting with code %d", step, stop.steps_done_at_signal, save_s,
+                    since_signal, stop.signal_name, contract.EXIT_INTERRUPTED)
     else:
         log.error("emergency checkpoint at step %d could not be written in time: %s", step, checkpoints.last_error)
     reporter.finish(contract.INTERRUPTED, step=step, exit_code=contract.EXIT_INTERRUPTED)

@@ -14,6 +14,9 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self.received_at: float | None = None
+        #: Optimizer steps completed so far; the loop keeps it current so the log can say what is lost.
+        self.steps_done = 0
+        self.steps_done_at_signal: int | None = None
 
     @property
     def requested(self) -> bool:
@@ -27,6 +30,8 @@ class StopRequest:
         name = signal.Signals(signum).name
         if self.signal_name is None:
             self.signal_name, self.received_at = name, time.monotonic()
-            log.warning("%s received: stopping after the current step with an emergency checkpoint", name)
+            self.steps_done_at_signal = self.steps_done
+            log.warning("%s received after step %d: finishing the step in progress, then an emergency checkpoint",
+                        name, self.steps_done)
         else:
             log.warning("%s received again: already stopping", name)

@@ -198,9 +198,9 @@ class TrainConfig(_Section):
             raise ValueError("give exactly one of max_steps or epochs")
         if not isinstance(self.model, CustomRecipe) and self.data is None:
             raise ValueError(f"recipe {self.model.recipe!r} needs a `data:` section")
-        if self.data and self.data.format == "tokens" and isinstance(self.model, TinyGPT):
-            if self.model.vocab_size is None and self.data.vocab_size is None:
-                raise ValueError("token shards need the vocabulary size: set data.vocab_size or model.vocab_size")
+        tokens_for_gpt = self.data and self.data.format == "tokens" and isinstance(self.model, TinyGPT)
+        if tokens_for_gpt and self.model.vocab_size is None and self.data.vocab_size is None:
+            raise ValueError("token shards need the vocabulary size: set data.vocab_size or model.vocab_size")
         if self.checkpoint.every_steps is None and self.checkpoint.every_minutes is None:
             raise ValueError("checkpoint needs every_steps, every_minutes or both")
         return self
@@ -228,4 +228,4 @@ def resolve_path(job_path: str | Path, value: str) -> str:
     """A data path from the job file: absolute, ``s3://``, or relative to the job file's folder."""
     if "://" in value or Path(value).is_absolute():
         return value
-    return str((Path(job_path).resolve().parent / value))
+    return str(Path(job_path).resolve().parent / value)

@@ -78,7 +78,7 @@ class Storage(abc.ABC):
         Returns how many were uploaded. A no-op when the storage is the work dir itself."""
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most storages hold nothing to release
         """Release clients and threads."""
 
 

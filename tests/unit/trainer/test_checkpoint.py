@@ -1,0 +1,188 @@
+"""The checkpoint manager on local storage: atomic publish, checksums, fallback, retention, safety."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from trainer import contract
+from trainer.checkpoint import CheckpointManager
+from trainer.config import Checkpoint
+from trainer.storage import LocalStorage
+
+
+def _state(step: int) -> dict:
+    return {"step": step, "model": {"w": torch.full((64, 64), float(step))}, "rng": torch.get_rng_state()}
+
+
+def _manager(tmp_path, keep_last: int = 2, every_steps: int = 10) -> CheckpointManager:
+    return CheckpointManager(LocalStorage(tmp_path / "run"), Checkpoint(every_steps=every_steps, every_minutes=None, keep_last=keep_last))
+
+
+def test_save_then_load_returns_newest_verified(tmp_path):
+    mgr = _manager(tmp_path)
+    for step in (10, 20, 30):
+        mgr.save(step, _state(step))
+        assert mgr.flush(timeout=30)
+    payload, key = mgr.load()
+    assert key == contract.LATEST and payload["step"] == 30
+    assert torch.equal(payload["model"]["w"], torch.full((64, 64), 30.0))
+    sidecar = json.loads((tmp_path / "run" / (contract.LATEST + contract.CHECKSUM_SUFFIX)).read_text())
+    assert sidecar["step"] == 30 and len(sidecar["sha256"]) == 64
+    mgr.close()
+
+
+def test_keep_last_removes_older_history_and_their_checksums(tmp_path):
+    mgr = _manager(tmp_path, keep_last=2)
+    for step in (10, 20, 30, 40):
+        mgr.save(step, _state(step))
+        assert mgr.flush(timeout=30)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == [
+        "latest.pt", "latest.pt.sha256",
+        "step-000000030.pt", "step-000000030.pt.sha256",
+        "step-000000040.pt", "step-000000040.pt.sha256",
+    ]
+    mgr.close()
+
+
+def test_corrupt_latest_falls_back_to_previous_good_one_and_says_so(tmp_path, caplog):
+    mgr = _manager(tmp_path, keep_last=3)
+    for step in (10, 20):
+        mgr.save(step, _state(step))
+        assert mgr.flush(timeout=30)
+    mgr.close()
+    # latest.pt and step-20 share bytes (a hard link): flipping one byte tears both.
+    latest = tmp_path / "run" / contract.LATEST
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    latest.write_bytes(bytes(data))
+    caplog.set_level(logging.INFO, logger="trainer")
+    payload, key = _manager(tmp_path, keep_last=3).load()
+    assert payload["step"] == 10 and key == contract.step_checkpoint(10)
+    assert "do not match its checksum" in caplog.text
+
+
+def test_truncated_file_is_never_loaded(tmp_path, caplog):
+    mgr = _manager(tmp_path, keep_last=3)
+    for step in (10, 20):
+        mgr.save(step, _state(step))
+        assert mgr.flush(timeout=30)
+    mgr.close()
+    for key in (contract.LATEST, contract.step_checkpoint(20)):
+        path = tmp_path / "run" / key
+        os.unlink(path)  # break the hard link first, then write a torn copy
+        path.write_bytes(b"PK\x03\x04 torn")
+    payload, _ = _manager(tmp_path).load()
+    assert payload["step"] == 10
+
+
+def test_file_without_checksum_is_skipped(tmp_path, caplog):
+    """A crash between writing the file and its sidecar leaves a file a reader must not trust."""
+    mgr = _manager(tmp_path, keep_last=3)
+    for step in (10, 20):
+        mgr.save(step, _state(step))
+        assert mgr.flush(timeout=30)
+    mgr.close()
+    run = tmp_path / "run"
+    (run / (contract.LATEST + contract.CHECKSUM_SUFFIX)).unlink()
+    (run / (contract.step_checkpoint(20) + contract.CHECKSUM_SUFFIX)).unlink()
+    caplog.set_level(logging.INFO, logger="trainer")
+    payload, _ = _manager(tmp_path).load()
+    assert payload["step"] == 10
+    assert "has no checksum" in caplog.text
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, caplog, monkeypatch):
+    """A checkpoint from a shared bucket must not be able to run code, even with a valid checksum."""
+    monkeypatch.chdir(tmp_path)
+    mgr = _manager(tmp_path)
+    mgr.save(10, _state(10))
+    assert mgr.flush(timeout=30)
+    mgr.close()
+    run = tmp_path / "run"
+    evil = run / contract.step_checkpoint(20)
+    torch.save({"step": 20, "payload": _RunsCode()}, evil)
+    from trainer.checkpoint import sha256_file
+
+    digest, size = sha256_file(evil)
+    (run / (contract.step_checkpoint(20) + contract.CHECKSUM_SUFFIX)).write_text(
+        json.dumps({"sha256": digest, "size": size, "step": 20, "source": "x"}))
+    caplog.set_level(logging.INFO, logger="trainer")
+    payload, _ = _manager(tmp_path).load()
+    assert payload["step"] == 10
+    assert not (tmp_path / "pwned").exists()
+    assert "cannot be loaded" in caplog.text
+
+
+def test_a_newer_checkpoint_supersedes_one_not_yet_written(tmp_path):
+    mgr = _manager(tmp_path, keep_last=10)
+    big = {"w": torch.zeros(2_000_000)}
+    for step in range(1, 21):
+        mgr.save(step, {"step": step, "model": big})
+    assert mgr.flush(timeout=60)
+    steps = [contract.parse_step_checkpoint(k) for k in mgr.storage.list("checkpoints/step-")]
+    steps = [s for s in steps if s is not None]
+    assert steps[-1] == 20, "the newest checkpoint is always written"
+    assert mgr.superseded >= 1 and len(steps) < 20, "older pending snapshots were dropped, not queued"
+    assert mgr.load()[0]["step"] == 20
+    mgr.close()
+
+
+def test_snapshot_is_a_copy_so_training_can_continue_while_it_is_written(tmp_path):
+    mgr = _manager(tmp_path)
+    weights = torch.ones(1000)
+    mgr.save(10, {"step": 10, "model": {"w": weights}})
+    weights.mul_(5)  # the loop keeps training right after save() returns
+    assert mgr.flush(timeout=30)
+    assert torch.equal(mgr.load()[0]["model"]["w"], torch.ones(1000))
+    mgr.close()
+
+
+def test_stale_temp_files_from_a_killed_writer_are_removed(tmp_path):
+    staging = tmp_path / "run" / "checkpoints"
+    staging.mkdir(parents=True)
+    (staging / ".step-000000010.pt.123.tmp").write_bytes(b"partial")
+    mgr = _manager(tmp_path)
+    assert not list(staging.glob(".*.tmp"))
+    assert mgr.load() is None
+    mgr.close()
+
+
+def test_due_every_n_steps_or_every_t_minutes(tmp_path):
+    mgr = CheckpointManager(LocalStorage(tmp_path), Checkpoint(every_steps=5, every_minutes=0.001, keep_last=1))
+    assert mgr.due(5) and mgr.due(10)
+    mgr._last_save_time -= 1.0  # 1 s ago is past 0.06 s: due by the clock on a step that is not a multiple
+    assert mgr.due(7)
+    mgr.save(7, {"step": 7})
+    assert not mgr.due(8)
+    mgr.close()
+
+
+def test_failed_write_surfaces_at_flush(tmp_path):
+    mgr = _manager(tmp_path)
+    mgr.save(10, {"step": 10, "bad": lambda: 0})  # a lambda cannot be pickled
+    assert mgr.flush(timeout=30) is False
+    assert mgr.last_error is not None
+    mgr.close()
+
+
+def test_policy_needs_a_trigger():
+    from pydantic import ValidationError
+
+    from trainer.config import TrainConfig
+
+    with pytest.raises(ValidationError, match="every_steps, every_minutes or both"):
+        TrainConfig.model_validate({
+            "model": {"recipe": "tiny_gpt"}, "data": {"format": "text", "train": "x"}, "max_steps": 1,
+            "checkpoint": {"every_steps": None, "every_minutes": None},
+        })

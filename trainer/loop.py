@@ -134,7 +134,9 @@ class EMA:
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state minus frozen parameters: for a LoRA run, the adapter (and any buffers)."""
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    # remove_duplicate=False: a frozen tied weight (GPT-2's lm_head is wte) appears in state_dict under
+    # both names and must be left out under both, or every LoRA checkpoint carries the embedding.
+    frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
@@ -198,6 +200,8 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             scaler.load_state_dict(payload["scaler"])
         if ema is not None and payload.get("ema"):
             ema.load_state_dict(payload["ema"])
+        elif ema is not None:  # EMA switched on for a run that had none: average from the resumed weights
+            ema = EMA(model, cfg.ema.decay)
         sampler.load_state_dict(payload["sampler"])
         progress = Progress(**payload["progress"])
         set_rng_state(payload["rng"])
@@ -222,7 +226,10 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
 
     from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only once training starts
 
-    tb = SummaryWriter(str(storage.work_dir / contract.TENSORBOARD_DIR), purge_step=step + 1 if step else None)
+    # flush_secs: events reach the file (and so the periodic sync to the run URI) within a sync period,
+    # not after SummaryWriter's default two minutes, so a copy of a running run shows recent steps.
+    tb = SummaryWriter(str(storage.work_dir / contract.TENSORBOARD_DIR), purge_step=step + 1 if step else None,
+                       flush_secs=max(1, round(cfg.logging.sync_seconds / 2)))
     reporter = Reporter(
         storage, cfg.logging.heartbeat_seconds, cfg.logging.sync_seconds,
         contract.Status(contract.RUNNING, step=step, max_steps=max_steps, started=time.time(),
@@ -240,7 +247,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     window_t0, window_tokens = time.perf_counter(), 0
     outcome: Outcome | None = None
     try:
-        while step < max_steps:
+        while step < max_steps and not progress.early_stopped:  # early_stopped: a resume after an early stop
             lr = lr_at(step, cfg, max_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -262,8 +269,11 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or math.inf).item()
-            # With fp16 the scaler skips steps with inf gradients itself (that is how it finds its scale).
-            finite = math.isfinite(train_loss) and (scaler is not None or math.isfinite(grad_norm))
+            finite = math.isfinite(train_loss) and math.isfinite(grad_norm)
+            # fp16: gradients that overflow while the loss is finite are how the scaler finds its scale; such
+            # a step is skipped and the scale halved, without counting against the guard until the scale is
+            # below 1 (then the unscaled gradients overflow fp16 and halving further cannot help).
+            overflow = not finite and scaler is not None and math.isfinite(train_loss) and scaler.get_scale() >= 1
             if finite:
                 if scaler:
                     scaler.step(optimizer)
@@ -273,7 +283,13 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 if ema:
                     ema.update()
                 progress.nonfinite_in_a_row = 0
+            elif overflow:
+                scaler.update()  # records the overflow: halves the scale (the step itself is skipped)
+                log.info("step %d skipped: fp16 gradients overflowed, loss scale lowered to %g", step + 1,
+                         scaler.get_scale())
             else:
+                if scaler:
+                    scaler.update()  # unscale_ was called: the scaler must be told the step is over
                 progress.nonfinite_in_a_row += 1
                 log.warning("step %d skipped: loss %s, gradient norm %s (%d non-finite in a row)",
                             step + 1, train_loss, grad_norm, progress.nonfinite_in_a_row)
@@ -297,7 +313,8 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 for name, value in (("train/loss", train_loss), ("train/lr", lr), ("train/grad_norm", grad_norm),
                                     ("train/tokens_per_s", tokens_per_s)):
                     tb.add_scalar(name, value, step)
-                reporter.update(step=step, loss=train_loss, tokens_per_s=round(tokens_per_s, 1))
+                reporter.update(step=step, loss=train_loss if math.isfinite(train_loss) else None,  # NaN is not JSON
+                               tokens_per_s=round(tokens_per_s, 1))
                 bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
                 if not cfg.logging.progress_bar:
                     log.info("step %d/%d loss %.4f lr %.2e grad norm %.3f %.0f tok/s", step, max_steps,
@@ -346,6 +363,9 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
         bar.close()
         tb.close()
         if outcome is None:  # an exception is on its way out: leave what was queued written
+            with contextlib.suppress(Exception):
+                # Stop the heartbeat, or it could overwrite the failure the caller records in status.json.
+                reporter.finish(contract.FAILED, step=step)
             checkpoints.close(timeout=60)
         else:
             checkpoints.close()

@@ -84,7 +84,7 @@ ModelConfig = Annotated[
         custom_error_message="model.recipe must be 'tiny_gpt', 'causal_lm_lora' or 'package.module:function'",
     ),
 ]
-register_tags("tiny_gpt", "causal_lm_lora", "custom")
+register_tags({"tiny_gpt": TinyGPT, "causal_lm_lora": CausalLMLoRA, "custom": CustomRecipe})
 
 
 # --- data -----------------------------------------------------------------------------------------

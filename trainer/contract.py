@@ -79,6 +79,7 @@ class Status:
     started: float = 0.0
     attempt: str = ""  # the runner's attempt id, from RUNNER_ATTEMPT_ID when set
     host: str = ""
+    pid: int = 0
     loss: float | None = None
     val_loss: float | None = None
     tokens_per_s: float | None = None

@@ -122,12 +122,13 @@ def validation_problems(
     problems = []
     for e in err.errors(include_url=False):
         # Union members show up in the location as tags ("tiny_gpt", "function-after[...]"); drop them.
-        loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in _TAGS)))
+        raw_loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+        loc = prefix + tuple(p for p in raw_loc if p not in _TAGS)
         field_name = _dotted(loc)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-            allowed = _allowed_fields(model, loc[len(prefix):]) if model else []
+            allowed = _allowed_fields(model, raw_loc) if model else []
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=3, cutoff=0.6)
             if close:
                 msg += f"; did you mean {' or '.join(repr(c) for c in close)}?"
@@ -143,19 +144,23 @@ def validation_problems(
     return problems
 
 
-#: Tags of tagged unions in the schemas; kept here so error locations can skip them.
-_TAGS: set[str] = set()
+#: Tags of tagged unions in the schemas and the model each selects; error locations carry the tag.
+_TAGS: dict[str, type[BaseModel]] = {}
 
 
-def register_tags(*tags: str) -> None:
+def register_tags(tags: dict[str, type[BaseModel]]) -> None:
     _TAGS.update(tags)
 
 
 def _allowed_fields(model: type[BaseModel], loc: Loc) -> list[str]:
-    """Field names allowed at the parent of ``loc`` in ``model``, following nested models."""
+    """Field names allowed at the parent of ``loc`` in ``model``, following nested models and
+    union tags (so a field of one recipe is not suggested for another)."""
     current: Any = model
     for part in loc[:-1]:
         if isinstance(part, int):
+            continue
+        if part in _TAGS:
+            current = _TAGS[part]
             continue
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:

@@ -4,6 +4,7 @@ run URI, on one background thread. The runner reads the heartbeat to tell a live
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -18,8 +19,12 @@ log = logging.getLogger("trainer")
 class Reporter:
     def __init__(self, storage: Storage, heartbeat_s: float, sync_s: float, status: contract.Status):
         self.storage, self.heartbeat_s, self.sync_s = storage, heartbeat_s, sync_s
-        self.status = replace(status, host=status.host or socket.gethostname())
+        self.status = replace(status, host=status.host or socket.gethostname(), pid=os.getpid())
         self._lock = threading.Lock()
+        # One status write at a time, and none after the final one: a heartbeat that is slow to reach
+        # remote storage (retrying a throttled PUT) must not land after `done` and overwrite it.
+        self._write_lock = threading.Lock()
+        self._final_written = False
         self._stop = threading.Event()
         self._last_sync = 0.0
         self._thread: threading.Thread | None = None
@@ -33,11 +38,15 @@ class Reporter:
         with self._lock:
             self.status = replace(self.status, **fields)
 
-    def write(self) -> None:
-        with self._lock:
-            self.status = replace(self.status, heartbeat=time.time())
-            data = self.status.to_json()
-        self.storage.put_bytes(contract.STATUS, data)
+    def write(self, *, final: bool = False) -> None:
+        with self._write_lock:
+            if self._final_written and not final:
+                return
+            with self._lock:
+                self.status = replace(self.status, heartbeat=time.time())
+                data = self.status.to_json()
+            self._final_written = self._final_written or final
+            self.storage.put_bytes(contract.STATUS, data)
 
     def sync_files(self) -> None:
         work = self.storage.work_dir
@@ -65,4 +74,4 @@ class Reporter:
             self.sync_files()
         except Exception as e:
             log.warning("could not sync logs and TensorBoard events: %s", e)
-        self.write()
+        self.write(final=True)

@@ -51,15 +51,20 @@ class HFTokenizer:
         self.pad_id = int(pad) if pad is not None else 0
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False)
+        # Called on whole text files that are cut into windows afterwards, so the tokenizer's
+        # "sequence longer than the model's maximum" warning would be wrong here: silence it.
+        return self.tok(text, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def load_tokenizer(name: str | None) -> Tokenizer:
+    """``bytes`` (or None) for the byte tokenizer, else a Hugging Face tokenizer id or local folder."""
     return ByteTokenizer() if name in (None, "bytes") else HFTokenizer(name)
 
 
 class TokenWindows:
-    """Non-overlapping windows of ``block_size + 1`` tokens over one or more token arrays.
+    """Windows of ``block_size + 1`` tokens over one or more token arrays, ``block_size`` apart, so
+    every token is predicted exactly once (the last token of a window is the first of the next).
+    Windows never cross from one array (file) into the next.
 
     Each item is a 1-D int64 tensor; the model predicts tokens 1.. from tokens ..-1."""
 
@@ -84,7 +89,7 @@ class Sequences:
     """Independent examples (one jsonl line each), cut to ``block_size + 1`` tokens."""
 
     def __init__(self, examples: Sequence[Sequence[int]]):
-        self.examples = [torch.tensor(e, dtype=torch.int64) for e in examples]
+        self.examples = [torch.as_tensor(e, dtype=torch.int64) for e in examples]
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -105,21 +110,45 @@ def pad_collate(items: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tenso
 
 
 def _paths(job_path: str | Path, spec: str | list[str]) -> list[str]:
+    """The files a ``train``/``val`` entry names, in order; glob patterns are expanded and sorted."""
     specs = [spec] if isinstance(spec, str) else spec
     found: list[str] = []
     for s in specs:
         full = resolve_path(job_path, s)
-        matches = sorted(glob.glob(full)) if any(c in full for c in "*?[") else [full]
-        if not matches or not all(Path(m).is_file() for m in matches):
-            raise FileNotFoundError(f"data file not found: {s} (looked for {full})")
+        if "://" in full:
+            raise ValueError(f"data path {s!r}: the trainer reads data from local files only; "
+                             "copy it into the image or onto the machine first and give its local path")
+        if any(c in full for c in "*?["):
+            matches = sorted(m for m in glob.glob(full, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise FileNotFoundError(f"data: no file matches {s!r} (looked for {full}); "
+                                        "relative paths are relative to the job file's folder")
+        elif Path(full).is_dir():
+            raise IsADirectoryError(f"data path {s!r} is a folder ({full}): name the files, "
+                                    f"for example {s.rstrip('/')}/*.bin")
+        elif not Path(full).is_file():
+            raise FileNotFoundError(f"data file not found: {s!r} (looked for {full}); "
+                                    "relative paths are relative to the job file's folder")
+        else:
+            matches = [full]
         found.extend(matches)
     return found
 
 
 def _read_tokens(path: str) -> np.ndarray:
+    """A token shard: ``.npy`` of any integer dtype, or raw little-endian uint16 as nanoGPT's prepare.py writes."""
     if path.endswith(".npy"):
-        return np.load(path, mmap_mode="r")
-    return np.memmap(path, dtype=np.uint16, mode="r")  # nanoGPT's prepare.py writes raw uint16
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise ValueError(f"{path}: a token shard must be a 1-D array of integers, found {arr.ndim}-D {arr.dtype}")
+        return arr
+    size = Path(path).stat().st_size
+    if size % 2:
+        raise ValueError(f"{path}: {size} bytes is not a whole number of uint16 tokens; "
+                         "a .bin shard must be raw uint16 (nanoGPT's format), other dtypes go in a .npy file")
+    if size == 0:
+        return np.zeros(0, dtype=np.uint16)  # np.memmap refuses empty files
+    return np.memmap(path, dtype=np.uint16, mode="r")
 
 
 def _read_jsonl(path: str, field: str) -> list[str]:
@@ -131,43 +160,79 @@ def _read_jsonl(path: str, field: str) -> list[str]:
             try:
                 record: Any = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON: {e.msg}") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise ValueError(f"{path}:{n}: expected an object with a text field {field!r}")
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); "
+                                 "each line must be one JSON object") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object with a text field {field!r}, "
+                                 f"found {type(record).__name__}")
+            if not isinstance(record.get(field), str):
+                keys = ", ".join(map(repr, record)) or "none"
+                raise ValueError(f"{path}:{n}: no text field {field!r} (a string) in this object "
+                                 f"(its keys: {keys}); set data.text_field to the field that holds the text")
             texts.append(record[field])
     return texts
 
 
+def _hold_out_tail(parts: list[np.ndarray], n_val: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Split token arrays into (train, val) with the last ``n_val`` tokens, across files if need be,
+    going to validation. The two share no token."""
+    train, val = list(parts), []
+    while n_val > 0 and train:
+        last = train.pop()
+        take = min(len(last), n_val)
+        val.insert(0, last[len(last) - take :])
+        if take < len(last):
+            train.append(last[: len(last) - take])
+        n_val -= take
+    return train, val
+
+
 def load_datasets(data: Data, job_path: str | Path, tokenizer: Tokenizer | None):
     """``(train_set, val_set)`` for a ``data:`` section. With no ``val``, the tail of the training
-    data is held out (``val_fraction``), so validation never overlaps training."""
+    data (``val_fraction`` of its tokens, or of its examples for jsonl) is held out, so validation
+    never overlaps training. ``val_set`` is None when there is no validation data."""
+    if data.format != "tokens" and tokenizer is None:
+        raise ValueError(f"data format {data.format!r} needs a tokenizer")
 
     def build(spec: str | list[str]):
         paths = _paths(job_path, spec)
         if data.format == "tokens":
             return [_read_tokens(p) for p in paths]
         if data.format == "text":
-            assert tokenizer is not None
             return [np.asarray(tokenizer.encode(Path(p).read_text(encoding="utf-8")), dtype=np.int64) for p in paths]
-        assert tokenizer is not None
-        return [tokenizer.encode(t)[: data.block_size + 1] for p in paths for t in _read_jsonl(p, data.text_field)]
+        examples = [tokenizer.encode(t)[: data.block_size + 1] for p in paths for t in _read_jsonl(p, data.text_field)]
+        # An example needs two tokens to predict one; an empty one would make a batch's loss NaN.
+        kept = [e for e in examples if len(e) >= 2]
+        if len(kept) < len(examples):
+            log.warning("%s: skipped %d of %d examples shorter than 2 tokens", spec, len(examples) - len(kept), len(examples))
+        return kept
 
     train_parts = build(data.train)
     val_parts = build(data.val) if data.val else None
-    wrap = Sequences if data.format == "jsonl" else (lambda parts: TokenWindows(parts, data.block_size))
 
     if val_parts is None and data.val_fraction > 0:
         if data.format == "jsonl":
-            cut = len(train_parts) - max(1, int(len(train_parts) * data.val_fraction))
-            train_parts, val_parts = train_parts[:cut], train_parts[cut:]
+            n_val = max(1, int(len(train_parts) * data.val_fraction))
+            if n_val >= len(train_parts):
+                raise ValueError(f"{len(train_parts)} example(s) are too few to hold out val_fraction "
+                                 f"{data.val_fraction} for validation; add data, give data.val, or set val_fraction: 0")
+            train_parts, val_parts = train_parts[:-n_val], train_parts[-n_val:]
         else:
-            last = train_parts[-1]
-            cut = len(last) - max(data.block_size + 1, int(len(last) * data.val_fraction))
-            train_parts, val_parts = [*train_parts[:-1], last[:cut]], [last[cut:]]
-    train_set = wrap(train_parts)
-    val_set = wrap(val_parts) if val_parts else None
+            total = sum(len(a) for a in train_parts)
+            train_parts, val_parts = _hold_out_tail(train_parts, max(data.block_size + 1, int(total * data.val_fraction)))
+
+    if data.format == "jsonl":
+        train_set, val_set = Sequences(train_parts), Sequences(val_parts) if val_parts else None
+    else:
+        train_set = TokenWindows(train_parts, data.block_size)
+        val_set = TokenWindows(val_parts, data.block_size) if val_parts else None
     if len(train_set) == 0:
-        raise ValueError(f"training data has no complete example of block_size {data.block_size}")
+        what = "example of at least 2 tokens" if data.format == "jsonl" else f"window of block_size + 1 = {data.block_size + 1} tokens"
+        raise ValueError(f"the training data has no complete {what} after holding out validation data; "
+                         "add data, lower data.block_size or val_fraction")
+    if val_set is not None and len(val_set) == 0:
+        log.warning("the validation data has no complete window of %d tokens: no evaluation", data.block_size + 1)
+        val_set = None
     return train_set, val_set
 
 
@@ -191,7 +256,8 @@ class EpochSampler:
 
     def _permutation(self) -> torch.Tensor:
         if self._perm_epoch != self.epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            # One independent permutation per epoch; the modulo keeps any int seed in the generator's range.
+            g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**63)
             full = torch.randperm(self.n, generator=g)[: self.per_rank * self.world_size]
             self._perm, self._perm_epoch = full[self.rank :: self.world_size], self.epoch
         return self._perm

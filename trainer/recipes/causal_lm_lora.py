@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from trainer.config import CausalLMLoRA, TrainConfig
+from trainer.config import CausalLMLoRA, LoRA, TrainConfig
 from trainer.data import load_datasets, load_tokenizer, pad_collate
-from trainer.recipes import LossOutput, Recipe, token_loss
+from trainer.recipes import LossOutput, Recipe, check_vocab, token_loss
 
 log = logging.getLogger("trainer")
 
 
 def build(cfg: TrainConfig, job_path: str | Path) -> Recipe:
     # transformers takes seconds to import: only jobs that use this recipe pay for it.
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model_cfg, data = cfg.model, cfg.data
@@ -32,29 +32,29 @@ def build(cfg: TrainConfig, job_path: str | Path) -> Recipe:
     pad_id = tokenizer.pad_id if tokenizer else 0
 
     base = AutoModelForCausalLM.from_pretrained(source, revision=model_cfg.revision, dtype=torch.float32)
+    positions = getattr(base.config, "max_position_embeddings", None)
+    if positions and data.block_size + 1 > positions:
+        # An example is block_size + 1 tokens (inputs and the shifted targets come from one sequence).
+        raise ValueError(f"data.block_size {data.block_size} is too long for {model_cfg.name_or_path}, which "
+                         f"takes at most {positions} positions: set data.block_size to {positions - 1} or less")
+    vocab = base.get_input_embeddings().num_embeddings
     if model_cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
-    lora = model_cfg.lora
-    model = get_peft_model(
-        base,
-        LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            task_type="CAUSAL_LM",
-            # GPT-2 stores c_attn/c_proj as Conv1D (transposed weights); peft must know.
-            fan_in_fan_out=getattr(base.config, "model_type", "") == "gpt2",
-        ),
-    )
+        # Non-reentrant checkpointing works with frozen inputs and replays dropout with the same RNG.
+        if hasattr(base, "activation_checkpointing_enable"):  # the old name is deprecated in transformers 5
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
+    model = wrap_with_lora(base, model_cfg.lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("LoRA r=%d alpha=%g on %s: %s trainable parameters of %s (%.2f%%)", lora.r, lora.alpha,
-             ",".join(lora.target_modules), f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    lora = model_cfg.lora
+    log.info("LoRA r=%d alpha=%g dropout=%g on %s: %s trainable parameters of %s (%.2f%%)", lora.r, lora.alpha,
+             lora.dropout, ",".join(lora.target_modules), f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
     def collate(items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         ids, mask = pad_collate(items, pad_id)
+        check_vocab(ids, vocab)
         return {"input_ids": ids, "attention_mask": mask}
 
     def forward(m: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
@@ -66,6 +66,32 @@ def build(cfg: TrainConfig, job_path: str | Path) -> Recipe:
         m.save_pretrained(str(folder), safe_serialization=True)  # adapter_model.safetensors + adapter_config.json
 
     return Recipe(model, train_set, val_set, collate, forward, save_final)
+
+
+def wrap_with_lora(base: nn.Module, lora: LoRA) -> Any:
+    """``base`` with a LoRA adapter on the modules named ``lora.target_modules``; only the adapter trains."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    wanted = set(lora.target_modules)
+    targeted = [m for name, m in base.named_modules() if name.rsplit(".", 1)[-1] in wanted]
+    if not targeted:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+        raise ValueError(f"model.lora.target_modules {sorted(wanted)} match no layer of this model; "
+                         f"its linear layers are named: {', '.join(names)}")
+    # GPT-2 and its kin store these projections as transformers' Conv1D, whose weight is [in, out], the
+    # transpose of nn.Linear's. peft must know (fan_in_fan_out) or it merges the update transposed; decide
+    # from the layers actually targeted, not from the model's name.
+    fan_in_fan_out = any(isinstance(m, Conv1D) for m in targeted)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=sorted(wanted),
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=fan_in_fan_out,
+    )
+    return get_peft_model(base, config)
 
 
 def _local_or_hub(name_or_path: str, job_path: str | Path) -> str:

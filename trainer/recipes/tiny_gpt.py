@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from trainer.config import TinyGPT, TrainConfig
 from trainer.data import load_datasets, load_tokenizer, pad_collate
-from trainer.recipes import LossOutput, Recipe, token_loss
+from trainer.recipes import LossOutput, Recipe, check_vocab, token_loss
 
 
 class Block(nn.Module):
@@ -86,6 +86,7 @@ def build(cfg: TrainConfig, job_path: str | Path) -> Recipe:
 
     def collate(items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         ids, mask = pad_collate(items, pad_id)
+        check_vocab(ids, vocab)
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         return {"idx": ids[:, :-1], "targets": targets}
 

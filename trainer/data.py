@@ -82,7 +82,8 @@ class TokenWindows:
         shard = int(np.searchsorted(self.offsets, i, side="right") - 1)
         start = (i - int(self.offsets[shard])) * self.block_size
         window = self.arrays[shard][start : start + self.block]
-        return torch.from_numpy(np.asarray(window, dtype=np.int64))
+        # np.array copies: a memmap view would be read-only (and keep the file mapped per item).
+        return torch.from_numpy(np.array(window, dtype=np.int64))
 
 
 class Sequences:

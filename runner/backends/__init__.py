@@ -1,0 +1,26 @@
+"""Places a job's attempts can run, behind one interface (:mod:`runner.backends.base`).
+
+Backends are imported only when used, so ``python -m runner --help`` stays fast."""
+
+from __future__ import annotations
+
+from runner.backends.base import Backend, BackendUnavailable
+
+#: Backends this version can run jobs on; the others are designed in but not built yet.
+AVAILABLE = ("local",)
+PLANNED = ("docker", "runpod")
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``; :class:`BackendUnavailable` with what to do instead when it cannot be used."""
+    if name == "local":
+        from runner.backends.local import LocalBackend
+
+        return LocalBackend()
+    if name in PLANNED:
+        raise BackendUnavailable(
+            f"the {name} backend is not available in this version yet; nothing was launched. "
+            f"Run the job on this machine with --backend local (or `backend: local` in the job file), "
+            f"or check the dry run with --dry-run."
+        )
+    raise BackendUnavailable(f"unknown backend {name!r}; expected one of: local, {', '.join(PLANNED)}")

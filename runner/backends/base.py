@@ -1,0 +1,105 @@
+"""The one narrow interface every backend implements (in the spirit of SkyPilot's sky/provision):
+
+- ``launch`` starts one attempt. It is idempotent and keyed by the attempt id: called again for
+  the same attempt (a runner that died between recording its intent and hearing back), it finds
+  what the first call started instead of starting a second one.
+- ``poll`` says what the attempt is doing now, cheaply; it never waits.
+- ``stop`` asks the trainer to stop (SIGTERM: it writes an emergency checkpoint and exits 75),
+  then forces it after a grace period, and makes sure nothing of the attempt is left running or billing.
+- ``logs`` yields the attempt's output.
+
+Every wait has a deadline. A backend knows nothing of jobs, retries or budgets: the supervisor
+owns that policy; a backend only starts, watches and ends one attempt at a time."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runner.catalog import GpuType
+
+
+class BackendError(Exception):
+    """The backend could not do what was asked; the message says why and what to do."""
+
+
+class BackendUnavailable(BackendError):
+    """This backend cannot be used here (not built in this version, not configured)."""
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything a backend needs to start one attempt. ``env`` holds secret values: it is passed to
+    the trainer and never stored or logged."""
+
+    attempt_id: str
+    job_id: str
+    job_file: Path
+    run_uri: str
+    workdir: Path
+    env: dict[str, str] = field(repr=False)
+    gpus: tuple[GpuType, ...] = ()  # the failover list, in order
+    gpu_count: int = 1
+    spot: bool = False
+    max_bid_per_gpu: float | None = None
+    container_disk_gb: int = 50
+    volume_gb: int = 0
+    image: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What a launch got: a JSON-able ``handle`` the backend can find the attempt by again (it is
+    stored in the state database, so no secrets), and what it is billed at."""
+
+    handle: dict[str, Any]
+    gpu: str | None  # the alias actually obtained (from the failover list), None for "this machine"
+    spot: bool
+    rate_per_hour: float  # USD per hour for all the attempt's GPUs
+    on_demand_rate_per_hour: float
+    adopted: bool = False  # True when launch found the attempt already started
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What an attempt is doing.
+
+    ``running``: alive. ``exited``: ended with ``exit_code`` (or killed by ``signal``).
+    ``vanished``: gone without a word (machine lost, process killed with its supervisor, pod
+    taken away): the runner treats it like a preemption."""
+
+    state: Literal["running", "exited", "vanished"]
+    exit_code: int | None = None
+    signal: str | None = None
+    detail: str = ""
+
+    @property
+    def ended(self) -> bool:
+        return self.state != "running"
+
+
+class Backend(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
+        """Start the attempt, or find it if this attempt id was launched before. Returns once it
+        is running (or has already ended), or raises :class:`BackendError` after ``timeout_s``."""
+
+    @abc.abstractmethod
+    def poll(self, handle: dict[str, Any]) -> Observation:
+        """What the attempt is doing now; never waits."""
+
+    @abc.abstractmethod
+    def stop(self, handle: dict[str, Any], grace_s: float = 60.0, timeout_s: float = 30.0) -> Observation:
+        """SIGTERM (emergency checkpoint), then force after ``grace_s``; afterwards nothing of the
+        attempt runs or bills. Safe to call on an attempt that has already ended."""
+
+    @abc.abstractmethod
+    def logs(self, handle: dict[str, Any], follow: bool = False,
+             until: Callable[[], bool] | None = None) -> Iterator[str]:
+        """The attempt's output, line by line; with ``follow``, keep yielding new lines until the
+        attempt ends (or ``until()`` says to stop)."""

@@ -1,0 +1,201 @@
+"""The local backend: each attempt is the trainer as a subprocess of this machine.
+
+The embedded default: no Docker, no GPU, no account. Each attempt runs as
+``python -m trainer run JOB --run-uri URI`` (not the trainer's restart-loop: the runner's
+supervisor owns the relaunch policy and records every attempt) under a small parent
+(:mod:`runner.backends.local_attempt`) in a session of its own, so it survives the runner. Its pid
+and start time are recorded, so a restarted runner adopts it, and pid reuse is told apart.
+Output goes to ``<state dir>/attempts/<attempt id>/output.log``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from runner import paths, proc
+from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation
+from runner.backends.local_attempt import EXIT_RECORD, TRAINER_RECORD, write_json
+from trainer.contract import ENV_ATTEMPT_ID
+
+LAUNCH_RECORD = "launch.json"
+OUTPUT_LOG = "output.log"
+#: What an hour of this machine costs you, in USD, counted against a job's budget (default: free).
+ENV_LOCAL_RATE = "RUNNER_LOCAL_USD_PER_HOUR"
+#: Variables of the runner's own environment the trainer needs to start at all. Nothing else is
+#: inherited: credentials reach the trainer only when the job lists them under ``secrets:``.
+PASS_THROUGH = (
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+    "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE", "TORCH_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+)
+
+
+def local_rate_per_hour() -> float:
+    try:
+        return max(0.0, float(os.environ.get(ENV_LOCAL_RATE, "0") or 0))
+    except ValueError:
+        raise BackendError(f"{ENV_LOCAL_RATE}={os.environ[ENV_LOCAL_RATE]!r} is not a number of dollars per hour") from None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or paths.attempts_dir()
+        self._children: dict[str, subprocess.Popen] = {}  # attempts this process started: reaped here
+
+    # --- launch -----------------------------------------------------------------------------------
+    def attempt_dir(self, attempt_id: str) -> Path:
+        return self.root / attempt_id
+
+    def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
+        rate = local_rate_per_hour()
+        adir = self.attempt_dir(request.attempt_id)
+        found = self._find(adir)
+        if found is not None:
+            return Launched(found, None, False, rate, rate, adopted=True)
+
+        adir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "runner.backends.local_attempt", "--attempt-dir", str(adir), "--",
+                   sys.executable, "-m", "trainer", "run", str(request.job_file), "--run-uri", request.run_uri]
+        with open(adir / OUTPUT_LOG, "ab") as log:
+            child = subprocess.Popen(command, cwd=request.workdir, env=self._env(request), stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._children[str(adir)] = child
+        handle = {"pid": child.pid, "ident": proc.identity(child.pid), "attempt_dir": str(adir),
+                  "where": f"pid {child.pid} on this machine"}
+        write_json(adir / LAUNCH_RECORD, handle)
+        # "Launched" means the trainer process exists (or the attempt already ended), within the deadline.
+        deadline = time.monotonic() + timeout_s
+        while not (adir / TRAINER_RECORD).exists() and child.poll() is None:
+            if time.monotonic() > deadline:
+                self.stop(handle, grace_s=0)
+                raise BackendError(f"the local attempt did not start within {timeout_s:.0f}s; see {adir / OUTPUT_LOG}")
+            time.sleep(0.02)
+        return Launched(handle, None, False, rate, rate)
+
+    def _find(self, adir: Path) -> dict[str, Any] | None:
+        """The handle of this attempt if it was launched before (idempotent launch)."""
+        handle = _read_json(adir / LAUNCH_RECORD)
+        if handle is not None:
+            return handle
+        # Started, but the runner died before writing the launch record: find it by its command line.
+        for pid in proc.find_by_cmdline(f"--attempt-dir {adir} --"):
+            handle = {"pid": pid, "ident": proc.identity(pid), "attempt_dir": str(adir),
+                      "where": f"pid {pid} on this machine"}
+            write_json(adir / LAUNCH_RECORD, handle)
+            return handle
+        if (adir / EXIT_RECORD).exists():  # it even ended already
+            handle = {"pid": 0, "ident": None, "attempt_dir": str(adir), "where": "this machine"}
+            write_json(adir / LAUNCH_RECORD, handle)
+            return handle
+        return None
+
+    def _env(self, request: LaunchRequest) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in PASS_THROUGH or k.startswith("LC_")}
+        env.update(request.env)
+        env[ENV_ATTEMPT_ID] = request.attempt_id
+        env["PYTHONUNBUFFERED"] = "1"
+        # The trainer must be importable whatever the job's working directory is.
+        spec = importlib.util.find_spec("trainer")
+        if spec is not None and spec.origin:
+            root = str(Path(spec.origin).resolve().parent.parent)
+            parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+            env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in parts if p != root])
+        return env
+
+    # --- poll / stop ------------------------------------------------------------------------------
+    def _reap(self, handle: dict[str, Any]) -> None:
+        child = self._children.get(handle.get("attempt_dir", ""))
+        if child is not None and child.poll() is not None:
+            self._children.pop(handle["attempt_dir"], None)
+
+    def poll(self, handle: dict[str, Any]) -> Observation:
+        self._reap(handle)
+        adir = Path(handle["attempt_dir"])
+        for _ in range(2):  # the second look closes the race with an exit record written just now
+            record = _read_json(adir / EXIT_RECORD)
+            if record is not None:
+                code, sig = record.get("exit_code"), record.get("signal")
+                return Observation("exited", code, sig, f"killed by {sig}" if sig else f"exit code {code}")
+            if proc.is_alive(handle.get("pid"), handle.get("ident")):
+                return Observation("running")
+        return Observation("vanished", detail=f"process {handle.get('pid')} is gone without recording an exit "
+                                              f"(killed together with its trainer, or the machine restarted)")
+
+    def _trainer(self, handle: dict[str, Any]) -> tuple[int | None, str | None]:
+        record = _read_json(Path(handle["attempt_dir"]) / TRAINER_RECORD) or {}
+        return record.get("pid"), record.get("ident")
+
+    def _alive(self, handle: dict[str, Any]) -> tuple[bool, bool]:
+        self._reap(handle)
+        wrapper = proc.is_alive(handle.get("pid"), handle.get("ident"))
+        return wrapper, proc.is_alive(*self._trainer(handle))
+
+    def stop(self, handle: dict[str, Any], grace_s: float = 60.0, timeout_s: float = 30.0) -> Observation:
+        wrapper, trainer = self._alive(handle)
+        try:
+            if wrapper:
+                os.kill(handle["pid"], signal.SIGTERM)  # forwarded to the trainer: emergency checkpoint, exit 75
+            elif trainer:
+                os.kill(self._trainer(handle)[0], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace_s
+        while any(self._alive(handle)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        wrapper, trainer = self._alive(handle)
+        if wrapper or trainer:
+            try:
+                if wrapper:
+                    os.killpg(handle["pid"], signal.SIGKILL)  # the wrapper leads its own process group
+                if trainer:
+                    os.kill(self._trainer(handle)[0], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout_s
+            while any(self._alive(handle)):
+                if time.monotonic() > deadline:
+                    raise BackendError(f"attempt process {handle.get('pid')} is still alive {timeout_s:.0f}s after SIGKILL")
+                time.sleep(0.05)
+        return self.poll(handle)
+
+    # --- logs -------------------------------------------------------------------------------------
+    def logs(self, handle: dict[str, Any], follow: bool = False,
+             until: Callable[[], bool] | None = None) -> Iterator[str]:
+        path = Path(handle["attempt_dir"]) / OUTPUT_LOG
+        pending = ""
+        with open(path, encoding="utf-8", errors="replace") if path.exists() else open(os.devnull) as f:
+            while True:
+                chunk = f.read(1 << 16)
+                if chunk:
+                    pending += chunk
+                    *lines, pending = pending.split("\n")
+                    yield from lines
+                    continue
+                if not follow or (until and until()) or self.poll(handle).ended:
+                    rest = f.read()
+                    pending += rest
+                    if rest:
+                        continue
+                    break
+                time.sleep(0.2)
+        if pending:
+            yield pending

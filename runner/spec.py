@@ -1,0 +1,350 @@
+"""The job file: one schema for the whole file, validated before anything is launched.
+
+The ``train:`` section belongs to the trainer and is validated through its torch-free schema
+(``trainer.config.parse_train``); everything else belongs to the runner and is described here.
+Every problem is reported as ``file:line: field: what was expected``, all of them at once.
+
+Imports pydantic and yaml: import this module only in commands that read a job file."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runner.catalog import GpuType, load_catalog
+from runner.secret_guard import ENV_NAME, looks_like_secret_name, looks_like_secret_value, redact
+from trainer.config import TrainConfig, parse_train, resolve_path
+from trainer.contract import ENV_ATTEMPT_ID
+from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, validation_problems
+
+BACKENDS = ("local", "docker", "runpod")
+#: Backends whose trainer runs on another machine: it cannot write to a folder on this one.
+REMOTE_BACKENDS = ("runpod",)
+#: Environment variables the runner sets itself; a job may not set them.
+RESERVED_ENV = frozenset({ENV_ATTEMPT_ID})
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Image(_Section):
+    """What the trainer runs in, for the container backends (docker, runpod); local ignores it."""
+
+    #: A prebuilt image to run as is (nothing is built).
+    name: str | None = Field(None, min_length=1)
+    #: Base image for the build (the Dockerfile's base-image build argument).
+    base: str | None = Field(None, min_length=1)
+    dockerfile: str = Field("Dockerfile", min_length=1)
+    #: Build context, relative to the job file's folder.
+    context: str = Field(".", min_length=1)
+    #: Registry repository the built image is pushed to (RunPod pulls images from a registry).
+    push_to: str | None = Field(None, min_length=1)
+
+
+class Resources(_Section):
+    #: A GPU alias (``rtx3090``), a RunPod GPU type id, or a list of them to fail over through.
+    gpu: str | list[str] | None = None
+    gpu_count: int = Field(1, ge=1, le=8)
+    #: Interruptible ("spot") capacity: cheaper, and the runner relaunches after a preemption.
+    spot: bool = True
+    #: Highest spot bid per GPU-hour in USD; default: the catalog's spot price.
+    max_bid_per_gpu: float | None = Field(None, gt=0)
+    container_disk_gb: int = Field(50, ge=1)
+    volume_gb: int = Field(0, ge=0)
+
+
+class Budget(_Section):
+    #: Stop the job (with an emergency checkpoint first) when its billed cost reaches this.
+    max_usd: float = Field(gt=0)
+
+
+class Retry(_Section):
+    #: Relaunches after a preemption (or a lost machine) before the job is given up.
+    max_preemptions: int = Field(20, ge=0)
+    #: Reruns after a failure (a crash, not a preemption) before the job is given up.
+    max_failures: int = Field(3, ge=0)
+    #: After this many preemptions, relaunch on on-demand capacity; never when unset.
+    fallback_to_on_demand_after: int | None = Field(None, ge=0)
+    #: Wait before the first rerun after a failure; doubles with each failure.
+    backoff_seconds: float = Field(10.0, ge=0, le=3600)
+
+
+class JobSpec(_Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    backend: Literal["local", "docker", "runpod"] = "local"
+    image: Image = Field(default_factory=Image)
+    resources: Resources = Field(default_factory=Resources)
+    #: Root of the job's run URI: ``s3://bucket/prefix`` or a local folder (relative to the job file).
+    storage: str | None = Field(None, min_length=1)
+    budget: Budget | None = None
+    retry: Retry = Field(default_factory=Retry)
+    #: Plain settings for the trainer's environment. Never credentials: see ``secrets``.
+    env: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    #: NAMES of environment variables forwarded from the submitting shell (their values never
+    #: appear in the job file, the state or a log).
+    secrets: list[str] = Field(default_factory=list)
+    train: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job file, with the command line's overrides applied."""
+
+    path: Path  # absolute
+    sha256: str  # of the file's bytes, to notice an edit between launches
+    spec: JobSpec
+    train: TrainConfig
+    gpus: tuple[GpuType, ...]  # the failover list, resolved; empty when the job names no GPU
+    storage_root: str | None  # absolute path or s3:// URI; None: the local default
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def backend(self) -> str:
+        return self.spec.backend
+
+    def env(self) -> dict[str, str]:
+        return {k: _env_text(v) for k, v in self.spec.env.items()}
+
+    def record(self) -> dict[str, Any]:
+        """What the state database keeps of the job: the validated file, which holds no secret values."""
+        return self.spec.model_dump(mode="json")
+
+
+def _env_text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None = None, backend: str | None = None) -> Job:
+    """Read and validate a job file; ``gpu`` and ``backend`` override the file (``--gpu``, ``--backend``).
+
+    Raises :class:`JobFileError` naming every problem. Writes nothing, launches nothing."""
+    path = Path(path).expanduser().absolute()
+    doc = load_yaml(path)
+    raw = doc.data
+    if "name" not in raw:  # default: the file's name, made safe for ids
+        raw = {"name": re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)[:63] or "job", **raw}
+
+    problems, found_secrets = _secret_problems(raw, doc)
+    spec: JobSpec | None = None
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as e:
+        problems += [_friendlier(p) for p in validation_problems(e, doc, (), JobSpec)]
+    train: TrainConfig | None = None
+    if isinstance(raw.get("train"), dict) or "train" in raw:
+        try:
+            train = parse_train(raw.get("train"), doc)
+        except JobFileError as e:
+            problems += e.problems
+
+    gpus: tuple[GpuType, ...] = ()
+    storage_root: str | None = None
+    if spec is not None:
+        if backend is not None:
+            if backend not in BACKENDS:
+                problems.append(f"--backend: unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+            else:
+                spec = spec.model_copy(update={"backend": backend})
+        gpus, more = _resolve_gpus(spec, doc, gpu)
+        problems += more
+        if gpu is not None and not more:
+            spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpu": [g.alias for g in gpus]})})
+        storage_root, more = _check_storage(spec, doc, path)
+        problems += more
+        problems += _check_env(spec, doc)
+        if train is not None and spec.backend == "local":
+            problems += _check_local_data(raw["train"], doc, path)
+
+    if problems:
+        problems = sorted(dict.fromkeys(redact(p, found_secrets) for p in problems), key=_line_of)
+        raise JobFileError(path, problems)
+    assert spec is not None and train is not None
+    return Job(path, hashlib.sha256(path.read_bytes()).hexdigest(), spec, train, gpus, storage_root)
+
+
+# --- checks that need more than the schema --------------------------------------------------------
+def _secret_problems(raw: dict[str, Any], doc: LocatedYaml) -> tuple[list[str], list[str]]:
+    """Credentials written in the file, anywhere in it. Returns the problems and the values found
+    (so no other message repeats them)."""
+    problems: list[str] = []
+    found: list[str] = []
+    move = "remove it from the file, export it in the shell you submit from, and list its NAME under `secrets:`"
+
+    def walk(value: Any, loc: tuple[str | int, ...]) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, loc + (k,))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, loc + (i,))
+        elif isinstance(value, str) and loc[:1] != ("secrets",):
+            kind = looks_like_secret_value(value, strict=loc[:1] == ("env",))
+            if kind:
+                found.append(value)
+                problems.append(f"{doc.where(loc)}: {_dotted(loc)}: this looks like {kind}; credentials must never be "
+                                f"written in a job file: {move}")
+            elif len(loc) == 2 and loc[0] == "env" and looks_like_secret_name(str(loc[1])) and value.strip():
+                found.append(value)
+                problems.append(f"{doc.where(loc)}: {_dotted(loc)}: {loc[1]} names a credential, so its value must not "
+                                f"be in the job file: {move}")
+
+    walk(raw, ())
+
+    secrets = raw.get("secrets")
+    if isinstance(secrets, dict):
+        found += [str(v) for v in secrets.values() if v is not None]
+        problems.append(
+            f"{doc.where(('secrets',))}: secrets: lists the NAMES of environment variables to forward from your shell, "
+            f"never their values; write `secrets: [{', '.join(map(str, secrets)) or 'HF_TOKEN'}]` and export them "
+            f"before submitting"
+        )
+    elif isinstance(secrets, list):
+        seen: set[str] = set()
+        for i, name in enumerate(secrets):
+            where = f"{doc.where(('secrets', i))}: secrets[{i}]"
+            if not isinstance(name, str):
+                problems.append(f"{where}: expected the name of an environment variable")
+                continue
+            if looks_like_secret_value(name, strict=True):
+                found.append(name)
+                problems.append(f"{where}: this is a credential, not a variable name; list only the NAME of the "
+                                f"variable that holds it (for example HF_TOKEN) and export it in your shell")
+            elif "=" in name:
+                found.append(name.split("=", 1)[1])
+                problems.append(f"{where}: write only the variable's name ({name.split('=', 1)[0]!r}); its value "
+                                f"comes from the shell you submit from, never from the job file")
+            elif not ENV_NAME.match(name):
+                problems.append(f"{where}: {name!r} is not an environment variable name (letters, digits and _)")
+            elif name in seen:
+                problems.append(f"{where}: {name} is listed twice")
+            seen.add(name)
+    return problems, found
+
+
+def _resolve_gpus(spec: JobSpec, doc: LocatedYaml, override: str | list[str] | tuple[str, ...] | None) -> tuple[tuple[GpuType, ...], list[str]]:
+    catalog = load_catalog()
+    if override is not None:
+        names = [str(n).strip() for n in (override.split(",") if isinstance(override, str) else override)]
+        located = [(n, "--gpu") for n in names if n]
+    else:
+        wanted = spec.resources.gpu
+        if wanted is None:
+            names = []
+        elif isinstance(wanted, str):
+            names = [wanted]
+        else:
+            names = list(wanted)
+        located = [(n, f"{doc.where(('resources', 'gpu') if isinstance(wanted, str) else ('resources', 'gpu', i))}: "
+                       f"resources.gpu" + ("" if isinstance(wanted, str) else f"[{i}]")) for i, n in enumerate(names)]
+    problems, gpus = [], []
+    for name, where in located:
+        gpu = catalog.resolve(name)
+        if gpu is None:
+            close = catalog.closest(name)
+            hint = f"; closest known: {', '.join(close)}" if close else ""
+            problems.append(f"{where}: unknown GPU {name!r}{hint} (`python -m runner gpus` lists them all)")
+        elif gpu in gpus:
+            problems.append(f"{where}: {name!r} is {gpu.alias}, which is already in the list")
+        else:
+            gpus.append(gpu)
+    if spec.backend in REMOTE_BACKENDS and not located:
+        problems.append(f"{doc.where(('resources',)) if 'resources' in doc.data else doc.where(('backend',))}: "
+                        f"resources.gpu: required for the {spec.backend} backend; for example `gpu: rtx3090` "
+                        f"(`python -m runner gpus` lists them)")
+    return tuple(gpus), problems
+
+
+def _check_storage(spec: JobSpec, doc: LocatedYaml, path: Path) -> tuple[str | None, list[str]]:
+    where = f"{doc.where(('storage',))}: storage"
+    if spec.storage is None:
+        if spec.backend in REMOTE_BACKENDS:
+            return None, [f"{doc.where(('backend',))}: storage: required for the {spec.backend} backend, whose trainer "
+                          f"cannot write to this machine; add `storage: s3://BUCKET/PREFIX`"]
+        return None, []
+    uri = spec.storage.strip()
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        bucket = parsed.netloc
+        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
+            return None, [f"{where}: {uri!r} has no valid bucket name; expected s3://BUCKET/PREFIX "
+                          f"(bucket: 3-63 lowercase letters, digits, dots and dashes)"]
+        return uri.rstrip("/"), []
+    if parsed.scheme == "file":
+        local = Path(parsed.path)
+    elif parsed.scheme and len(parsed.scheme) > 1:
+        return None, [f"{where}: unsupported scheme {parsed.scheme + '://'!r}; expected s3://BUCKET/PREFIX or a local folder"]
+    else:
+        local = Path(uri).expanduser()
+    if spec.backend in REMOTE_BACKENDS:
+        return None, [f"{where}: {uri!r} is a folder on this machine, which the {spec.backend} backend's trainer "
+                      f"cannot reach; use `storage: s3://BUCKET/PREFIX`"]
+    if not local.is_absolute():
+        local = path.parent / local  # like data paths: relative to the job file's folder
+    return str(local.resolve()), []
+
+
+def _check_env(spec: JobSpec, doc: LocatedYaml) -> list[str]:
+    problems = []
+    for name in spec.env:
+        where = f"{doc.where(('env', name))}: env.{name}"
+        if not ENV_NAME.match(name):
+            problems.append(f"{where}: {name!r} is not an environment variable name (letters, digits and _)")
+        elif name in RESERVED_ENV:
+            problems.append(f"{where}: {name} is set by the runner for each attempt; remove it")
+        elif name in spec.secrets:
+            problems.append(f"{where}: {name} is also listed under secrets:; keep it in one place only")
+    for i, name in enumerate(spec.secrets):
+        if name in RESERVED_ENV:
+            problems.append(f"{doc.where(('secrets', i))}: secrets[{i}]: {name} is set by the runner; remove it")
+    return problems
+
+
+def _check_local_data(train: dict[str, Any], doc: LocatedYaml, path: Path) -> list[str]:
+    """A local job's data files must exist now: finding out after the trainer started wastes retries."""
+    data = train.get("data") if isinstance(train, dict) else None
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        return problems
+    for key in ("train", "val"):
+        value = data.get(key)
+        items = [(value, ("train", "data", key))] if isinstance(value, str) else \
+            [(v, ("train", "data", key, i)) for i, v in enumerate(value)] if isinstance(value, list) else []
+        for item, loc in items:
+            if not isinstance(item, str) or "://" in item:
+                continue
+            resolved = resolve_path(path, item)
+            if not Path(resolved).exists():
+                problems.append(f"{doc.where(loc)}: {_dotted(loc)}: file not found: {resolved} "
+                                f"(paths are relative to the job file's folder)")
+    return problems
+
+
+# --- message helpers ------------------------------------------------------------------------------
+_MAPPING = re.compile(r"Input should be a valid dictionary or instance of \w+")
+
+
+def _friendlier(problem: str) -> str:
+    return _MAPPING.sub("expected a mapping of fields", problem).replace("Input should be", "expected")
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    s = ""
+    for part in loc:
+        s += f"[{part}]" if isinstance(part, int) else (f".{part}" if s else str(part))
+    return s
+
+
+def _line_of(problem: str) -> int:
+    m = re.match(r"^[^\n]*?:(\d+): ", problem)
+    return int(m.group(1)) if m else 0

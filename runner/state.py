@@ -1,0 +1,450 @@
+"""The runner's memory: a SQLite database (WAL) of jobs, attempts, events and billing segments.
+
+Intent is written before it is acted on (an attempt row exists before its process or pod is
+launched), so a runner killed at any instant and started again finds what it was doing and
+adopts it instead of launching a duplicate. A job is supervised by one runner process at a time:
+the supervisor's pid and start time are its lease, and a dead holder's lease can be taken over.
+
+Nothing here holds a secret value: job files with credentials in them are refused before they get
+here, and text from the trainer is redacted by the supervisor before it is recorded."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from runner import paths, proc
+
+# --- job states ------------------------------------------------------------------------------------
+PENDING = "pending"  # written, no attempt launched yet
+RUNNING = "running"  # an attempt is launching or running
+WAITING = "waiting"  # between attempts: relaunching after a preemption, or backing off after a failure
+DONE = "done"
+FAILED = "failed"
+CANCELLED = "cancelled"
+OVER_BUDGET = "over_budget"  # stopped with an emergency checkpoint; resumable with a larger budget
+ACTIVE_STATES = (PENDING, RUNNING, WAITING)
+FINAL_STATES = (DONE, FAILED, CANCELLED, OVER_BUDGET)
+
+# --- attempt states --------------------------------------------------------------------------------
+LAUNCHING = "launching"  # intent recorded; the backend may or may not have started it yet
+ATTEMPT_RUNNING = "running"
+ENDED = "ended"
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    job_file TEXT NOT NULL,
+    job_sha256 TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    workdir TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    run_uri TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    finished REAL,
+    step INTEGER NOT NULL DEFAULT 0,
+    max_steps INTEGER NOT NULL DEFAULT 0,
+    preemptions INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    next_launch_at REAL NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    supervisor_pid INTEGER,
+    supervisor_ident TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
+CREATE TABLE IF NOT EXISTS attempts (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    number INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    state TEXT NOT NULL,
+    gpu TEXT,
+    gpu_count INTEGER NOT NULL DEFAULT 1,
+    spot INTEGER NOT NULL DEFAULT 0,
+    rate_per_hour REAL NOT NULL DEFAULT 0,
+    handle_json TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    exit_code INTEGER,
+    outcome TEXT,
+    detail TEXT NOT NULL DEFAULT '',
+    start_step INTEGER,
+    end_step INTEGER,
+    UNIQUE (job_id, number)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    attempt_id TEXT,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
+CREATE TABLE IF NOT EXISTS billing_segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    attempt_id TEXT NOT NULL UNIQUE REFERENCES attempts(id),
+    gpu TEXT,
+    gpu_count INTEGER NOT NULL,
+    spot INTEGER NOT NULL,
+    rate_per_hour REAL NOT NULL,
+    on_demand_rate_per_hour REAL NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    end_reason TEXT,
+    source TEXT NOT NULL DEFAULT 'runner'
+);
+"""
+
+
+@dataclass
+class JobRow:
+    id: str
+    name: str
+    job_file: str
+    job_sha256: str
+    spec_json: str
+    workdir: str
+    backend: str
+    run_uri: str
+    state: str
+    reason: str
+    created: float
+    updated: float
+    finished: float | None
+    step: int
+    max_steps: int
+    preemptions: int
+    failures: int
+    next_launch_at: float
+    cancel_requested: int
+    supervisor_pid: int | None
+    supervisor_ident: str | None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def supervised(self) -> bool:
+        """True while a live runner process holds this job's lease."""
+        return proc.is_alive(self.supervisor_pid, self.supervisor_ident)
+
+
+@dataclass
+class AttemptRow:
+    id: str
+    job_id: str
+    number: int
+    backend: str
+    state: str
+    gpu: str | None
+    gpu_count: int
+    spot: int
+    rate_per_hour: float
+    handle_json: str | None
+    created: float
+    started: float | None
+    ended: float | None
+    exit_code: int | None
+    outcome: str | None
+    detail: str
+    start_step: int | None
+    end_step: int | None
+
+    @property
+    def handle(self) -> dict[str, Any] | None:
+        return json.loads(self.handle_json) if self.handle_json else None
+
+
+@dataclass
+class EventRow:
+    id: int
+    job_id: str
+    attempt_id: str | None
+    time: float
+    kind: str
+    message: str
+
+
+@dataclass
+class SegmentRow:
+    id: int
+    job_id: str
+    attempt_id: str
+    gpu: str | None
+    gpu_count: int
+    spot: int
+    rate_per_hour: float
+    on_demand_rate_per_hour: float
+    started: float
+    ended: float | None
+    end_reason: str | None
+    source: str
+
+    def hours(self, now: float | None = None) -> float:
+        end = self.ended if self.ended is not None else (now or time.time())
+        return max(0.0, end - self.started) / 3600.0
+
+    def cost(self, now: float | None = None) -> float:
+        return self.hours(now) * self.rate_per_hour
+
+
+def _row(cls, r: sqlite3.Row):
+    return cls(**{f.name: r[f.name] for f in fields(cls)})
+
+
+class StateError(Exception):
+    """A job reference that matches no job (or several)."""
+
+
+class State:
+    """One connection to the state database. Each method is its own transaction unless inside
+    :meth:`transaction`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves, so each transaction is exactly what we say.
+        self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self._depth = 0
+        if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            with self.transaction() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @classmethod
+    def open(cls, create: bool = True) -> State | None:
+        """The user's state; with ``create=False``, None when there is none yet (read-only commands
+        must not create files)."""
+        path = paths.db_path()
+        if not create and not path.exists():
+            return None
+        return cls(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE: writers queue here, never half-way through)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.db
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    # --- jobs -------------------------------------------------------------------------------------
+    def create_job(self, *, id: str, name: str, job_file: str, job_sha256: str, spec: dict[str, Any], workdir: str,
+                   backend: str, run_uri: str, max_steps: int = 0) -> JobRow:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (id, name, job_file, job_sha256, spec_json, workdir, backend, run_uri, state, created,"
+                " updated, max_steps) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (id, name, job_file, job_sha256, json.dumps(spec, sort_keys=True), workdir, backend, run_uri, PENDING,
+                 now, now, max_steps),
+            )
+            self.add_event(id, "submitted", f"{backend} backend, run {run_uri}")
+        return self.job(id)
+
+    def job(self, job_id: str) -> JobRow:
+        r = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if r is None:
+            raise StateError(f"no job {job_id!r}")
+        return _row(JobRow, r)
+
+    def find_job(self, ref: str) -> JobRow:
+        """A job by id, by name (the newest job of that name), or by a unique prefix of its id."""
+        ref = str(ref)
+        r = self.db.execute("SELECT * FROM jobs WHERE id = ?", (ref,)).fetchone()
+        if r is not None:
+            return _row(JobRow, r)
+        r = self.db.execute("SELECT * FROM jobs WHERE name = ? ORDER BY created DESC LIMIT 1", (ref,)).fetchone()
+        if r is not None:
+            return _row(JobRow, r)
+        rows = self.db.execute("SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\' ORDER BY created DESC",
+                               (ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",)).fetchall()
+        if len(rows) == 1:
+            return _row(JobRow, rows[0])
+        if len(rows) > 1:
+            ids = ", ".join(r["id"] for r in rows[:5])
+            raise StateError(f"{ref!r} matches {len(rows)} jobs ({ids}{', …' if len(rows) > 5 else ''}); give more of the id")
+        raise StateError(f"no job matches {ref!r}; `python -m runner list` shows them all")
+
+    def jobs(self, *, active: bool | None = None, limit: int | None = None) -> list[JobRow]:
+        sql = "SELECT * FROM jobs"
+        if active is True:
+            sql += f" WHERE state IN ({','.join('?' * len(ACTIVE_STATES))})"
+        elif active is False:
+            sql += f" WHERE state NOT IN ({','.join('?' * len(ACTIVE_STATES))})"
+        sql += " ORDER BY created DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        params = ACTIVE_STATES if active is not None else ()
+        return [_row(JobRow, r) for r in self.db.execute(sql, params)]
+
+    def count_jobs_by_state(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        values["updated"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with self.transaction() as db:
+            db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*values.values(), job_id))
+
+    def set_job_state(self, job_id: str, state: str, reason: str, event: str | None = None,
+                      attempt_id: str | None = None, **values: Any) -> None:
+        """Change a job's state and record the transition as an event, in one transaction."""
+        if state in FINAL_STATES:
+            values.setdefault("finished", time.time())
+        with self.transaction():
+            self.update_job(job_id, state=state, reason=reason, **values)
+            self.add_event(job_id, event or state, reason, attempt_id)
+
+    def request_cancel(self, job_id: str) -> None:
+        with self.transaction():
+            self.update_job(job_id, cancel_requested=1)
+            self.add_event(job_id, "cancel_requested", "cancel asked for")
+
+    # --- the supervision lease ----------------------------------------------------------------------
+    def acquire(self, job_id: str, pid: int, ident: str) -> bool:
+        """Make this process the job's supervisor unless another live process already is."""
+        with self.transaction():
+            job = self.job(job_id)
+            if job.supervisor_pid == pid and job.supervisor_ident == ident:
+                return True
+            if job.supervisor_pid and job.supervised():
+                return False
+            self.update_job(job_id, supervisor_pid=pid, supervisor_ident=ident)
+            return True
+
+    def release(self, job_id: str, pid: int, ident: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET supervisor_pid = NULL, supervisor_ident = NULL WHERE id = ? AND supervisor_pid = ?"
+                       " AND supervisor_ident = ?", (job_id, pid, ident))
+
+    # --- attempts ---------------------------------------------------------------------------------
+    def add_attempt(self, job_id: str, *, backend: str, gpu: str | None, gpu_count: int, spot: bool,
+                    start_step: int) -> AttemptRow:
+        """Record the intent to launch the job's next attempt (before anything is launched)."""
+        with self.transaction() as db:
+            number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE job_id = ?", (job_id,)).fetchone()[0]
+            attempt_id = f"{job_id}-{number}"
+            db.execute(
+                "INSERT INTO attempts (id, job_id, number, backend, state, gpu, gpu_count, spot, created, start_step)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (attempt_id, job_id, number, backend, LAUNCHING, gpu, gpu_count, int(spot), time.time(), start_step),
+            )
+            self.update_job(job_id, state=RUNNING)
+            self.add_event(job_id, "launching", f"attempt {number} on {backend}" + (f" ({gpu}, {'spot' if spot else 'on-demand'})" if gpu else ""),
+                           attempt_id)
+        return self.attempt(attempt_id)
+
+    def attempt(self, attempt_id: str) -> AttemptRow:
+        return _row(AttemptRow, self.db.execute("SELECT * FROM attempts WHERE id = ?", (attempt_id,)).fetchone())
+
+    def attempts(self, job_id: str) -> list[AttemptRow]:
+        return [_row(AttemptRow, r) for r in self.db.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY number", (job_id,))]
+
+    def attempt_counts(self, job_ids: list[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for i in range(0, len(job_ids), 500):  # stay under SQLite's limit on parameters
+            chunk = job_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            counts.update(self.db.execute(f"SELECT job_id, COUNT(*) FROM attempts WHERE job_id IN ({marks}) GROUP BY job_id",
+                                          chunk).fetchall())
+        return counts
+
+    def current_attempt(self, job_id: str) -> AttemptRow | None:
+        """The attempt that is launching or running, if any."""
+        r = self.db.execute("SELECT * FROM attempts WHERE job_id = ? AND state != ? ORDER BY number DESC LIMIT 1",
+                            (job_id, ENDED)).fetchone()
+        return _row(AttemptRow, r) if r else None
+
+    def attempt_started(self, attempt: AttemptRow, handle: dict[str, Any], *, gpu: str | None, spot: bool,
+                        rate_per_hour: float, on_demand_rate_per_hour: float, adopted: bool = False) -> None:
+        """The backend launched (or found) the attempt: record its handle and open its billing segment."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("UPDATE attempts SET state = ?, handle_json = ?, started = COALESCE(started, ?), gpu = ?, spot = ?,"
+                       " rate_per_hour = ? WHERE id = ?",
+                       (ATTEMPT_RUNNING, json.dumps(handle, sort_keys=True), now, gpu, int(spot), rate_per_hour, attempt.id))
+            db.execute("INSERT OR IGNORE INTO billing_segments (job_id, attempt_id, gpu, gpu_count, spot, rate_per_hour,"
+                       " on_demand_rate_per_hour, started) VALUES (?,?,?,?,?,?,?,?)",
+                       (attempt.job_id, attempt.id, gpu, attempt.gpu_count, int(spot), rate_per_hour,
+                        on_demand_rate_per_hour, now))
+            where = handle.get("where", "")
+            self.add_event(attempt.job_id, "adopted" if adopted else ("launched" if attempt.number == 1 else "relaunched"),
+                           f"attempt {attempt.number}" + (f": {where}" if where else ""), attempt.id)
+
+    def attempt_ended(self, attempt: AttemptRow, *, outcome: str, exit_code: int | None, detail: str,
+                      end_step: int | None) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("UPDATE attempts SET state = ?, ended = ?, outcome = ?, exit_code = ?, detail = ?, end_step = ?"
+                       " WHERE id = ?", (ENDED, now, outcome, exit_code, detail, end_step, attempt.id))
+            db.execute("UPDATE billing_segments SET ended = ?, end_reason = ? WHERE attempt_id = ? AND ended IS NULL",
+                       (now, outcome, attempt.id))
+
+    # --- events -----------------------------------------------------------------------------------
+    def add_event(self, job_id: str, kind: str, message: str = "", attempt_id: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO events (job_id, attempt_id, time, kind, message) VALUES (?,?,?,?,?)",
+                       (job_id, attempt_id, time.time(), kind, message))
+
+    def events(self, job_id: str, after_id: int = 0, limit: int | None = None) -> list[EventRow]:
+        if limit:
+            rows = self.db.execute("SELECT * FROM (SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id DESC LIMIT ?)"
+                                   " ORDER BY id", (job_id, after_id, limit))
+        else:
+            rows = self.db.execute("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id))
+        return [_row(EventRow, r) for r in rows]
+
+    # --- billing ----------------------------------------------------------------------------------
+    def segments(self, job_id: str | None = None) -> list[SegmentRow]:
+        if job_id is None:
+            rows = self.db.execute("SELECT * FROM billing_segments ORDER BY started")
+        else:
+            rows = self.db.execute("SELECT * FROM billing_segments WHERE job_id = ? ORDER BY started", (job_id,))
+        return [_row(SegmentRow, r) for r in rows]
+
+    def spent(self, job_id: str, now: float | None = None) -> float:
+        return sum(s.cost(now) for s in self.segments(job_id))

@@ -1,0 +1,386 @@
+"""The supervisor: watches each job's current attempt and decides what happens next.
+
+- done (status.json done, exit 0): the job is done;
+- interrupted (exit 75, killed, process or machine vanished, heartbeat stale): relaunch, up to
+  ``retry.max_preemptions`` times; after ``retry.fallback_to_on_demand_after`` of them, on-demand;
+- failed: rerun after a backoff that doubles, up to ``retry.max_failures`` times; never when the
+  exit code says a rerun cannot help;
+- budget reached: stop with an emergency checkpoint; cancel asked for: the same.
+
+Every transition is an event in the state database, written before it is acted on. One runner
+process supervises a job at a time (the job's lease); a runner that is killed leaves its attempts
+running, and the next ``watch`` adopts them. When a job ends for good, nothing of it is left running."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from runner import proc
+from runner import state as st
+from runner.backends import get_backend
+from runner.backends.base import Backend, BackendError, LaunchRequest, Observation
+from runner.catalog import load_catalog
+from runner.outcome import DONE, FAILED_PERMANENTLY, INTERRUPTED, Verdict, classify
+from runner.secret_guard import forwarded, redact
+from trainer import contract
+
+#: Seconds between two looks at a job (overridable for tests and slow remote backends).
+POLL_SECONDS = float(os.environ.get("RUNNER_POLL_SECONDS", "0.5"))
+#: How long a trainer gets to write its emergency checkpoint after SIGTERM before it is killed.
+STOP_GRACE_SECONDS = float(os.environ.get("RUNNER_STOP_GRACE_SECONDS", "60"))
+LAUNCH_TIMEOUT_SECONDS = 120.0
+#: Warn once when a job has spent this share of its budget.
+BUDGET_WARNING = 0.8
+
+
+class Display(Protocol):
+    """Where the supervisor shows what happens (a terminal, or nothing)."""
+
+    def event(self, job: st.JobRow, event: st.EventRow) -> None: ...
+
+    def progress(self, job: st.JobRow, attempt: st.AttemptRow | None, status: contract.Status | None) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+class NoDisplay:
+    def event(self, job: st.JobRow, event: st.EventRow) -> None:
+        pass
+
+    def progress(self, job: st.JobRow, attempt: st.AttemptRow | None, status: contract.Status | None) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+def stale_after_seconds(spec: Mapping[str, Any]) -> float:
+    """A running trainer rewrites status.json every ``heartbeat_seconds``; ten missed beats (at
+    least a minute) mean it is hung."""
+    heartbeat = ((spec.get("train") or {}).get("logging") or {}).get("heartbeat_seconds", 10.0)
+    return max(60.0, 10.0 * float(heartbeat))
+
+
+class JobSupervisor:
+    """One job's state machine; :meth:`step` advances it by looking once."""
+
+    def __init__(self, state: st.State, job_id: str, environ: Mapping[str, str], backend: Backend | None = None):
+        self.state = state
+        self.job = state.job(job_id)
+        self.spec = self.job.spec
+        self.environ = environ
+        self.backend = backend or get_backend(self.job.backend)
+        self._storage = None
+        self.status: contract.Status | None = None
+        self.finished = False  # this supervisor is done with the job (it ended, or it is blocked)
+        self.launched = False
+        self._warned: set[str] = set()
+        self._secret_values = [environ[n] for n in self.spec.get("secrets", []) if environ.get(n)]
+
+    # --- looking --------------------------------------------------------------------------------
+    def read_status(self) -> contract.Status | None:
+        """status.json of the run, or None when it is not there (yet) or unreadable right now."""
+        try:
+            if self._storage is None:
+                from trainer.storage import open_storage
+
+                self._storage = open_storage(self.job.run_uri)
+            raw = self._storage.get_bytes(contract.STATUS)
+            self.status = contract.Status.from_json(raw) if raw else None
+        except Exception:  # a torn read or a storage hiccup: look again next time
+            pass
+        return self.status
+
+    def _event(self, kind: str, message: str, attempt_id: str | None = None) -> None:
+        self.state.add_event(self.job.id, kind, self._clean(message), attempt_id)
+
+    def _clean(self, text: str) -> str:
+        return redact(text, self._secret_values)
+
+    # --- the state machine ----------------------------------------------------------------------
+    def step(self) -> None:
+        job = self.job = self.state.job(self.job.id)
+        if not job.active:
+            self.finished = True
+            return
+        attempt = self.state.current_attempt(job.id)
+        if job.cancel_requested:
+            self._cancel(attempt)
+        elif attempt is None:
+            self._maybe_launch()
+        elif attempt.state == st.LAUNCHING:
+            self._launch(attempt)
+        else:
+            self._watch(attempt)
+
+    def _maybe_launch(self) -> None:
+        if time.time() < self.job.next_launch_at:
+            return
+        budget = (self.spec.get("budget") or {}).get("max_usd")
+        spent = self.state.spent(self.job.id)
+        if budget is not None and spent >= budget:
+            self._finish(st.OVER_BUDGET, f"spent ${spent:.2f} of the ${budget:.2f} budget; raise budget.max_usd to go on",
+                         "budget_reached")
+            return
+        if not self._ready_to_launch():
+            return
+        retry = self.spec.get("retry") or {}
+        fallback_after = retry.get("fallback_to_on_demand_after")
+        spot = bool((self.spec.get("resources") or {}).get("spot", True))
+        if spot and fallback_after is not None and self.job.preemptions >= fallback_after:
+            if "fallback" not in self._warned:
+                self._warned.add("fallback")
+                self._event("fallback", f"{self.job.preemptions} preemptions: relaunching on on-demand capacity")
+            spot = False
+        gpus = self._gpus()
+        attempt = self.state.add_attempt(
+            self.job.id, backend=self.job.backend, gpu=gpus[0].alias if gpus else None,
+            gpu_count=int((self.spec.get("resources") or {}).get("gpu_count", 1)), spot=spot and self.job.backend != "local",
+            start_step=self.job.step,
+        )
+        self._launch(attempt, checked=True)
+
+    def _gpus(self):
+        catalog = load_catalog()
+        wanted = (self.spec.get("resources") or {}).get("gpu")
+        names = [wanted] if isinstance(wanted, str) else list(wanted or [])
+        return tuple(g for g in (catalog.resolve(n) for n in names) if g is not None)
+
+    def _ready_to_launch(self) -> bool:
+        """Secrets set in this shell and the job file unchanged; otherwise the job waits for the user."""
+        _values, missing = forwarded(self.spec.get("secrets", []), self.environ)
+        if missing:
+            self._block(f"needs {', '.join(missing)} in the environment to launch; export "
+                        f"{'it' if len(missing) == 1 else 'them'} and run `python -m runner watch`")
+            return False
+        path = Path(self.job.job_file)
+        if not path.exists():
+            self._finish(st.FAILED, f"the job file {path} is gone; the trainer reads it at every launch", "failed")
+            return False
+        import hashlib
+
+        if hashlib.sha256(path.read_bytes()).hexdigest() != self.job.job_sha256 and "edited" not in self._warned:
+            self._warned.add("edited")
+            self._event("job_file_changed", f"{path} changed since the job was submitted; the trainer reads the new file")
+        return True
+
+    def _block(self, reason: str) -> None:
+        job = self.state.job(self.job.id)
+        if job.reason != reason:
+            self.state.set_job_state(self.job.id, st.WAITING, reason, "blocked")
+        self.finished = True  # nothing this process can do: leave the job to a later `watch`
+
+    def _request(self, attempt: st.AttemptRow) -> LaunchRequest:
+        values, _missing = forwarded(self.spec.get("secrets", []), self.environ)
+        env = {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in (self.spec.get("env") or {}).items()}
+        env.update(values)
+        resources = self.spec.get("resources") or {}
+        return LaunchRequest(
+            attempt_id=attempt.id, job_id=self.job.id, job_file=Path(self.job.job_file), run_uri=self.job.run_uri,
+            workdir=Path(self.job.workdir), env=env, gpus=self._gpus(), gpu_count=attempt.gpu_count,
+            spot=bool(attempt.spot), max_bid_per_gpu=resources.get("max_bid_per_gpu"),
+            container_disk_gb=int(resources.get("container_disk_gb", 50)), volume_gb=int(resources.get("volume_gb", 0)),
+            image=dict(self.spec.get("image") or {}),
+        )
+
+    def _launch(self, attempt: st.AttemptRow, checked: bool = False) -> None:
+        if not checked and not self._ready_to_launch():
+            return
+        try:
+            launched = self.backend.launch(self._request(attempt), timeout_s=LAUNCH_TIMEOUT_SECONDS)
+        except BackendError as e:
+            self.state.attempt_ended(attempt, outcome="failed", exit_code=None, detail=self._clean(str(e)), end_step=None)
+            self._after(attempt, Verdict("failed", f"launch failed: {e}"))
+            return
+        catalog_gpu = load_catalog().resolve(launched.gpu) if launched.gpu else None
+        self.state.attempt_started(attempt, launched.handle, gpu=launched.gpu or attempt.gpu, spot=launched.spot,
+                                   rate_per_hour=launched.rate_per_hour,
+                                   on_demand_rate_per_hour=(catalog_gpu.on_demand * attempt.gpu_count if catalog_gpu
+                                                            else launched.on_demand_rate_per_hour),
+                                   adopted=launched.adopted)
+        self.launched = True
+
+    def _watch(self, attempt: st.AttemptRow) -> None:
+        handle = attempt.handle or {}
+        obs = self.backend.poll(handle)
+        status = self.read_status()
+        mine = status is not None and status.attempt == attempt.id
+        if status is not None and (status.step, status.max_steps) != (self.job.step, self.job.max_steps):
+            self.state.update_job(self.job.id, step=status.step, max_steps=status.max_steps or self.job.max_steps)
+        if not obs.ended:
+            if self._over_budget(attempt):
+                return
+            if mine and status.state == contract.RUNNING and time.time() - status.heartbeat > stale_after_seconds(self.spec):
+                age = time.time() - status.heartbeat
+                self._event("stale", f"no heartbeat for {age:.0f}s from a live trainer: stopping it", attempt.id)
+                obs = self.backend.stop(handle, grace_s=STOP_GRACE_SECONDS)
+                verdict = classify(obs, self.read_status(), attempt.id)
+                if verdict.outcome != DONE:
+                    verdict = Verdict(INTERRUPTED, f"heartbeat stale for {age:.0f}s; {verdict.detail}")
+                self._end(attempt, obs, verdict)
+            return
+        if obs.state == "vanished":
+            obs = self._cleanup(handle, obs)
+        self._end(attempt, obs, classify(obs, self.read_status(), attempt.id))
+
+    def _cleanup(self, handle: dict[str, Any], obs: Observation) -> Observation:
+        """Make sure nothing of a lost attempt still runs before another one starts on the same run."""
+        try:
+            self.backend.stop(handle, grace_s=0)
+        except BackendError as e:
+            self._event("error", f"could not clean up the lost attempt: {e}")
+        return obs
+
+    def _over_budget(self, attempt: st.AttemptRow) -> bool:
+        budget = (self.spec.get("budget") or {}).get("max_usd")
+        if budget is None:
+            return False
+        spent = self.state.spent(self.job.id)
+        if spent >= BUDGET_WARNING * budget and "budget" not in self._warned and spent < budget:
+            self._warned.add("budget")
+            self._event("budget_warning", f"spent ${spent:.2f} of the ${budget:.2f} budget", attempt.id)
+        if spent < budget:
+            return False
+        self._event("budget_reached", f"spent ${spent:.2f} of the ${budget:.2f} budget: stopping with an emergency "
+                                      f"checkpoint", attempt.id)
+        verdict = self._stop(attempt)
+        if verdict.outcome == DONE:
+            self._finish(st.DONE, f"final weights in {self.job.run_uri}/{contract.FINAL_DIR}", "done", attempt.id)
+        else:
+            step = self.status.step if self.status else self.job.step
+            self._finish(st.OVER_BUDGET, f"stopped at step {step} after spending ${spent:.2f} of the ${budget:.2f} "
+                                         f"budget ({verdict.detail}); raise budget.max_usd to go on", "stopped", attempt.id)
+        return True
+
+    def _cancel(self, attempt: st.AttemptRow | None) -> None:
+        if attempt is not None:
+            if attempt.state == st.LAUNCHING:
+                # The runner may have died after starting it: launch is idempotent and finds it (or starts
+                # it, to be stopped at once), so nothing launched in that window is left running.
+                self._launch(attempt)
+                attempt = self.state.attempt(attempt.id)
+            if attempt.state == st.ATTEMPT_RUNNING:
+                verdict = self._stop(attempt)
+                if verdict.outcome == DONE:
+                    self._finish(st.DONE, f"final weights in {self.job.run_uri}/{contract.FINAL_DIR}", "done", attempt.id)
+                    return
+        step = self.status.step if self.status else self.job.step
+        self._finish(st.CANCELLED, f"cancelled at step {step}; the run's checkpoints are kept in {self.job.run_uri}",
+                     "cancelled", attempt.id if attempt else None)
+
+    def _stop(self, attempt: st.AttemptRow) -> Verdict:
+        obs = self.backend.stop(attempt.handle or {}, grace_s=STOP_GRACE_SECONDS)
+        verdict = classify(obs, self.read_status(), attempt.id)
+        self.state.attempt_ended(attempt, outcome="stopped" if verdict.outcome != DONE else DONE, exit_code=obs.exit_code,
+                                 detail=self._clean(verdict.detail), end_step=self.status.step if self.status else None)
+        return verdict
+
+    def _end(self, attempt: st.AttemptRow, obs: Observation, verdict: Verdict) -> None:
+        self.state.attempt_ended(attempt, outcome=verdict.outcome, exit_code=obs.exit_code,
+                                 detail=self._clean(verdict.detail), end_step=self.status.step if self.status else None)
+        self._after(attempt, verdict)
+
+    def _after(self, attempt: st.AttemptRow, verdict: Verdict) -> None:
+        """Policy: what an ended attempt means for its job."""
+        retry = self.spec.get("retry") or {}
+        job = self.state.job(self.job.id)
+        detail = self._clean(verdict.detail)
+        if verdict.outcome == DONE:
+            self._finish(st.DONE, f"final weights in {job.run_uri}/{contract.FINAL_DIR}", "done", attempt.id)
+        elif verdict.outcome == INTERRUPTED:
+            count, limit = job.preemptions + 1, int(retry.get("max_preemptions", 20))
+            if count > limit:
+                self._finish(st.FAILED, f"interrupted {count} times, more than retry.max_preemptions ({limit}); last: "
+                                        f"{detail}", "failed", attempt.id, preemptions=count)
+            else:
+                self.state.set_job_state(job.id, st.WAITING, f"attempt {attempt.number} interrupted: {detail}; relaunching",
+                                         "preempted", attempt.id, preemptions=count, next_launch_at=time.time())
+        elif verdict.outcome == FAILED_PERMANENTLY:
+            self._finish(st.FAILED, f"attempt {attempt.number}: {detail} (`python -m runner logs {job.id}` shows why)",
+                         "failed", attempt.id, failures=job.failures + 1)
+        else:
+            count, limit = job.failures + 1, int(retry.get("max_failures", 3))
+            if count > limit:
+                self._finish(st.FAILED, f"failed {count} times, more than retry.max_failures ({limit}); last: {detail} "
+                                        f"(`python -m runner logs {job.id}` shows why)", "failed", attempt.id, failures=count)
+            else:
+                delay = float(retry.get("backoff_seconds", 10.0)) * 2 ** (count - 1)
+                self.state.set_job_state(job.id, st.WAITING, f"attempt {attempt.number} failed: {detail}; retry {count} "
+                                         f"of {limit} in {delay:.0f}s", "failed", attempt.id, failures=count,
+                                         next_launch_at=time.time() + delay)
+
+    def _finish(self, state: str, reason: str, event: str, attempt_id: str | None = None, **values: Any) -> None:
+        self.state.set_job_state(self.job.id, state, self._clean(reason), event, attempt_id, **values)
+        self.finished = True
+
+
+class Supervisor:
+    """Supervises a set of jobs (``submit``: one; ``watch``: every active job) until they end."""
+
+    def __init__(self, state: st.State, display: Display | None = None, environ: Mapping[str, str] | None = None):
+        self.state = state
+        self.display = display or NoDisplay()
+        self.environ = os.environ if environ is None else environ
+        self.pid, self.ident = proc.me()
+        self._seen_event: dict[str, int] = {}
+
+    def run(self, job_ids: Iterable[str] | None = None, *, forever: bool = False, until_launched: bool = False) -> dict[str, str]:
+        """Supervise ``job_ids`` (default: every active job, including ones submitted meanwhile)
+        until none is left to supervise. Returns each job's state at the end. Attempts keep
+        running if this process stops early (Ctrl-C): a later ``watch`` adopts them."""
+        wanted = list(job_ids) if job_ids is not None else None
+        held: dict[str, JobSupervisor] = {}
+        results: dict[str, str] = {}
+        elsewhere: set[str] = set()
+        try:
+            while True:
+                candidates = wanted if wanted is not None else [j.id for j in self.state.jobs(active=True)]
+                for job_id in candidates:
+                    if job_id in held or job_id in results:
+                        continue
+                    job = self.state.job(job_id)
+                    if not job.active:
+                        results[job_id] = job.state
+                    elif self.state.acquire(job_id, self.pid, self.ident):
+                        held[job_id] = self._take(job)
+                        elsewhere.discard(job_id)
+                    elif job_id not in elsewhere:
+                        elsewhere.add(job_id)
+                        self.display.note(f"{job_id} is supervised by runner process {job.supervisor_pid}; leaving it be")
+                for job_id, sup in list(held.items()):
+                    sup.step()
+                    self._show(sup)
+                    if sup.finished or (until_launched and sup.launched):
+                        self.state.release(job_id, self.pid, self.ident)
+                        del held[job_id]
+                        results[job_id] = self.state.job(job_id).state
+                if not held and not forever:
+                    if wanted is not None:
+                        results.update({j: self.state.job(j).state for j in wanted if j not in results})
+                    return results
+                time.sleep(POLL_SECONDS)
+        finally:
+            for job_id in held:
+                self.state.release(job_id, self.pid, self.ident)
+
+    def _take(self, job: st.JobRow) -> JobSupervisor:
+        sup = JobSupervisor(self.state, job.id, self.environ)
+        events = self.state.events(job.id)
+        self._seen_event[job.id] = 0 if len(events) <= 1 else events[-1].id
+        if len(events) > 1:  # another runner process worked on it and is gone: say who supervises it now
+            attempt = self.state.current_attempt(job.id)
+            now = f"; attempt {attempt.number} is {attempt.state}, adopted as it is" if attempt else ""
+            self.state.add_event(job.id, "supervising", f"runner process {self.pid} supervises the job{now}",
+                                 attempt.id if attempt else None)
+        return sup
+
+    def _show(self, sup: JobSupervisor) -> None:
+        job = self.state.job(sup.job.id)
+        for event in self.state.events(job.id, self._seen_event.get(job.id, 0)):
+            self.display.event(job, event)
+            self._seen_event[job.id] = event.id
+        self.display.progress(job, self.state.current_attempt(job.id), sup.status)

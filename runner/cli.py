@@ -461,9 +461,17 @@ def _print_plan(job, json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import contextlib
+
     import fire
 
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in args and any(a in ("-h", "--help") for a in args):
+        # Help is output the user asked for: print it on stdout (fire writes it to stderr).
+        args = [a for a in args if a not in ("-h", "--help")] + ["--", "--help"]
+        with contextlib.redirect_stderr(sys.stdout):
+            fire.Fire(Commands(), command=args, name="runner")
+        return
     fire.Fire(Commands(), command=args, name="runner")
 
 

@@ -12,10 +12,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from runner.catalog import GpuType, load_catalog
 from runner.secret_guard import ENV_NAME, looks_like_secret_name, looks_like_secret_value, redact
@@ -77,6 +77,16 @@ class Retry(_Section):
     backoff_seconds: float = Field(10.0, ge=0, le=3600)
 
 
+def _env_scalar(value: Any) -> str | int | float | bool:
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else "nothing"
+    raise ValueError(f"expected text, a number or true/false, got {kind}")
+
+
+EnvValue = Annotated[Any, AfterValidator(_env_scalar)]
+
+
 class JobSpec(_Section):
     name: str = Field(pattern=NAME_PATTERN)
     backend: Literal["local", "docker", "runpod"] = "local"
@@ -87,7 +97,7 @@ class JobSpec(_Section):
     budget: Budget | None = None
     retry: Retry = Field(default_factory=Retry)
     #: Plain settings for the trainer's environment. Never credentials: see ``secrets``.
-    env: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    env: dict[str, EnvValue] = Field(default_factory=dict)
     #: NAMES of environment variables forwarded from the submitting shell (their values never
     #: appear in the job file, the state or a log).
     secrets: list[str] = Field(default_factory=list)
@@ -136,6 +146,8 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
         raw = {"name": re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)[:63] or "job", **raw}
 
     problems, found_secrets = _secret_problems(raw, doc)
+    if isinstance(raw.get("secrets"), dict):  # already reported, with a better message than "expected a list"
+        raw = {**raw, "secrets": [str(k) for k in raw["secrets"]]}
     spec: JobSpec | None = None
     try:
         spec = JobSpec.model_validate(raw)
@@ -148,7 +160,11 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
         except JobFileError as e:
             problems += e.problems
 
-    gpus: tuple[GpuType, ...] = ()
+    # GPUs are checked even when other fields are wrong: a typo in the GPU is the likeliest mistake.
+    resources_raw = raw.get("resources") if isinstance(raw.get("resources"), dict) else {}
+    backend_name = backend if backend in BACKENDS else raw.get("backend", "local")
+    gpus, more = _resolve_gpus(resources_raw.get("gpu"), backend_name, doc, gpu)
+    problems += more
     storage_root: str | None = None
     if spec is not None:
         if backend is not None:
@@ -156,8 +172,6 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
                 problems.append(f"--backend: unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
             else:
                 spec = spec.model_copy(update={"backend": backend})
-        gpus, more = _resolve_gpus(spec, doc, gpu)
-        problems += more
         if gpu is not None and not more:
             spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpu": [g.alias for g in gpus]})})
         storage_root, more = _check_storage(spec, doc, path)
@@ -232,21 +246,20 @@ def _secret_problems(raw: dict[str, Any], doc: LocatedYaml) -> tuple[list[str], 
     return problems, found
 
 
-def _resolve_gpus(spec: JobSpec, doc: LocatedYaml, override: str | list[str] | tuple[str, ...] | None) -> tuple[tuple[GpuType, ...], list[str]]:
+def _resolve_gpus(wanted: Any, backend: Any, doc: LocatedYaml,
+                  override: str | list[str] | tuple[str, ...] | None) -> tuple[tuple[GpuType, ...], list[str]]:
+    """The failover list, resolved through the catalog; unknown names get the closest known ones."""
     catalog = load_catalog()
     if override is not None:
         names = [str(n).strip() for n in (override.split(",") if isinstance(override, str) else override)]
         located = [(n, "--gpu") for n in names if n]
+    elif isinstance(wanted, str):
+        located = [(wanted, f"{doc.where(('resources', 'gpu'))}: resources.gpu")]
+    elif isinstance(wanted, list):
+        located = [(n, f"{doc.where(('resources', 'gpu', i))}: resources.gpu[{i}]") for i, n in enumerate(wanted)
+                   if isinstance(n, str)]  # other types are reported by the schema
     else:
-        wanted = spec.resources.gpu
-        if wanted is None:
-            names = []
-        elif isinstance(wanted, str):
-            names = [wanted]
-        else:
-            names = list(wanted)
-        located = [(n, f"{doc.where(('resources', 'gpu') if isinstance(wanted, str) else ('resources', 'gpu', i))}: "
-                       f"resources.gpu" + ("" if isinstance(wanted, str) else f"[{i}]")) for i, n in enumerate(names)]
+        located = []
     problems, gpus = [], []
     for name, where in located:
         gpu = catalog.resolve(name)
@@ -258,9 +271,9 @@ def _resolve_gpus(spec: JobSpec, doc: LocatedYaml, override: str | list[str] | t
             problems.append(f"{where}: {name!r} is {gpu.alias}, which is already in the list")
         else:
             gpus.append(gpu)
-    if spec.backend in REMOTE_BACKENDS and not located:
+    if backend in REMOTE_BACKENDS and not located:
         problems.append(f"{doc.where(('resources',)) if 'resources' in doc.data else doc.where(('backend',))}: "
-                        f"resources.gpu: required for the {spec.backend} backend; for example `gpu: rtx3090` "
+                        f"resources.gpu: required for the {backend} backend; for example `gpu: rtx3090` "
                         f"(`python -m runner gpus` lists them)")
     return tuple(gpus), problems
 

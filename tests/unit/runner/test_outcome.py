@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+
+from runner.backends.base import Observation
+from runner.outcome import DONE, FAILED, FAILED_PERMANENTLY, INTERRUPTED, classify
+from trainer import contract
+
+
+def status(state: str, **kw) -> contract.Status:
+    return contract.Status(state, attempt="job-1", **kw)
+
+
+@pytest.mark.parametrize("obs,stat,outcome", [
+    (Observation("exited", 0), status("done", step=300), DONE),
+    (Observation("exited", 0), status("running"), FAILED),  # exit 0 without done is not done
+    (Observation("vanished"), status("done", step=300), DONE),  # finished, then the machine went
+    (Observation("exited", 75), status("interrupted"), INTERRUPTED),
+    (Observation("exited", None, "SIGKILL"), status("running"), INTERRUPTED),
+    (Observation("vanished"), status("running"), INTERRUPTED),
+    (Observation("vanished"), None, INTERRUPTED),
+    (Observation("exited", 2), None, FAILED_PERMANENTLY),
+    (Observation("exited", 3), status("failed"), FAILED_PERMANENTLY),
+    (Observation("exited", 4), status("failed"), FAILED_PERMANENTLY),
+    (Observation("exited", 1), status("failed", error="RuntimeError: boom"), FAILED),
+    (Observation("exited", 139), None, FAILED),
+])
+def test_classify(obs, stat, outcome):
+    assert classify(obs, stat, "job-1").outcome == outcome
+
+
+def test_the_failure_detail_carries_the_trainers_error():
+    verdict = classify(Observation("exited", 1), status("failed", error="Traceback...\nValueError: bad data"), "job-1")
+    assert verdict.detail == "exit code 1, failed: ValueError: bad data"
+    other_attempt = contract.Status("failed", attempt="job-0", error="old error")
+    assert "old error" not in classify(Observation("exited", 1), other_attempt, "job-1").detail

@@ -154,6 +154,8 @@ class Checkpoint(_Section):
 
 class Guard(_Section):
     #: Skip a step whose loss or gradients are not finite; stop the run after this many in a row.
+    #: With fp16, gradient overflows while the grad scaler lowers its scale are skipped without
+    #: counting, until the scale falls below 1.
     max_nonfinite_in_a_row: int = Field(5, ge=1)
     #: Log a warning when the gradient norm (before clipping) exceeds this.
     warn_grad_norm: float = Field(100.0, gt=0)
@@ -182,6 +184,8 @@ class TrainConfig(_Section):
     optimizer: Optimizer = Field(default_factory=Optimizer)
     schedule: Schedule = Field(default_factory=Schedule)
     grad_clip: float | None = Field(1.0, gt=0)
+    #: ``bf16``/``fp16``: autocast, weights and loss stay float32. ``fp16`` adds a grad scaler (its state is
+    #: checkpointed); it runs on CPU too, but CPU fp16 matmuls are slow: prefer bf16 there.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     ema: EMA | None = None
     eval: Eval = Field(default_factory=Eval)

@@ -1,0 +1,42 @@
+# The trainer's image. Its entrypoint is the trainer's restart loop:
+#
+#     docker run IMAGE JOB.yaml --run-uri s3://BUCKET/PREFIX      (GPU_COUNT=N: torchrun, N processes)
+#
+# BASE_IMAGE defaults to a pinned CUDA PyTorch runtime; any image with Python 3.10+ and pip works,
+# and a torch it already has is kept. The tests, which cannot pull images, build on the CPU image
+# that infra/setup-docker-host.sh makes (spot-runner-base:cpu).
+#
+# No secret ever goes into this image: credentials (AWS_*, HF_TOKEN, ...) are given to the
+# container at run time only, never as build arguments or ENV here.
+ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_PROGRESS_BAR=off
+
+# Dependencies first, from pyproject.toml alone, so that a change to the code reuses this layer
+# and rebuilds in seconds.
+COPY pyproject.toml infra/image_requirements.py /tmp/spot-runner/
+RUN cd /tmp/spot-runner \
+    && python image_requirements.py pyproject.toml requirements.txt constraints.txt \
+    && python -m pip install -r requirements.txt -c constraints.txt \
+    && rm -rf /tmp/spot-runner
+
+# A user of its own: the trainer needs no root, and the code stays read-only to it.
+RUN useradd --create-home --shell /bin/sh trainer
+
+# The code and the job files (with their data) last: the only layer a code change rebuilds.
+# Not installed as a package (that would need a build backend from an index): on PYTHONPATH.
+WORKDIR /app
+COPY . /app
+RUN python -m compileall -q runner trainer
+ENV PYTHONPATH=/app \
+    GPU_COUNT=1
+
+USER trainer
+# A shell only to read GPU_COUNT at run time; `exec` leaves python as PID 1, so `docker stop`'s
+# SIGTERM reaches the restart loop, which passes it on to the trainer (emergency checkpoint).
+ENTRYPOINT ["/bin/sh", "-c", "exec python -m trainer restart-loop --nproc \"${GPU_COUNT:-1}\" \"$@\"", "restart-loop"]
+CMD ["jobs/quickstart.yaml", "--run-uri", "/tmp/runs/quickstart"]

@@ -4,7 +4,6 @@ exit code 4; EMA weights are what is evaluated and what final/ holds."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from tests.fixtures.jobs import make_job, run_trainer, sha256_of
 from trainer import contract
 
 # The quickstart, smaller. fp16 matmuls are slow on CPU, so the model is tiny.
-SMALL = {"train": {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "max_steps": 60, "batch_size": 8,
-                   "checkpoint": {"every_steps": 10}, "eval": {"every_steps": 30, "batches": 2}}}
+SMALL = {"train": {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "max_steps": 40, "batch_size": 8,
+                   "checkpoint": {"every_steps": 10}, "eval": {"every_steps": 20, "batches": 2}}}
 
 
 def load_ckpt(run: Path, key: str = contract.LATEST) -> dict:
@@ -48,7 +47,7 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path, precision):
     resumed = run_trainer(job, str(killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from checkpoints/" in resumed.stderr
-    assert "(step 60," not in resumed.stderr  # it resumed mid-run, not from the end
+    assert "(step 40," not in resumed.stderr  # it resumed mid-run, not from the end
 
     final = "final/model.safetensors"
     assert sha256_of(straight / final) == sha256_of(killed / final)
@@ -104,10 +103,11 @@ def test_fp16_overflow_that_scaling_cannot_cure_stops_the_run(tmp_path):
 
 def test_ema_weights_are_evaluated_and_written_to_final(tmp_path):
     from trainer.config import load_train_config
-    from trainer.loop import _evaluate, _fixed_val_batches
     from trainer.recipes import build_recipe
 
-    job = make_job(tmp_path, {"train": {**SMALL["train"], "max_steps": 40, "ema": {"decay": 0.9}}})
+    # eval.batches large enough that every evaluation covers the whole validation set.
+    job = make_job(tmp_path, {"train": {**SMALL["train"], "max_steps": 40, "ema": {"decay": 0.9},
+                                        "eval": {"every_steps": 20, "batches": 1000}}})
     result = run_trainer(job, str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -118,11 +118,17 @@ def test_ema_weights_are_evaluated_and_written_to_final(tmp_path):
         assert torch.equal(tensor, ckpt["ema"][name]), name  # final/ holds the averaged weights ...
     assert any(not torch.equal(final[n], ckpt["model"][n]) for n in final)  # ... not the live ones
 
-    # The val loss the run reported at its last step is that of the EMA weights.
+    # The val loss reported at the last step is that of the EMA weights, not of the live ones.
     cfg, _ = load_train_config(job)
     recipe = build_recipe(cfg, job)
-    recipe.model.load_state_dict(final, strict=False)  # lm_head is tied to wte
-    metrics = _evaluate(recipe.model, recipe, _fixed_val_batches(recipe, cfg), torch.device("cpu"),
-                        contextlib.nullcontext, None)
-    status = json.loads((tmp_path / "run" / contract.STATUS).read_text())
-    assert metrics["loss"] == pytest.approx(status["val_loss"], rel=1e-5)
+    everything = recipe.collate([recipe.val_set[i] for i in range(len(recipe.val_set))])
+
+    def val_loss(weights: dict) -> float:
+        recipe.model.load_state_dict(weights, strict=False)  # lm_head is tied to wte
+        recipe.model.eval()
+        with torch.no_grad():
+            return recipe.forward(recipe.model, everything).loss.item()  # mean over all tokens
+
+    reported = json.loads((tmp_path / "run" / contract.STATUS).read_text())["val_loss"]
+    assert val_loss(final) == pytest.approx(reported, rel=1e-5)
+    assert val_loss(ckpt["model"]) != pytest.approx(reported, rel=1e-3)

@@ -188,7 +188,9 @@ def _hold_out_tail(parts: list[np.ndarray], n_val: int) -> tuple[list[np.ndarray
     return train, val
 
 
-def load_datasets(data: Data, job_path: str | Path, tokenizer: Tokenizer | None):
+def load_datasets(
+    data: Data, job_path: str | Path, tokenizer: Tokenizer | None
+) -> tuple[TokenWindows | Sequences, TokenWindows | Sequences | None]:
     """``(train_set, val_set)`` for a ``data:`` section. With no ``val``, the tail of the training
     data (``val_fraction`` of its tokens, or of its examples for jsonl) is held out, so validation
     never overlaps training. ``val_set`` is None when there is no validation data."""

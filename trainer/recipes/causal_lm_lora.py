@@ -23,7 +23,9 @@ log = logging.getLogger("trainer")
 def build(cfg: TrainConfig, job_path: str | Path) -> Recipe:
     # transformers takes seconds to import: only jobs that use this recipe pay for it.
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its weight-loading bars would clutter the trainer's log
     model_cfg, data = cfg.model, cfg.data
     assert isinstance(model_cfg, CausalLMLoRA) and data is not None
     source = _local_or_hub(model_cfg.name_or_path, job_path)

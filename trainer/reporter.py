@@ -19,7 +19,9 @@ log = logging.getLogger("trainer")
 class Reporter:
     def __init__(self, storage: Storage, heartbeat_s: float, sync_s: float, status: contract.Status):
         self.storage, self.heartbeat_s, self.sync_s = storage, heartbeat_s, sync_s
-        self.status = replace(status, host=status.host or socket.gethostname(), pid=os.getpid())
+        # attempt: the runner's attempt id (contract.ENV_ATTEMPT_ID), so it can tell this attempt's status from an older one.
+        self.status = replace(status, host=status.host or socket.gethostname(), pid=os.getpid(),
+                              attempt=status.attempt or os.environ.get(contract.ENV_ATTEMPT_ID, ""))
         self._lock = threading.Lock()
         # One status write at a time, and none after the final one: a heartbeat that is slow to reach
         # remote storage (retrying a throttled PUT) must not land after `done` and overwrite it.

@@ -21,7 +21,7 @@ class Reporter:
         self.storage, self.heartbeat_s, self.sync_s = storage, heartbeat_s, sync_s
         # attempt: the runner's attempt id (contract.ENV_ATTEMPT_ID), so it can tell this attempt's status from an older one.
         self.status = replace(status, host=status.host or socket.gethostname(), pid=os.getpid(),
-                              attempt=status.attempt or os.environ.get(contract.ENV_ATTEMPT_ID, ""))
+                              attempt=os.environ.get(contract.ENV_ATTEMPT_ID, "") or status.attempt)
         self._lock = threading.Lock()
         # One status write at a time, and none after the final one: a heartbeat that is slow to reach
         # remote storage (retrying a throttled PUT) must not land after `done` and overwrite it.

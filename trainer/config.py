@@ -176,7 +176,11 @@ class TrainConfig(_Section):
     seed: int = 1337
     model: ModelConfig
     data: Data | None = None
+    #: Examples per micro-batch on each process.
     batch_size: int = Field(8, ge=1)
+    #: Or fix the examples per optimizer step over all processes: the per-process batch then follows
+    #: from the number of GPUs (global = batch_size x processes x grad_accum).
+    global_batch_size: int | None = Field(None, ge=1)
     grad_accum: int = Field(1, ge=1)
     #: Length of the run in optimizer steps; or give ``epochs`` and it follows from the data.
     max_steps: int | None = Field(None, ge=1)
@@ -198,6 +202,8 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _length_and_data(self) -> TrainConfig:
+        if self.global_batch_size is not None and "batch_size" in self.model_fields_set:
+            raise ValueError("give batch_size or global_batch_size, not both")
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of max_steps or epochs")
         if not isinstance(self.model, CustomRecipe) and self.data is None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer import contract
+from trainer import contract, distributed
 from trainer.checkpoint import CheckpointManager
 from trainer.config import TrainConfig
 from trainer.data import EpochSampler
@@ -56,12 +56,28 @@ class Outcome:
 
 
 # --- small pieces the loop uses -------------------------------------------------------------------
-def pick_device(choice: str) -> torch.device:
+def pick_device(choice: str, world: distributed.World | None = None) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: cuda was asked for, but no CUDA device is visible")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and world is not None:
+        return torch.device("cuda", world.local_rank)
     return torch.device(choice)
+
+
+def per_rank_batch(cfg: TrainConfig, world: distributed.World) -> int:
+    """Examples per micro-batch on each process. With ``global_batch_size`` the share follows from
+    the number of processes, so the same job keeps its optimisation when it moves to more GPUs."""
+    if cfg.global_batch_size is None:
+        return cfg.batch_size
+    share, rest = divmod(cfg.global_batch_size, world.world_size * cfg.grad_accum)
+    if rest or share == 0:
+        raise ValueError(
+            f"global_batch_size {cfg.global_batch_size} does not split into {world.world_size} process(es) x "
+            f"grad_accum {cfg.grad_accum}; choose a multiple of {world.world_size * cfg.grad_accum}"
+        )
+    return share
 
 
 def lr_at(step: int, cfg: TrainConfig, max_steps: int) -> float:
@@ -176,17 +192,29 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 # --- the loop --------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRequest) -> Outcome:
-    seed_everything(cfg.seed)
+    # Under torchrun each process is one rank: rank 0 writes checkpoints, status and TensorBoard;
+    # every rank restores from the same checkpoint.
+    world = distributed.from_env()
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     torch.set_num_threads(cfg.threads or min(torch.get_num_threads(), 8))
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, world)
+    distributed.init(world, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    batch_size = per_rank_batch(cfg, world)
 
     recipe: Recipe = build_recipe(cfg, job_path)
     model = recipe.model.to(device)
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        seed_everything(cfg.seed + 7919 * world.rank)  # each rank its own dropout stream
+        train_model: nn.Module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        train_model = model
     optimizer = make_optimizer(cfg, model, device)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     ema = EMA(model, cfg.ema.decay) if cfg.ema else None
-    sampler = EpochSampler(len(recipe.train_set), cfg.batch_size, cfg.seed)
+    sampler = EpochSampler(len(recipe.train_set), batch_size, cfg.seed, world.rank, world.world_size)
     max_steps = cfg.max_steps or math.ceil(cfg.epochs * sampler.batches_per_epoch / cfg.grad_accum)
     trainable = [p for p in model.parameters() if p.requires_grad]
     progress = Progress()
@@ -194,6 +222,9 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
 
     checkpoints = CheckpointManager(storage, cfg.checkpoint)
     resumed = checkpoints.load()
+    chosen = distributed.broadcast(resumed[1] if resumed else None, world)
+    if (resumed[1] if resumed else None) != chosen:
+        raise RuntimeError(f"rank {world.rank} found checkpoint {resumed and resumed[1]!r}, rank 0 found {chosen!r}")
     if resumed:
         payload, key = resumed
         model.load_state_dict(payload["model"], strict=False)
@@ -206,13 +237,18 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             ema = EMA(model, cfg.ema.decay)
         sampler.load_state_dict(payload["sampler"])
         progress = Progress(**payload["progress"])
-        set_rng_state(payload["rng"])
+        rng_states = payload["rng"]  # one per rank that wrote it
+        if len(rng_states) != world.world_size:
+            log.warning("the checkpoint was written by %d process(es), this run has %d: random streams restart",
+                        len(rng_states), world.world_size)
+        set_rng_state(rng_states[world.rank % len(rng_states)])
         step = int(payload["step"])
     else:
         log.info("no checkpoint under %s: starting fresh", storage.uri)
     stop.steps_done = step
 
     def state() -> dict[str, Any]:
+        """The full training state. A collective under torchrun: every rank must call it together."""
         return {
             "format": CHECKPOINT_FORMAT,
             "step": step,
@@ -223,27 +259,35 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             "ema": ema.state_dict() if ema else None,
             "sampler": sampler.state_dict(),
             "progress": asdict(progress),
-            "rng": rng_state(),
+            "rng": distributed.gather(rng_state(), world),
         }
 
     from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only once training starts
 
     # flush_secs: events reach the file (and so the periodic sync to the run URI) within a sync period,
     # not after SummaryWriter's default two minutes, so a copy of a running run shows recent steps.
-    tb = SummaryWriter(str(storage.work_dir / contract.TENSORBOARD_DIR), purge_step=step + 1 if step else None,
-                       flush_secs=max(1, round(cfg.logging.sync_seconds / 2)))
-    reporter = Reporter(
-        storage, cfg.logging.heartbeat_seconds, cfg.logging.sync_seconds,
-        contract.Status(contract.RUNNING, step=step, max_steps=max_steps, started=time.time(),
-                        last_checkpoint_step=step if resumed else None),
-    )
+    if world.is_main:
+        tb = SummaryWriter(str(storage.work_dir / contract.TENSORBOARD_DIR), purge_step=step + 1 if step else None,
+                           flush_secs=max(1, round(cfg.logging.sync_seconds / 2)))
+        reporter = Reporter(
+            storage, cfg.logging.heartbeat_seconds, cfg.logging.sync_seconds,
+            contract.Status(contract.RUNNING, step=step, max_steps=max_steps, started=time.time(),
+                            last_checkpoint_step=step if resumed else None),
+        )
+    else:
+        tb, reporter = _Silent(), _Silent()
     reporter.start()
     n_params = sum(p.numel() for p in trainable)
-    log.info("training %s trainable parameters for %d steps (batch %d x accumulation %d, %s, %s) from step %d",
-             f"{n_params:,}", max_steps, cfg.batch_size, cfg.grad_accum, cfg.precision, device, step)
+    log.info("training %s trainable parameters for %d steps from step %d: batch %d per process x %d process(es) "
+             "x accumulation %d = %d examples per optimizer step (%s, %s)", f"{n_params:,}", max_steps, step,
+             batch_size, world.world_size, cfg.grad_accum, batch_size * world.world_size * cfg.grad_accum,
+             cfg.precision, device)
 
-    val_batches = _fixed_val_batches(recipe, cfg)
-    bar = _progress_bar(cfg, step, max_steps)
+    # Each rank evaluates its share of the fixed validation batches; the totals are summed.
+    all_val_batches = _fixed_val_batches(recipe, cfg, batch_size)
+    val_batches, do_eval = all_val_batches[world.rank :: world.world_size], bool(all_val_batches)
+    bar = _progress_bar(cfg, step, max_steps, enabled=world.is_main)
+    last_saved_step = step if resumed else None
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     model.train()
     window_t0, window_tokens = time.perf_counter(), 0
@@ -255,18 +299,21 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 group["lr"] = lr
 
             loss_sum = torch.zeros((), device=device)
-            for _ in range(cfg.grad_accum):
+            for micro in range(cfg.grad_accum):
                 batch = recipe.collate([recipe.train_set[i] for i in sampler.next_batch()])
                 batch_tokens = _tokens(batch)
                 window_tokens += batch_tokens
                 progress.tokens_seen += batch_tokens
                 batch = _to(batch, device)
-                with autocast():
-                    out = recipe.forward(model, batch)
-                loss = out.loss / cfg.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
+                # Gradients are all-reduced only on the micro-step that steps the optimizer.
+                last_micro = micro == cfg.grad_accum - 1
+                with autocast(), (train_model.no_sync() if world.distributed and not last_micro else contextlib.nullcontext()):
+                    out = recipe.forward(train_model, batch)
+                    loss = out.loss / cfg.grad_accum
+                    (scaler.scale(loss) if scaler else loss).backward()
                 loss_sum += out.loss.detach()
-            train_loss = (loss_sum / cfg.grad_accum).item()
+            train_loss, stop_now, save_due = distributed.step_consensus(
+                loss_sum / cfg.grad_accum, stop.requested, world.is_main and checkpoints.due(step + 1), world)
 
             if scaler:
                 scaler.unscale_(optimizer)
@@ -324,8 +371,8 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             bar.update(1)
 
             improved = False
-            if val_batches and (step % cfg.eval.every_steps == 0 or step == max_steps):
-                metrics = _evaluate(model, recipe, val_batches, device, autocast, ema)
+            if do_eval and (step % cfg.eval.every_steps == 0 or step == max_steps):
+                metrics = _evaluate(model, recipe, val_batches, device, autocast, ema, world)
                 for name, value in metrics.items():
                     tb.add_scalar(f"val/{name}", value, step)
                 improved = metrics["loss"] < progress.best_val - cfg.eval.min_delta
@@ -341,24 +388,29 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                     progress.early_stopped = True
                     log.info("early stop: val loss has not improved for %d evaluations", patience)
 
-            if improved or checkpoints.due(step) or stop.requested or progress.early_stopped:
-                stall = checkpoints.save(step, state(), best=improved)
-                tb.add_scalar("checkpoint/stall_seconds", stall, step)
-                reporter.update(last_checkpoint_step=step)
-            if stop.requested:
-                outcome = _emergency_exit(checkpoints, stop, step, reporter)
+            if improved or save_due or stop_now or progress.early_stopped:
+                snapshot, last_saved_step = state(), step
+                if world.is_main:
+                    stall = checkpoints.save(step, snapshot, best=improved)
+                    tb.add_scalar("checkpoint/stall_seconds", stall, step)
+                    reporter.update(last_checkpoint_step=step)
+            if stop_now:
+                outcome = _emergency_exit(checkpoints, stop, step, reporter, world)
                 return outcome
             if progress.early_stopped:
                 break
 
         # The last state is a checkpoint too, so a crash while writing final/ loses nothing.
-        if checkpoints.last_written_step != step:
-            checkpoints.save(step, state())
-        if not checkpoints.flush():
-            raise RuntimeError(f"the last checkpoint could not be written: {checkpoints.last_error}")
-        _write_final(recipe, model, ema, storage)
-        reporter.finish(contract.DONE, step=step, exit_code=contract.EXIT_DONE)
-        log.info("done at step %d; final weights in %s/%s", step, storage.uri, contract.FINAL_DIR)
+        if last_saved_step != step:
+            snapshot = state()
+            if world.is_main:
+                checkpoints.save(step, snapshot)
+        if world.is_main:
+            if not checkpoints.flush():
+                raise RuntimeError(f"the last checkpoint could not be written: {checkpoints.last_error}")
+            _write_final(recipe, model, ema, storage)
+            reporter.finish(contract.DONE, step=step, exit_code=contract.EXIT_DONE)
+            log.info("done at step %d; final weights in %s/%s", step, storage.uri, contract.FINAL_DIR)
         outcome = Outcome(contract.EXIT_DONE, step)
         return outcome
     finally:
@@ -373,7 +425,10 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             checkpoints.close()
 
 
-def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int, reporter: Reporter) -> Outcome:
+def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int, reporter: Reporter,
+                    world: distributed.World) -> Outcome:
+    if not world.is_main:  # rank 0 writes the checkpoint this rank's state went into
+        return Outcome(contract.EXIT_INTERRUPTED, step)
     t0 = time.perf_counter()
     ok = checkpoints.flush(timeout=120)
     save_s = time.perf_counter() - t0
@@ -401,20 +456,29 @@ def _write_final(recipe: Recipe, model: nn.Module, ema: EMA | None, storage: Sto
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _fixed_val_batches(recipe: Recipe, cfg: TrainConfig) -> list[dict[str, Any]]:
+def _fixed_val_batches(recipe: Recipe, cfg: TrainConfig, batch_size: int) -> list[dict[str, Any]]:
     """The same validation batches at every evaluation, evenly spread over the validation set."""
     val = recipe.val_set
     if not val or len(val) == 0:
         return []
-    n = min(len(val), cfg.eval.batches * cfg.batch_size)
+    n = min(len(val), cfg.eval.batches * batch_size)
     idx = np.linspace(0, len(val) - 1, n).round().astype(int).tolist()
-    return [recipe.collate([val[i] for i in idx[j : j + cfg.batch_size]]) for j in range(0, n, cfg.batch_size)]
+    return [recipe.collate([val[i] for i in idx[j : j + batch_size]]) for j in range(0, n, batch_size)]
+
+
+class _Silent:
+    """Stands in for the TensorBoard writer and the status reporter on ranks other than 0."""
+
+    def __getattr__(self, _name: str):
+        return lambda *args, **kwargs: None
 
 
 @torch.no_grad()
-def _evaluate(model, recipe: Recipe, batches, device, autocast, ema: EMA | None) -> dict[str, float]:
+def _evaluate(model, recipe: Recipe, batches, device, autocast, ema: EMA | None, world: distributed.World) -> dict[str, float]:
+    """Loss (per token when the recipe gives logits and targets, else per batch), perplexity and
+    token accuracy over this rank's share of the fixed batches, summed over all ranks."""
     model.eval()
-    total_loss = total_tokens = correct = 0.0
+    total_loss = weight = correct = tokens = 0.0
     with ema.applied() if ema else contextlib.nullcontext():
         for batch in batches:
             with autocast():
@@ -423,15 +487,17 @@ def _evaluate(model, recipe: Recipe, batches, device, autocast, ema: EMA | None)
                 mask = out.targets != -100
                 count = mask.sum().item()
                 total_loss += out.loss.item() * count
-                total_tokens += count
+                weight += count
+                tokens += count
                 correct += ((out.logits.argmax(-1) == out.targets) & mask).sum().item()
             else:
                 total_loss += out.loss.item()
-                total_tokens += 1
+                weight += 1
     model.train()
-    loss = total_loss / max(total_tokens, 1)
+    total_loss, weight, correct, tokens = distributed.sum_all([total_loss, weight, correct, tokens], world, device)
+    loss = total_loss / max(weight, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "token_accuracy": correct / total_tokens if total_tokens else float("nan")}
+            "token_accuracy": correct / tokens if tokens else float("nan")}
 
 
 def _tokens(batch: dict[str, Any]) -> int:
@@ -442,8 +508,8 @@ def _tokens(batch: dict[str, Any]) -> int:
     return int(first.numel()) if first is not None else 0
 
 
-def _progress_bar(cfg: TrainConfig, step: int, max_steps: int):
+def _progress_bar(cfg: TrainConfig, step: int, max_steps: int, enabled: bool = True):
     from tqdm import tqdm
 
-    return tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not cfg.logging.progress_bar,
+    return tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not (cfg.logging.progress_bar and enabled),
                 dynamic_ncols=True, mininterval=0.5)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.s3 import s3_bucket, s3_server  # noqa: F401  (a real SeaweedFS S3 server)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

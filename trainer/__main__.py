@@ -62,6 +62,9 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
     except StorageError as e:
         log.error("storage: %s", e)
         return contract.EXIT_STORAGE
+    except Exception as e:  # reachable but failing (throttled, 5xx, timeouts): a later relaunch can succeed
+        log.error("storage: %s", e)
+        return contract.EXIT_FAILED
 
     raw = storage.get_bytes(contract.STATUS)
     if raw is not None:

@@ -97,6 +97,7 @@ class CheckpointManager:
         self._pending_best: _Job | None = None
         self._busy = False
         self._closed = False
+        self._deadline_missed = False
         self.last_written_step: int | None = None
         self.last_error: BaseException | None = None
         self.superseded = 0  # snapshots that a newer one replaced before they were written
@@ -135,11 +136,16 @@ class CheckpointManager:
             while self._pending_latest or self._pending_best or self._busy:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    self._deadline_missed = True
                     return False
                 self._cond.wait(remaining)
             return self.last_error is None
 
     def close(self, timeout: float | None = None) -> bool:
+        if self._deadline_missed and timeout is None:
+            # A flush already ran out of time (SIGTERM with a stalled store): waiting again without a
+            # limit would turn that deadline into none. The writer is a daemon and dies with us.
+            timeout = 0
         ok = self.flush(timeout)
         with self._cond:
             self._closed = True
@@ -176,6 +182,14 @@ class CheckpointManager:
     def _write(self, job: _Job, *, also_best: bool, history: bool = True) -> None:
         name = f"step-{job.step:09d}.pt" if history else "best.pt"
         staged = self.staging / f".{name}.{os.getpid()}.tmp"
+        try:
+            self._write_staged(job, staged, also_best=also_best, history=history)
+        finally:
+            # Published files were moved away; one left here is a failed upload, and the next attempt
+            # writes a newer state anyway: do not let failed uploads pile up in the cache.
+            staged.unlink(missing_ok=True)
+
+    def _write_staged(self, job: _Job, staged: Path, *, also_best: bool, history: bool) -> None:
         with open(staged, "wb") as raw:
             out = _HashingWriter(raw)
             torch.save(job.state, out)

@@ -1,0 +1,620 @@
+"""A run in an S3 bucket (AWS, or any S3-compatible store: SeaweedFS, MinIO, R2, RunPod's S3 API).
+
+Where the bucket is and who may use it comes only from the standard environment:
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``), ``AWS_ENDPOINT_URL_S3`` /
+``AWS_ENDPOINT_URL`` and ``AWS_REGION`` / ``AWS_DEFAULT_REGION``; never from a job file.
+
+How it behaves, and why:
+
+* Every request goes through one retry policy (tenacity): exponential backoff with jitter on
+  throttling (503 SlowDown, 429), other 5xx, timeouts and dropped connections; never on 403/404,
+  which become a :class:`~trainer.storage.StorageError` that says what to fix. botocore's own
+  retries are switched off so that each failed attempt is visible, counted and logged once on the
+  ``trainer`` logger. Connect and read timeouts bound every request, so a stalled server costs a
+  retry, not the run.
+* Large objects are uploaded as multipart uploads with parallel parts and downloaded with parallel
+  ranged GETs. Each *part* is retried on its own, so one dropped connection costs one part, not
+  the whole checkpoint (boto3's managed transfer would restart the whole file once botocore's
+  retries are off; that is why the parts are driven here and not by ``upload_file``).
+* A PUT (or a completed multipart upload) is atomic in S3: a reader sees the previous object or the
+  new one, never a part. Downloads land in a temporary file renamed into place.
+* The sha256 of a checkpoint is also stored as object metadata (``x-amz-meta-sha256``), so the
+  bytes in the bucket can be checked without the sidecar.
+
+Torch-free: the runner imports it to read ``status.json``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import math
+import os
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import boto3
+import tenacity
+import urllib3.exceptions
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from trainer.storage import Storage, StorageError, atomic_file
+
+log = logging.getLogger("trainer")
+
+T = TypeVar("T")
+
+MiB = 1 << 20
+#: S3's limits: a part is 5 MiB..5 GiB, at most 10,000 parts; one CopyObject copies at most 5 GiB.
+MIN_PART = 5 * MiB
+MAX_PARTS = 10_000
+MAX_SINGLE_COPY = 5 << 30
+
+#: Tuning knobs (not where or who: those are the AWS_* variables). Seconds / counts.
+ENV_CONNECT_TIMEOUT = "TRAINER_S3_CONNECT_TIMEOUT"
+ENV_READ_TIMEOUT = "TRAINER_S3_READ_TIMEOUT"
+ENV_MAX_ATTEMPTS = "TRAINER_S3_MAX_ATTEMPTS"
+ENV_CONCURRENCY = "TRAINER_S3_CONCURRENCY"
+
+# --- which failures are worth another attempt -----------------------------------------------------
+#: Error codes that say "later": throttling, a busy or failing server, a request the server timed out.
+RETRYABLE_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "TooManyRequests",
+    "TooManyRequestsException", "RequestLimitExceeded", "RequestThrottled", "RequestThrottledException",
+    "BandwidthLimitExceeded", "ProvisionedThroughputExceededException", "RequestTimeout",
+    "RequestTimeoutException", "InternalError", "ServiceUnavailable", "PriorRequestNotComplete",
+})
+#: Error codes that no amount of waiting fixes: the bucket, the keys or the permissions are wrong.
+PERMANENT_CODES = frozenset({
+    "NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "InvalidBucketName", "AccountProblem", "ExpiredToken", "InvalidToken", "TokenRefreshRequired",
+    "PermanentRedirect", "AuthorizationHeaderMalformed", "RequestTimeTooSkewed", "InvalidRequest",
+    "NoSuchKey", "NoSuchUpload", "PreconditionFailed", "InvalidRange", "EntityTooLarge", "EntityTooSmall",
+})
+#: Transport failures: the request may or may not have reached the server; every S3 call made
+#: here is idempotent, so trying again is safe.
+_TRANSIENT_TRANSPORT = (
+    EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
+    ResponseStreamingError, IncompleteReadError, ConnectionError, TimeoutError,
+    # Reading a response body goes straight to urllib3, whose errors botocore does not always wrap.
+    urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, http.client.HTTPException,
+)
+
+
+def error_code(exc: BaseException) -> tuple[str, int]:
+    """The S3 error code and HTTP status of a ClientError (``("", 0)`` for anything else)."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {}) or {}
+        meta = exc.response.get("ResponseMetadata", {}) or {}
+        status = int(meta.get("HTTPStatusCode") or 0)
+        return str(err.get("Code") or status or ""), status
+    return "", 0
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for failures that another attempt can fix (throttling, 5xx, timeouts, dropped
+    connections); False for those it cannot (403, 404, bad keys, missing bucket, TLS)."""
+    if isinstance(exc, ClientError):
+        code, status = error_code(exc)
+        if code in PERMANENT_CODES or status in (401, 403, 404):
+            return False
+        return code in RETRYABLE_CODES or status == 429 or status >= 500
+    if isinstance(exc, SSLError | NoCredentialsError):
+        return False
+    if isinstance(exc, _TRANSIENT_TRANSPORT):
+        return True
+    # Anything else botocore reports about the connection (a reset mid-body, a proxy hiccup).
+    return isinstance(exc, BotoConnectionError)
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free description of a failed request for the log."""
+    if isinstance(exc, ClientError):
+        code, status = error_code(exc)
+        return f"{code} (HTTP {status})" if status else code
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+class StorageUnavailable(Exception):
+    """S3 kept failing with errors that are normally transient (throttling, 5xx, timeouts) until the
+    retry budget ran out. Not a misconfiguration: relaunching later can succeed."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+# --- the storage ----------------------------------------------------------------------------------
+class S3Storage(Storage):
+    """A run under ``s3://bucket/prefix``; ``work_dir`` is a local cache the run never depends on."""
+
+    def __init__(
+        self,
+        uri: str,
+        work_dir: str | Path,
+        *,
+        part_size: int = 32 * MiB,
+        copy_part_size: int = 512 * MiB,
+        multipart_threshold: int = 64 * MiB,
+        concurrency: int | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        max_attempts: int | None = None,
+        max_retry_seconds: float = 300.0,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 10.0,
+    ) -> None:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise StorageError(f"not an S3 run URI: {uri!r}; use s3://BUCKET/PREFIX")
+        self.bucket = parsed.netloc
+        prefix = parsed.path.strip("/")
+        self.prefix = prefix + "/" if prefix else ""
+        self.uri = f"s3://{self.bucket}/{prefix}".rstrip("/")
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.part_size = max(MIN_PART, part_size)
+        self.multipart_threshold = max(self.part_size, multipart_threshold)
+        self.copy_part_size = max(MIN_PART, copy_part_size)
+        self.concurrency = concurrency or _env_int(ENV_CONCURRENCY, 8)
+        self.connect_timeout = connect_timeout or _env_float(ENV_CONNECT_TIMEOUT, 5.0)
+        self.read_timeout = read_timeout or _env_float(ENV_READ_TIMEOUT, 60.0)
+        self.max_attempts = max_attempts or _env_int(ENV_MAX_ATTEMPTS, 8)
+        self.max_retry_seconds = max_retry_seconds
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self.endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self._where = self.endpoint or f"AWS S3 ({self.region})"
+        self.retries = 0  # failed attempts that were retried, for tests and benchmarks
+        self._retries_lock = threading.Lock()
+        self._synced: dict[Path, tuple[int, int]] = {}
+        self._sync_lock = threading.Lock()
+        self.client = self._make_client()
+
+    def _make_client(self) -> Any:
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if not key or not secret:
+            raise StorageError(
+                f"no S3 credentials for {self.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
+                "environment of the trainer (never in the job file or the image)"
+            )
+        # Explicit credentials: boto3's default chain would also try ~/.aws and the instance
+        # metadata service, which on a rented pod is slow at best and someone else's role at worst.
+        session = boto3.session.Session(
+            aws_access_key_id=key, aws_secret_access_key=secret,
+            aws_session_token=os.environ.get("AWS_SESSION_TOKEN") or None, region_name=self.region,
+        )
+        config = Config(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            # One attempt per call: retries happen in _call, where each one is logged and counted.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=max(10, self.concurrency * 2 + 2),
+            tcp_keepalive=True,
+            # S3-compatible stores (SeaweedFS, MinIO, R2) all take path-style; virtual hosts need DNS.
+            s3={"addressing_style": "path" if self.endpoint else "auto"},
+            # Integrity is checked end to end by the sha256 sidecar; skip per-request CRCs on parts.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        return session.client("s3", endpoint_url=self.endpoint, config=config)
+
+    # --- plumbing ---------------------------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _call(self, what: str, fn: Callable[[], T], *, doing: str | None = None,
+              attempts: int | None = None, max_seconds: float | None = None) -> T:
+        """Run ``fn`` (one S3 request, body read included) under the retry policy.
+
+        A transient failure that outlasts the budget becomes :class:`StorageUnavailable`. With
+        ``doing`` ("write", "read", ...) a permanent refusal becomes a :class:`StorageError` that says
+        what to fix; without it the ClientError is raised as is, for callers that handle codes."""
+        attempts = attempts or self.max_attempts
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            with self._retries_lock:
+                self.retries += 1
+            log.warning("S3 retry: %s failed with %s; attempt %d of %d in %.1fs", what,
+                        describe(exc) if exc else "?", state.attempt_number + 1, attempts,
+                        state.next_action.sleep if state.next_action else 0.0)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_retryable),
+            # Exponential backoff plus jitter, so parts that failed together do not retry in lockstep.
+            wait=tenacity.wait_exponential(multiplier=self.backoff_initial, max=self.backoff_max)
+            + tenacity.wait_random(0, self.backoff_initial),
+            stop=tenacity.stop_after_attempt(attempts)
+            | tenacity.stop_after_delay(max_seconds or self.max_retry_seconds),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except (BotoCoreError, ClientError, *_TRANSIENT_TRANSPORT) as e:
+            if is_retryable(e):
+                raise StorageUnavailable(
+                    f"S3 {what} at {self._where} still failed after retrying ({describe(e)}); the store is "
+                    "overloaded or unreachable: the run continues from its last checkpoint when relaunched",
+                    e,
+                ) from None
+            if doing is not None and isinstance(e, ClientError):
+                raise self._misconfigured(e, doing) from None
+            raise
+
+    def _misconfigured(self, exc: BaseException, doing: str) -> StorageError:
+        """Turn a permanent failure into an error that says which thing is wrong and what to do."""
+        code, status = error_code(exc)
+        where, run = self._where, f"s3://{self.bucket}/{self.prefix}"
+        if isinstance(exc, StorageUnavailable) and exc.cause is not None:
+            exc = exc.cause
+        if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+            return StorageError(
+                f"unreachable endpoint: cannot connect to the S3 endpoint {where} (trying to {doing} {run}); check "
+                "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (scheme, host, port) and that this machine can reach it"
+            )
+        if isinstance(exc, SSLError):
+            return StorageError(f"TLS to the S3 endpoint {where} failed ({describe(exc)}); "
+                                "check the endpoint URL's scheme (http/https) and its certificate")
+        if code == "NoSuchBucket" or (status == 404 and doing == "list"):
+            return StorageError(
+                f"wrong or missing bucket: bucket {self.bucket!r} does not exist at {where}; create it "
+                f"(aws s3 mb s3://{self.bucket}) or fix the bucket name in the run URI"
+            )
+        if code == "InvalidAccessKeyId":
+            return StorageError(
+                f"wrong credentials: {where} does not know the access key in AWS_ACCESS_KEY_ID; check that "
+                "variable and that the endpoint is the one the key was issued for"
+            )
+        if code == "SignatureDoesNotMatch":
+            return StorageError(
+                f"wrong credentials: AWS_SECRET_ACCESS_KEY does not match AWS_ACCESS_KEY_ID at {where}; "
+                "check the secret key (and AWS_REGION for AWS)"
+            )
+        if code in ("ExpiredToken", "InvalidToken", "TokenRefreshRequired"):
+            return StorageError(f"wrong credentials: AWS_SESSION_TOKEN is expired or invalid at {where}; "
+                                "issue new temporary credentials")
+        if code == "RequestTimeTooSkewed":
+            return StorageError(f"this machine's clock is too far from {where}'s; sync the clock (NTP)")
+        if code in ("PermanentRedirect", "AuthorizationHeaderMalformed") or status == 301:
+            return StorageError(f"bucket {self.bucket!r} lives in another region: set AWS_REGION to its region")
+        if code in ("AccessDenied", "AllAccessDisabled") or status in (401, 403):
+            return StorageError(
+                f"access denied: the credentials are valid but may not {doing} {run} at {where}; grant "
+                "s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on it"
+            )
+        return StorageError(f"S3 at {where} refused a request to {doing} {run}: {describe(exc)}; check the run "
+                            "URI and what the credentials are allowed to do")
+
+    # --- Storage interface ------------------------------------------------------------------------
+    def check(self) -> None:
+        """List, write and delete a probe under the prefix, with a short retry budget.
+
+        Listing comes first: some S3-compatible stores create a missing bucket on the first PUT."""
+        probe = self._key(f".write-check-{socket.gethostname()}-{os.getpid()}")
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("list", lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)),
+            ("write to", lambda: self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")),
+            ("delete from", lambda: self.client.delete_object(Bucket=self.bucket, Key=probe)),
+        ]
+        for doing, fn in steps:
+            try:
+                # A blip at start is retried, but a wrong endpoint must not take minutes to say so.
+                self._call(f"check ({doing} {self.uri})", fn, doing=doing, attempts=3, max_seconds=20)
+            except (SSLError, NoCredentialsError) as e:
+                raise self._misconfigured(e, doing) from None
+            except StorageUnavailable as e:
+                if isinstance(e.cause, EndpointConnectionError | ConnectTimeoutError):
+                    raise self._misconfigured(e, doing) from None
+                raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call(f"put {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
+                   doing="write to")
+
+    def put_file(self, local: Path, key: str, *, sha256: str | None = None, move: bool = False) -> None:
+        local = Path(local)
+        # The size is fixed now: a file still being appended to (a log, an event file) is uploaded
+        # as the prefix that existed at this instant, never with a body longer than its header says.
+        size = local.stat().st_size
+        meta = {"sha256": sha256} if sha256 else {}
+        if size <= self.multipart_threshold:
+            def put() -> Any:
+                with open(local, "rb") as f:
+                    data = f.read(size)
+                return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, Metadata=meta)
+
+            self._call(f"put {key}", put, doing="write to")
+        else:
+            self._multipart_upload(local, key, size, meta)
+        if move:
+            local.unlink(missing_ok=True)
+
+    def _part_ranges(self, size: int, part_size: int) -> list[tuple[int, int]]:
+        part = max(part_size, math.ceil(size / MAX_PARTS))
+        return [(off, min(part, size - off)) for off in range(0, size, part)]
+
+    def _multipart_upload(self, local: Path, key: str, size: int, meta: dict[str, str]) -> None:
+        full = self._key(key)
+        upload_id = self._call(f"start upload {key}", lambda: self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=full, Metadata=meta), doing="write to")["UploadId"]
+        ranges = self._part_ranges(size, self.part_size)
+        try:
+            fd = os.open(local, os.O_RDONLY)
+            try:
+                def upload(i: int, offset: int, length: int) -> dict[str, Any]:
+                    def attempt() -> Any:
+                        # Read inside the attempt: a retried part is sent again from the file, and
+                        # at most `concurrency` parts are in memory at once.
+                        body = os.pread(fd, length, offset)
+                        if len(body) != length:
+                            raise OSError(f"{local} shrank while it was being uploaded")
+                        return self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                       PartNumber=i, Body=body)
+
+                    etag = self._call(f"upload {key} part {i}/{len(ranges)}", attempt, doing="write to")["ETag"]
+                    return {"PartNumber": i, "ETag": etag}
+
+                parts = _parallel(self.concurrency, [
+                    (lambda i=i, o=o, n=n: upload(i, o, n)) for i, (o, n) in enumerate(ranges, 1)])
+            finally:
+                os.close(fd)
+            self._complete(key, full, upload_id, parts, meta, size)
+        except BaseException:
+            self._abort(key, full, upload_id)
+            raise
+
+    def _abort(self, key: str, full: str, upload_id: str) -> None:
+        try:  # the parts of an abandoned upload are stored (and billed) until it is aborted
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        except Exception as e:
+            log.warning("could not abort the multipart upload of %s (%s); a lifecycle rule on the bucket "
+                        "should expire incomplete uploads", key, describe(e))
+
+    def _complete(self, key: str, full: str, upload_id: str, parts: list[dict[str, Any]],
+                  meta: dict[str, str], size: int) -> None:
+        attempts = [0]
+
+        def complete() -> Any:
+            attempts[0] += 1
+            try:
+                return self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts})
+            except ClientError as e:
+                # A retry after a response lost on the way back: the upload is already complete.
+                # It counts as done only if the object there is ours (same size and metadata).
+                if error_code(e)[0] == "NoSuchUpload" and attempts[0] > 1:
+                    head = self.client.head_object(Bucket=self.bucket, Key=full)
+                    if head["ContentLength"] == size and head.get("Metadata", {}) == meta:
+                        return head
+                raise
+
+        self._call(f"complete upload {key}", complete, doing="write to")
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """Size, ETag and metadata of ``key``; None when it does not exist."""
+        def head() -> dict[str, Any] | None:
+            try:
+                return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as e:
+                if error_code(e)[1] == 404:
+                    return None
+                raise
+
+        return self._call(f"head {key}", head, doing="read")
+
+    def get_bytes(self, key: str) -> bytes | None:
+        def get() -> bytes | None:
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as e:
+                if error_code(e)[0] in ("NoSuchKey", "404"):
+                    return None
+                raise
+            with resp["Body"] as body:  # read inside the attempt: a dropped body is retried too
+                return body.read()
+
+        return self._call(f"get {key}", get, doing="read")
+
+    def get_file(self, key: str, local: Path) -> bool:
+        local = Path(local)
+        for _ in range(3):
+            info = self.head(key)
+            if info is None:
+                return False
+            size, etag = int(info["ContentLength"]), info["ETag"]
+            try:
+                with atomic_file(local) as tmp:
+                    if size <= self.multipart_threshold:
+                        self._get_whole(key, tmp, etag)
+                    else:
+                        self._get_ranged(key, tmp, size, etag)
+                return True
+            except ClientError as e:
+                code, status = error_code(e)
+                if code in ("NoSuchKey", "404") or status == 404:
+                    return False
+                if code == "PreconditionFailed" or status == 412:  # replaced while we read it
+                    log.info("%s changed while it was being downloaded; downloading it again", key)
+                    continue
+                raise self._misconfigured(e, "read") from None
+        raise StorageUnavailable(f"{key} kept changing while it was being downloaded from {self.uri}")
+
+    def _get_whole(self, key: str, tmp: Path, etag: str) -> None:
+        def get() -> None:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
+            with resp["Body"] as body, open(tmp, "wb") as out:
+                for chunk in body.iter_chunks(MiB):
+                    out.write(chunk)
+
+        self._call(f"get {key}", get)
+
+    def _get_ranged(self, key: str, tmp: Path, size: int, etag: str) -> None:
+        ranges = self._part_ranges(size, self.part_size)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+
+            def fetch(i: int, offset: int, length: int) -> None:
+                def attempt() -> None:
+                    # If-Match: every range comes from the same version of the object.
+                    resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag,
+                                                  Range=f"bytes={offset}-{offset + length - 1}")
+                    with resp["Body"] as body:
+                        data = body.read()
+                    if len(data) != length:
+                        raise IncompleteReadError(actual_bytes=len(data), expected_bytes=length)
+                    os.pwrite(fd, data, offset)
+
+                self._call(f"get {key} part {i}/{len(ranges)}", attempt)
+
+            _parallel(self.concurrency, [(lambda i=i, o=o, n=n: fetch(i, o, n))
+                                         for i, (o, n) in enumerate(ranges, 1)])
+        finally:
+            os.close(fd)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        info = self.head(src_key)
+        if info is None:
+            raise FileNotFoundError(f"cannot copy {src_key}: it is not in {self.uri}")
+        size = int(info["ContentLength"])
+        source = {"Bucket": self.bucket, "Key": self._key(src_key)}
+        if size <= MAX_SINGLE_COPY:
+            # Server-side: the bytes never come back to this machine. COPY keeps the sha256 metadata.
+            self._call(f"copy {src_key} to {dst_key}", lambda: self.client.copy_object(
+                Bucket=self.bucket, Key=self._key(dst_key), CopySource=source, MetadataDirective="COPY"),
+                doing="write to")
+        else:
+            self._multipart_copy(source, src_key, dst_key, size, info.get("Metadata", {}))
+
+    def _multipart_copy(self, source: dict[str, str], src_key: str, dst_key: str, size: int,
+                        meta: dict[str, str]) -> None:
+        """CopyObject stops at 5 GiB; above that the copy is assembled from server-side part copies."""
+        full = self._key(dst_key)
+        upload_id = self._call(f"start copy to {dst_key}", lambda: self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=full, Metadata=meta), doing="write to")["UploadId"]
+        ranges = self._part_ranges(size, self.copy_part_size)
+        try:
+            def part(i: int, offset: int, length: int) -> dict[str, Any]:
+                resp = self._call(f"copy {src_key} part {i}/{len(ranges)}", lambda: self.client.upload_part_copy(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=i, CopySource=source,
+                    CopySourceRange=f"bytes={offset}-{offset + length - 1}"), doing="write to")
+                return {"PartNumber": i, "ETag": resp["CopyPartResult"]["ETag"]}
+
+            parts = _parallel(self.concurrency, [(lambda i=i, o=o, n=n: part(i, o, n))
+                                                 for i, (o, n) in enumerate(ranges, 1)])
+            self._complete(dst_key, full, upload_id, parts, meta, size)
+        except BaseException:
+            self._abort(dst_key, full, upload_id)
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+            if token:
+                kwargs["ContinuationToken"] = token
+            # One request per page, each retried on its own.
+            page = self._call(f"list {prefix or '/'}", lambda kw=kwargs: self.client.list_objects_v2(**kw),
+                              doing="list")
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(self.prefix):]
+                if not key.rsplit("/", 1)[-1].startswith("."):  # probes and temp names, as locally
+                    keys.append(key)
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        def delete() -> None:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as e:
+                if error_code(e)[1] != 404:  # S3 answers 204 for a missing key; some stores 404
+                    raise
+
+        self._call(f"delete {key}", delete, doing="delete from")
+
+    def sync_dir(self, local_dir: Path, prefix: str) -> int:
+        """Upload files under ``local_dir`` whose size or mtime changed since the last call.
+
+        What was uploaded is remembered in memory only: after a relaunch everything is uploaded
+        once more, which is cheap for logs and event files and needs nothing to survive on disk."""
+        local_dir = Path(local_dir)
+        count = 0
+        with self._sync_lock:
+            for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+                if path.name.startswith("."):
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                stamp = (st.st_size, st.st_mtime_ns)
+                if self._synced.get(path) == stamp:
+                    continue
+                rel = path.relative_to(local_dir).as_posix()
+                self.put_file(path, f"{prefix.rstrip('/')}/{rel}")
+                self._synced[path] = stamp
+                count += 1
+        return count
+
+    def close(self) -> None:
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
+
+
+def _parallel(workers: int, calls: list[Callable[[], T]]) -> list[T]:
+    """Run ``calls`` on up to ``workers`` threads and return their results in order.
+
+    On the first failure the calls not yet started are cancelled; the error is raised once the
+    running ones have finished, so no part is still writing into a file that is being removed."""
+    if len(calls) <= 1 or workers <= 1:
+        return [c() for c in calls]
+    with ThreadPoolExecutor(max_workers=min(workers, len(calls)), thread_name_prefix="s3-part") as pool:
+        futures = [pool.submit(c) for c in calls]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for f in futures:
+            f.cancel()
+    for f in futures:
+        if not f.cancelled() and f.exception() is not None:
+            raise f.exception()  # type: ignore[misc]
+    return [f.result() for f in futures]
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise StorageError(f"{name}={raw!r} is not a number of seconds") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise StorageError(f"{name}={raw!r} is not a whole number") from None

@@ -76,7 +76,8 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
             log.info("%s is already done (step %d): nothing to do", run_uri, previous.step)
             return contract.EXIT_DONE
 
-    _file_logging(storage)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 keeps the run's log
+        _file_logging(storage)
     log.info("trainer starting: job %s, run %s, pid %d", job, storage.uri, os.getpid())
     if stop.requested:
         return contract.EXIT_INTERRUPTED
@@ -118,7 +119,8 @@ def _console_logging() -> None:
     root = logging.getLogger("trainer")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+        rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {rank}%(levelname)s %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False

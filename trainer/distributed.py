@@ -58,6 +58,11 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
 def gather(obj: Any, world: World) -> list[Any]:
     """Every rank's ``obj`` on every rank (small objects only: RNG states)."""
     if not world.distributed:

@@ -427,7 +427,10 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
 
 def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int, reporter: Reporter,
                     world: distributed.World) -> Outcome:
-    if not world.is_main:  # rank 0 writes the checkpoint this rank's state went into
+    if not world.is_main:
+        # Rank 0 writes the checkpoint this rank's state went into; stay until it is written, or
+        # torchrun would take this rank's exit as the group failing and stop rank 0 mid-write.
+        distributed.barrier(world)
         return Outcome(contract.EXIT_INTERRUPTED, step)
     t0 = time.perf_counter()
     ok = checkpoints.flush(timeout=120)
@@ -440,6 +443,7 @@ def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int
     else:
         log.error("emergency checkpoint at step %d could not be written in time: %s", step, checkpoints.last_error)
     reporter.finish(contract.INTERRUPTED, step=step, exit_code=contract.EXIT_INTERRUPTED)
+    distributed.barrier(world)
     return Outcome(contract.EXIT_INTERRUPTED if ok else contract.EXIT_FAILED, step, save_s)
 
 

@@ -41,8 +41,11 @@ def restart_loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: in
 
     crashes = 0
     while True:
+        started = time.time()
         child = subprocess.Popen(cmd)
         code = child.wait()
+        if nproc > 1 and code != contract.EXIT_DONE:
+            code = _code_of_group(code, run_uri, cache_dir, started)
         if code == contract.EXIT_DONE:
             return code
         meaning = contract.EXIT_MEANING.get(code, f"crashed (exit {code})")
@@ -63,3 +66,23 @@ def restart_loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: in
             time.sleep(min(0.2, deadline - time.monotonic()))
         if stopping:
             return contract.EXIT_INTERRUPTED
+
+
+def _code_of_group(torchrun_code: int, run_uri: str, cache_dir: str | None, started: float) -> int:
+    """torchrun exits 1 whenever a rank exits non-zero, so the ranks' own verdict is read back from
+    status.json, which rank 0 wrote last: interrupted (75), or the failure's own exit code."""
+    from trainer.storage import open_storage
+
+    try:
+        raw = open_storage(run_uri, cache_dir).get_bytes(contract.STATUS)
+        status = contract.Status.from_json(raw) if raw else None
+    except Exception as e:  # storage trouble: judge by torchrun's code alone
+        log.warning("could not read status.json to classify the exit: %s", e)
+        return torchrun_code
+    if status is None or status.heartbeat < started:  # written by an earlier launch: says nothing of this one
+        return torchrun_code
+    if status.state == contract.INTERRUPTED:
+        return contract.EXIT_INTERRUPTED
+    if status.state == contract.FAILED and status.exit_code:
+        return status.exit_code
+    return torchrun_code

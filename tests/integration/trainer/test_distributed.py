@@ -108,24 +108,32 @@ def test_sigkill_of_the_whole_group_then_resume_is_bit_exact(ddp_job, reference,
 
 
 def test_sigterm_to_one_rank_stops_all_ranks_with_one_checkpoint_and_resumes_exactly(ddp_job, reference, tmp_path):
+    """Under the container entrypoint (restart-loop --nproc 2): every rank stops at the same step,
+    rank 0 writes one emergency checkpoint, and the loop exits 75 instead of restarting."""
     run = tmp_path / "run"
-    log = tmp_path / "torchrun.out"
-    proc = torchrun(ddp_job, run, log=log)
+    log = tmp_path / "restart-loop.out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", "restart-loop", str(ddp_job), "--run-uri", str(run), "--nproc", "2"],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT, env=trainer_env(OMP_NUM_THREADS="1"),  # noqa: SIM115
+    )
     try:
         wait_for(lambda: (run / (contract.step_checkpoint(20) + contract.CHECKSUM_SUFFIX)).exists() or proc.poll() is not None,
                  timeout=120, what="step 20's checkpoint")
-        ranks = _ranks(proc.pid)
+        torchrun_pid = _ranks(proc.pid)[0]
+        ranks = _ranks(torchrun_pid)
         assert len(ranks) == 2
         rank0 = _status(run)["pid"]
         other = next(p for p in ranks if p != rank0)
         t0 = time.monotonic()
         os.kill(other, signal.SIGTERM)  # the rank that does NOT write checkpoints
-        proc.wait(timeout=60)
+        code = proc.wait(timeout=60)
         elapsed = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             kill_all(proc)
     assert elapsed < 60
+    assert code == contract.EXIT_INTERRUPTED, log.read_text()[-3000:]
+    assert "restart 1" not in log.read_text()
     status = _status(run)
     assert status["state"] == contract.INTERRUPTED, log.read_text()[-3000:]
     text = (run / contract.TRAINER_LOG).read_text()

@@ -37,6 +37,10 @@ class Diverged(RuntimeError):
     """Too many steps in a row with a non-finite loss or gradient."""
 
 
+class JobSetupError(ValueError):
+    """The job cannot be set up as written (data files, recipe module, sizes): a rerun cannot help."""
+
+
 @dataclass
 class Progress:
     """Counters that decide what happens next; saved in every checkpoint."""
@@ -158,6 +162,25 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
+def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], key: str) -> None:
+    """Load a checkpoint's trainable state. Frozen weights are not in it (they come from the base
+    model), so loading is not strict, but every key it has must fit, and no trainable weight may be
+    left out: a changed model or LoRA setting would otherwise resume from half-initialised weights."""
+    hint = "The model or LoRA settings changed since the run started: restore them, or start a new run under another run URI"
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        raise JobSetupError(f"{key} does not fit the model this job builds: {e}. {hint}") from None
+    expected = trainable_state(model).keys()
+    missing = sorted(k for k in result.missing_keys if k in expected)
+    if result.unexpected_keys or missing:
+        detail = "; ".join(part for part in (
+            f"not in this model: {', '.join(result.unexpected_keys[:5])}" if result.unexpected_keys else "",
+            f"missing from the checkpoint: {', '.join(missing[:5])}" if missing else "",
+        ) if part)
+        raise JobSetupError(f"{key} does not fit the model this job builds ({detail}). {hint}")
+
+
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
@@ -200,9 +223,11 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     device = pick_device(cfg.device, world)
     distributed.init(world, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    batch_size = per_rank_batch(cfg, world)
-
-    recipe: Recipe = build_recipe(cfg, job_path)
+    try:
+        batch_size = per_rank_batch(cfg, world)
+        recipe: Recipe = build_recipe(cfg, job_path)
+    except (FileNotFoundError, IsADirectoryError, ImportError, ValueError, TypeError) as e:
+        raise JobSetupError(str(e)) from e
     model = recipe.model.to(device)
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -214,7 +239,10 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     optimizer = make_optimizer(cfg, model, device)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     ema = EMA(model, cfg.ema.decay) if cfg.ema else None
-    sampler = EpochSampler(len(recipe.train_set), batch_size, cfg.seed, world.rank, world.world_size)
+    try:
+        sampler = EpochSampler(len(recipe.train_set), batch_size, cfg.seed, world.rank, world.world_size)
+    except ValueError as e:
+        raise JobSetupError(str(e)) from e
     max_steps = cfg.max_steps or math.ceil(cfg.epochs * sampler.batches_per_epoch / cfg.grad_accum)
     trainable = [p for p in model.parameters() if p.requires_grad]
     progress = Progress()
@@ -227,7 +255,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
         raise RuntimeError(f"rank {world.rank} found checkpoint {resumed and resumed[1]!r}, rank 0 found {chosen!r}")
     if resumed:
         payload, key = resumed
-        model.load_state_dict(payload["model"], strict=False)
+        _load_model_state(model, payload["model"], key)
         optimizer.load_state_dict(payload["optimizer"])
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])

@@ -38,7 +38,7 @@ def test_a_recipe_module_beside_the_job_trains_end_to_end(tmp_path):
 
 def test_a_recipe_that_cannot_be_found_fails_with_a_clear_error(tmp_path):
     result = run_trainer(write_job(tmp_path, "missing_recipe_module:build"), str(tmp_path / "run"))
-    assert result.returncode == contract.EXIT_FAILED
+    assert result.returncode == contract.EXIT_BAD_CONFIG, "a rerun cannot find it either"
     message = "recipe 'missing_recipe_module:build': no module named 'missing_recipe_module'; put it beside the job file"
     assert message in result.stderr
     status = json.loads((tmp_path / "run" / contract.STATUS).read_text())

@@ -192,3 +192,17 @@ def test_restart_loop_does_not_retry_a_bad_job_file(tmp_path):
     assert f"{job}:3: train.max_steps" in result.stderr
     assert "a restart cannot fix that" in result.stderr
     assert not (tmp_path / "run").exists(), "nothing was written for an invalid job"
+
+
+@pytest.mark.parametrize("change", [{"n_layer": 3}, {"n_embd": 64}], ids=["more-layers", "other-width"])
+def test_a_checkpoint_that_does_not_fit_a_changed_model_is_refused(tmp_path, change):
+    """Resuming a run whose model settings changed would silently mix trained and fresh weights."""
+    small = {"train": {**CHAOS_JOB["train"], "max_steps": 10}}
+    run = tmp_path / "run"
+    assert run_trainer(make_job(tmp_path, small), str(run)).returncode == 0
+    (run / contract.STATUS).unlink()  # pretend it was interrupted, so it resumes
+    changed = make_job(tmp_path, {"train": {**small["train"], "model": change}}, name="changed.yaml")
+    result = run_trainer(changed, str(run))
+    assert result.returncode == contract.EXIT_BAD_CONFIG, result.stderr[-2000:]
+    assert "checkpoints/latest.pt does not fit the model this job builds" in result.stderr
+    assert "start a new run under another run URI" in result.stderr

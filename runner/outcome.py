@@ -16,6 +16,9 @@ DONE = "done"
 INTERRUPTED = "interrupted"
 FAILED = "failed"
 FAILED_PERMANENTLY = "failed_permanently"
+#: Signals that something outside the trainer stopped it (a preemption, a lost machine, a person);
+#: other signals mean the trainer crashed by itself.
+STOP_SIGNALS = frozenset({"SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"})
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,12 @@ def classify(obs: Observation, status: contract.Status | None, attempt_id: str) 
         return Verdict(FAILED, "the trainer exited 0 but status.json does not say done")
     if obs.exit_code == contract.EXIT_INTERRUPTED:
         return Verdict(INTERRUPTED, "stopped with an emergency checkpoint (exit 75)")
-    if obs.signal:
+    if obs.signal in STOP_SIGNALS:
         return Verdict(INTERRUPTED, f"the trainer was killed by {obs.signal}")
     if obs.state == "vanished":
         return Verdict(INTERRUPTED, obs.detail or "the attempt vanished")
+    if obs.signal:  # SIGSEGV, SIGABRT, SIGBUS...: the trainer crashed by itself
+        return Verdict(FAILED, f"the trainer crashed ({obs.signal})")
     code = obs.exit_code
     meaning = contract.EXIT_MEANING.get(code, "failed")
     error = ""

@@ -24,6 +24,8 @@ def status(state: str, **kw) -> contract.Status:
     (Observation("exited", 4), status("failed"), FAILED_PERMANENTLY),
     (Observation("exited", 1), status("failed", error="RuntimeError: boom"), FAILED),
     (Observation("exited", 139), None, FAILED),
+    (Observation("exited", None, "SIGSEGV"), status("running"), FAILED),
+    (Observation("exited", None, "SIGTERM"), status("running"), INTERRUPTED),
 ])
 def test_classify(obs, stat, outcome):
     assert classify(obs, stat, "job-1").outcome == outcome

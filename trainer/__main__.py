@@ -104,7 +104,18 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
         _record_failure(storage, Reporter, f"{type(e).__name__}: {e}", contract.EXIT_FAILED)
         return contract.EXIT_FAILED
     finally:
+        _sync_log(storage)
         storage.close()
+
+
+def _sync_log(storage) -> None:
+    """Copy the log's last lines (written after the loop's final sync) to a remote run URI."""
+    if storage.is_local or int(os.environ.get("RANK", "0")) != 0:
+        return
+    try:
+        storage.sync_dir(storage.work_dir / contract.LOGS_DIR, contract.LOGS_DIR)
+    except Exception as e:
+        logging.getLogger("trainer").warning("could not copy the end of the log to %s: %s", storage.uri, e)
 
 
 def _record_failure(storage, reporter_cls, error: str, code: int) -> None:

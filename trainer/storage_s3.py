@@ -26,6 +26,7 @@ Torch-free: the runner imports it to read ``status.json``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import math
@@ -431,7 +432,9 @@ class S3Storage(Storage):
                 if error_code(e)[0] in ("NoSuchKey", "404"):
                     return None
                 raise
-            with resp["Body"] as body:  # read inside the attempt: a dropped body is retried too
+            # Read inside the attempt, so a body cut short is retried too. closing(), not `with`:
+            # StreamingBody's own context manager hands out the raw stream, without its length check.
+            with contextlib.closing(resp["Body"]) as body:
                 return body.read()
 
         return self._call(f"get {key}", get, doing="read")
@@ -463,7 +466,7 @@ class S3Storage(Storage):
     def _get_whole(self, key: str, tmp: Path, etag: str) -> None:
         def get() -> None:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
-            with resp["Body"] as body, open(tmp, "wb") as out:
+            with contextlib.closing(resp["Body"]) as body, open(tmp, "wb") as out:
                 for chunk in body.iter_chunks(MiB):
                     out.write(chunk)
 
@@ -480,7 +483,7 @@ class S3Storage(Storage):
                     # If-Match: every range comes from the same version of the object.
                     resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag,
                                                   Range=f"bytes={offset}-{offset + length - 1}")
-                    with resp["Body"] as body:
+                    with contextlib.closing(resp["Body"]) as body:
                         data = body.read()
                     if len(data) != length:
                         raise IncompleteReadError(actual_bytes=len(data), expected_bytes=length)

@@ -59,6 +59,12 @@ def test_round_trip(env: S3Server, tmp_path: Path) -> None:
     assert s.get_bytes("missing.json") is None
     assert s.get_file("checkpoints/missing.pt", tmp_path / "x") is False and not (tmp_path / "x").exists()
 
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"log line\n" * 1000)
+    s.put_file(small, "logs/trainer.log")
+    assert s.get_file("logs/trainer.log", tmp_path / "dl" / "trainer.log")  # one GET, below the threshold
+    assert (tmp_path / "dl" / "trainer.log").read_bytes() == small.read_bytes()
+
     big = tmp_path / "big.pt"
     digest = random_file(big, 17 * MiB + 123)  # 4 parts, the last one short
     s.put_file(big, "checkpoints/step-000000010.pt", sha256=digest, move=True)
@@ -74,6 +80,8 @@ def test_round_trip(env: S3Server, tmp_path: Path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["latest.pt"]  # no temp file left beside it
 
     assert s.list("checkpoints/") == ["checkpoints/latest.pt", "checkpoints/step-000000010.pt"]
+    assert s.list("") == ["checkpoints/latest.pt", "checkpoints/step-000000010.pt", "logs/trainer.log",
+                          "status.json"]
     s.delete("checkpoints/step-000000010.pt")
     s.delete("checkpoints/step-000000010.pt")  # a missing key is not an error
     assert s.list("checkpoints/") == ["checkpoints/latest.pt"]

@@ -156,8 +156,8 @@ class Commands:
         console.print(f"[dim]{total} jobs in total: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                       + ". `python -m runner list` shows them all.[/]")
         if any(not j.supervised() for j in active):
-            console.print("[yellow]Some active jobs are unsupervised: `python -m runner watch` relaunches them after a "
-                          "preemption.[/]")
+            console.print("[yellow]* unsupervised: no runner process watches it; `python -m runner watch` relaunches it "
+                          "after a preemption.[/]")
         return None
 
     def list(self, limit: int | None = None, json: bool = False) -> None:
@@ -465,6 +465,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import fire
 
+    # fire reads docstrings through IPython when it is installed: 0.3 s of imports for every --help.
+    # Its own fallback reads the same docstrings; the runner never needs IPython.
+    sys.modules.setdefault("IPython", None)  # type: ignore[arg-type]
     args = list(sys.argv[1:] if argv is None else argv)
     if "--" not in args and any(a in ("-h", "--help") for a in args):
         # Help is output the user asked for: print it on stdout (fire writes it to stderr).

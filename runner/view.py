@@ -114,7 +114,7 @@ def jobs_table(state: st.State, jobs: list[st.JobRow], title: str | None = None,
     for job in jobs:
         gpu = (job.spec.get("resources") or {}).get("gpu")
         gpu = ",".join(gpu) if isinstance(gpu, list) else (gpu or "-")
-        state_cell = job.state + (" (unsupervised)" if job.active and not job.supervised() else "")
+        state_cell = job.state + ("*" if job.active and not job.supervised() else "")  # * unsupervised
         rows.append((job.id, state_cell, job.backend, gpu, f"{job.step}/{job.max_steps}" if job.max_steps else "-",
                      str(counts.get(job.id, 0)), ago(job.created, now)))
         reasons.append(job.reason)
@@ -127,7 +127,7 @@ def jobs_table(state: st.State, jobs: list[st.JobRow], title: str | None = None,
     if show_reason:
         table.add_column("reason", no_wrap=True, width=min(room, max(len(r) for r in reasons)))
     for row, reason in zip(rows, reasons, strict=True):
-        cells = [escape(row[0]), f"[{_STATE_STYLE.get(row[1].split()[0], 'white')}]{escape(row[1])}[/]", *map(escape, row[2:])]
+        cells = [escape(row[0]), f"[{_STATE_STYLE.get(row[1].rstrip('*'), 'white')}]{escape(row[1])}[/]", *map(escape, row[2:])]
         if show_reason:
             cells.append(escape(reason if len(reason) <= room else reason[: room - 1] + "…"))
         table.add_row(*cells)

@@ -314,6 +314,8 @@ class JobSupervisor:
                                          next_launch_at=time.time() + delay)
 
     def _finish(self, state: str, reason: str, event: str, attempt_id: str | None = None, **values: Any) -> None:
+        if self.status is not None and self.status.step > self.job.step:  # the step it was stopped at
+            values.setdefault("step", self.status.step)
         self.state.set_job_state(self.job.id, state, self._clean(reason), event, attempt_id, **values)
         self.finished = True
 

@@ -271,6 +271,12 @@ class Commands:
         Args:
             json: print JSON.
         """
+        from runner.runpod import configured
+
+        if configured():  # RunPod's live prices and stock
+            from runner.runpod.commands import print_live_gpus
+
+            return print_live_gpus(json)
         from runner.catalog import load_catalog
 
         catalog = load_catalog()
@@ -475,6 +481,11 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.redirect_stderr(sys.stdout):
             fire.Fire(Commands(), command=args, name="runner")
         return
+    if args and os.environ.get("RUNPOD_API_KEY"):  # pods left behind are terminated before anything else
+        from runner.runpod.commands import RECONCILING, reconcile_pods
+
+        if args[0] in RECONCILING:
+            reconcile_pods()
     fire.Fire(Commands(), command=args, name="runner")
 
 

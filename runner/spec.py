@@ -57,6 +57,9 @@ class Resources(_Section):
     spot: bool = True
     #: Highest spot bid per GPU-hour in USD; default: the catalog's spot price.
     max_bid_per_gpu: float | None = Field(None, gt=0)
+    #: Spot bid above RunPod's live minimum bid, USD per GPU-hour (never above max_bid_per_gpu):
+    #: a little over the minimum keeps a pod from being outbid at the first change in price.
+    bid_margin_per_gpu: float = Field(0.01, ge=0)
     container_disk_gb: int = Field(50, ge=1)
     volume_gb: int = Field(0, ge=0)
 

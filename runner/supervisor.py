@@ -22,7 +22,14 @@ from typing import Any, Protocol
 from runner import proc
 from runner import state as st
 from runner.backends import get_backend
-from runner.backends.base import Backend, BackendError, LaunchRequest, Observation
+from runner.backends.base import (
+    Backend,
+    BackendError,
+    LaunchRequest,
+    NoCapacityError,
+    Observation,
+    SpotUnavailableError,
+)
 from runner.catalog import load_catalog
 from runner.outcome import DONE, FAILED_PERMANENTLY, INTERRUPTED, Verdict, classify
 from runner.secret_guard import forwarded, redact
@@ -35,6 +42,9 @@ STOP_GRACE_SECONDS = float(os.environ.get("RUNNER_STOP_GRACE_SECONDS", "60"))
 LAUNCH_TIMEOUT_SECONDS = 120.0
 #: Warn once when a job has spent this share of its budget.
 BUDGET_WARNING = 0.8
+#: Outcomes of attempts that started nothing: no capacity anywhere in the GPU list, or spot refused outright.
+NO_CAPACITY = "no_capacity"
+SPOT_REFUSED = "spot_refused"
 
 
 class Display(Protocol):
@@ -131,10 +141,13 @@ class JobSupervisor:
         retry = self.spec.get("retry") or {}
         fallback_after = retry.get("fallback_to_on_demand_after")
         spot = bool((self.spec.get("resources") or {}).get("spot", True))
-        if spot and fallback_after is not None and self.job.preemptions >= fallback_after:
+        shortfalls, refused = self._spot_shortfalls()
+        if spot and fallback_after is not None and (refused or self.job.preemptions + shortfalls >= fallback_after):
             if "fallback" not in self._warned:
                 self._warned.add("fallback")
-                self._event("fallback", f"{self.job.preemptions} preemptions: relaunching on on-demand capacity")
+                why = "the provider refuses spot capacity" if refused else \
+                    f"{self.job.preemptions} preemptions and {shortfalls} launches without spot capacity"
+                self._event("fallback", f"{why}: relaunching on on-demand capacity")
             spot = False
         gpus = self._gpus()
         attempt = self.state.add_attempt(
@@ -143,6 +156,11 @@ class JobSupervisor:
             start_step=self.job.step,
         )
         self._launch(attempt, checked=True)
+
+    def _spot_shortfalls(self) -> tuple[int, bool]:
+        """(spot launches that found no capacity, whether the provider refused spot outright)."""
+        outcomes = [a.outcome for a in self.state.attempts(self.job.id) if a.spot]
+        return outcomes.count(NO_CAPACITY), SPOT_REFUSED in outcomes
 
     def _gpus(self):
         catalog = load_catalog()
@@ -184,7 +202,8 @@ class JobSupervisor:
             workdir=Path(self.job.workdir), env=env, gpus=self._gpus(), gpu_count=attempt.gpu_count,
             spot=bool(attempt.spot), max_bid_per_gpu=resources.get("max_bid_per_gpu"),
             container_disk_gb=int(resources.get("container_disk_gb", 50)), volume_gb=int(resources.get("volume_gb", 0)),
-            image=dict(self.spec.get("image") or {}),
+            image=dict(self.spec.get("image") or {}), bid_margin_per_gpu=float(resources.get("bid_margin_per_gpu", 0.0)),
+            report=lambda kind, message: self._event(kind, message, attempt.id),
         )
 
     def _launch(self, attempt: st.AttemptRow, checked: bool = False) -> None:
@@ -192,6 +211,9 @@ class JobSupervisor:
             return
         try:
             launched = self.backend.launch(self._request(attempt), timeout_s=LAUNCH_TIMEOUT_SECONDS)
+        except (NoCapacityError, SpotUnavailableError) as e:
+            self._no_capacity(attempt, e)
+            return
         except BackendError as e:
             self.state.attempt_ended(attempt, outcome="failed", exit_code=None, detail=self._clean(str(e)), end_step=None)
             self._after(attempt, Verdict("failed", f"launch failed: {e}"))
@@ -203,6 +225,28 @@ class JobSupervisor:
                                                             else launched.on_demand_rate_per_hour),
                                    adopted=launched.adopted)
         self.launched = True
+
+    def _no_capacity(self, attempt: st.AttemptRow, error: BackendError) -> None:
+        """Nothing was started: a shortage waits and retries (bounded like failures); spot that the
+        provider refuses falls back to on-demand when the job allows it, and otherwise ends the job."""
+        refused = isinstance(error, SpotUnavailableError)
+        detail = self._clean(str(error))
+        self.state.attempt_ended(attempt, outcome=SPOT_REFUSED if refused else NO_CAPACITY, exit_code=None,
+                                 detail=detail, end_step=None)
+        retry = self.spec.get("retry") or {}
+        fallback_after = retry.get("fallback_to_on_demand_after")
+        job = self.state.job(self.job.id)
+        if attempt.spot and fallback_after is not None:
+            shortfalls, _ = self._spot_shortfalls()
+            if refused or job.preemptions + shortfalls >= fallback_after:
+                self.state.set_job_state(job.id, st.WAITING, f"attempt {attempt.number}: {detail}; relaunching on "
+                                         f"on-demand capacity", SPOT_REFUSED if refused else NO_CAPACITY, attempt.id,
+                                         next_launch_at=time.time())
+                return
+        if refused:
+            self._finish(st.FAILED, detail, "failed", attempt.id)
+            return
+        self._after(attempt, Verdict("failed", detail))
 
     def _watch(self, attempt: st.AttemptRow) -> None:
         handle = attempt.handle or {}
@@ -223,16 +267,17 @@ class JobSupervisor:
                     verdict = Verdict(INTERRUPTED, f"heartbeat stale for {age:.0f}s; {verdict.detail}")
                 self._end(attempt, obs, verdict)
             return
-        if obs.state == "vanished":
-            obs = self._cleanup(handle, obs)
+        # Ended or lost, nothing of it may go on running or billing (a RunPod pod outlives its trainer)
+        # before another attempt starts on the same run.
+        obs = self._cleanup(handle, obs)
         self._end(attempt, obs, classify(obs, self.read_status(), attempt.id))
 
     def _cleanup(self, handle: dict[str, Any], obs: Observation) -> Observation:
-        """Make sure nothing of a lost attempt still runs before another one starts on the same run."""
+        """Make sure nothing of an ended or lost attempt still runs before another one starts on the same run."""
         try:
             self.backend.stop(handle, grace_s=0)
         except BackendError as e:
-            self._event("error", f"could not clean up the lost attempt: {e}")
+            self._event("error", f"could not clean up the attempt: {self._clean(str(e))}")
         return obs
 
     def _over_budget(self, attempt: st.AttemptRow) -> bool:

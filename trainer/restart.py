@@ -26,6 +26,18 @@ def trainer_command(job: str, run_uri: str, cache_dir: str | None, nproc: int = 
 
 def restart_loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: int, backoff: float, nproc: int = 1) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s restart-loop: %(message)s", datefmt="%H:%M:%S")
+    code = _loop(job, run_uri, cache_dir, max_restarts, backoff, nproc)
+    if code != contract.EXIT_INTERRUPTED:
+        # Done, or failed beyond what a restart fixes: in a RunPod pod, which would restart this
+        # container and bill on, stop the pod. Interrupted means someone is stopping it already.
+        from trainer.runpod_pod import in_pod, stop_own_pod
+
+        if in_pod():
+            stop_own_pod(f"the trainer {contract.EXIT_MEANING.get(code, f'exited {code}')}")
+    return code
+
+
+def _loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: int, backoff: float, nproc: int) -> int:
     cmd = trainer_command(job, run_uri, cache_dir, nproc)
     child: subprocess.Popen | None = None
     stopping = False

@@ -7,8 +7,8 @@ from __future__ import annotations
 from runner.backends.base import Backend, BackendUnavailable
 
 #: Backends this version can run jobs on; the others are designed in but not built yet.
-AVAILABLE = ("local",)
-PLANNED = ("docker", "runpod")
+AVAILABLE = ("local", "runpod")
+PLANNED = ("docker",)
 
 
 def get_backend(name: str) -> Backend:
@@ -17,6 +17,10 @@ def get_backend(name: str) -> Backend:
         from runner.backends.local import LocalBackend
 
         return LocalBackend()
+    if name == "runpod":
+        from runner.backends.runpod import RunPodBackend
+
+        return RunPodBackend()
     if name in PLANNED:
         raise BackendUnavailable(
             f"the {name} backend is not available in this version yet; nothing was launched. "

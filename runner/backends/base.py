@@ -30,6 +30,19 @@ class BackendUnavailable(BackendError):
     """This backend cannot be used here (not built in this version, not configured)."""
 
 
+class NoCapacityError(BackendError):
+    """No machine for the attempt anywhere in its GPU failover list right now; nothing was started.
+    ``spot`` says whether it was spot capacity that was missing (the supervisor may fall back)."""
+
+    def __init__(self, message: str, *, spot: bool):
+        super().__init__(message)
+        self.spot = spot
+
+
+class SpotUnavailableError(BackendError):
+    """The provider refuses spot capacity outright (not a shortage): asking again for spot cannot help."""
+
+
 @dataclass(frozen=True)
 class LaunchRequest:
     """Everything a backend needs to start one attempt. ``env`` holds secret values: it is passed to
@@ -48,6 +61,19 @@ class LaunchRequest:
     container_disk_gb: int = 50
     volume_gb: int = 0
     image: dict[str, Any] = field(default_factory=dict)
+    #: Added to the live minimum spot bid (USD per GPU-hour), never above ``max_bid_per_gpu``.
+    bid_margin_per_gpu: float = 0.0
+    #: Where a backend tells what it did along the way (kind, message): the job's events.
+    report: Callable[[str, str], None] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Billed:
+    """What the provider says it billed for an attempt: its own start and end, and the amount."""
+
+    started: float  # unix seconds
+    ended: float
+    usd: float
 
 
 @dataclass(frozen=True)
@@ -97,6 +123,11 @@ class Backend(abc.ABC):
     def stop(self, handle: dict[str, Any], grace_s: float = 60.0, timeout_s: float = 30.0) -> Observation:
         """SIGTERM (emergency checkpoint), then force after ``grace_s``; afterwards nothing of the
         attempt runs or bills. Safe to call on an attempt that has already ended."""
+
+    def billed(self, handle: dict[str, Any]) -> Billed | None:
+        """The provider's own billing for the attempt once it has ended, when it keeps any (None: the
+        runner's observation of start, end and rate stands)."""
+        return None
 
     @abc.abstractmethod
     def logs(self, handle: dict[str, Any], follow: bool = False,

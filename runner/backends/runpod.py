@@ -1,0 +1,269 @@
+"""The runpod backend: each attempt is one RunPod pod, spot or on-demand.
+
+- The pod runs the job's image with its own entrypoint (the trainer's restart loop) and the job
+  file's path inside the image plus ``--run-uri`` as arguments: the job file travels in the image,
+  exactly as for the docker backend (:mod:`runner.backends.docker_image`: a prebuilt ``image.name``
+  as given, or a build pushed to ``image.push_to``).
+- The job's ``env`` and ``secrets`` are given to the pod at creation only (RunPod keeps them in the
+  pod, nowhere else); RunPod adds ``RUNPOD_POD_ID`` and a pod-scoped ``RUNPOD_API_KEY``, with which
+  the trainer's restart loop stops its own pod when its work is over.
+- The pod is named ``spot-runner-<owner>-<attempt id>``: launch finds it again by that name, so a
+  runner that died after sending the create never makes a second pod, and :mod:`runner.runpod.reconcile`
+  terminates pods of ours that no active attempt owns.
+- ``stop`` always ends with a terminate: a stopped pod still bills for its disks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import secrets as token
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from runner import paths
+from runner.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    Billed,
+    Launched,
+    LaunchRequest,
+    Observation,
+)
+from runner.runpod import ENV_BASE_URL, POD_NAME_PREFIX
+from trainer import contract
+
+#: Seconds between two looks at a pod that is being stopped.
+STOP_POLL_SECONDS = 1.0
+_OWNER_FILE = "runpod-owner"
+
+
+def owner_id() -> str:
+    """A random id of this runner's state, in every pod name: pods of another machine's runner
+    (same account, other state) are never taken for ours."""
+    path = paths.state_dir() / _OWNER_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = token.token_hex(4)
+    try:
+        with open(path, "x") as f:  # two runners at once: the first one's id wins
+            f.write(fresh)
+    except FileExistsError:
+        return path.read_text().strip()
+    return fresh
+
+
+def pod_name(attempt_id: str) -> str:
+    return f"{POD_NAME_PREFIX}{owner_id()}-{attempt_id}"
+
+
+class RunPodBackend(Backend):
+    name = "runpod"
+
+    def __init__(self, client: Any = None):
+        from runner.runpod import ENV_API_KEY, configured
+
+        if client is None and not configured():
+            raise BackendUnavailable(f"the runpod backend needs a RunPod API key: export {ENV_API_KEY} (RunPod "
+                                     f"console → Settings → API Keys) and run the command again")
+        self._client = client
+        self._storages: dict[str, Any] = {}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from runner.runpod.client import RunPodClient
+
+            self._client = RunPodClient()
+        return self._client
+
+    # --- launch -----------------------------------------------------------------------------------
+    def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
+        from runner.runpod.launch import PodPlan, obtain_pod
+
+        report = request.report or (lambda kind, message: None)
+        name = pod_name(request.attempt_id)
+        image, job_path = self._image(request)
+        plan = PodPlan(name=name, image=image, args=(job_path, "--run-uri", request.run_uri), env=self._env(request),
+                       gpu_count=request.gpu_count, container_disk_gb=request.container_disk_gb,
+                       volume_gb=request.volume_gb)
+        got = obtain_pod(self.client, plan, request.gpus, spot=request.spot, max_bid_per_gpu=request.max_bid_per_gpu,
+                         bid_margin_per_gpu=request.bid_margin_per_gpu, report=report)
+        kind = "spot" if got.spot else "on-demand"
+        bid = f", bid ${got.bid_per_gpu:.3f}/GPU-h" if got.bid_per_gpu else ""
+        handle = {"pod_id": got.pod.id, "pod_name": name, "attempt_id": request.attempt_id, "run_uri": request.run_uri,
+                  "gpu": got.gpu, "cloud": got.cloud, "spot": got.spot, "bid_per_gpu": got.bid_per_gpu,
+                  "image": image, "created": time.time(),
+                  "where": f"RunPod pod {got.pod.id} ({got.gpu} × {request.gpu_count} {kind} on {got.cloud}{bid})"}
+        return Launched(handle, got.gpu, got.spot, got.rate_per_hour, got.on_demand_rate_per_hour, adopted=got.adopted)
+
+    def _image(self, request: LaunchRequest) -> tuple[str, str]:
+        """The image (in a registry RunPod can pull from) and the job file's path in it, relative to
+        the image's working directory, which is where the entrypoint runs."""
+        from runner.backends.docker_image import IMAGE_ROOT, ImageSettings, ensure_image
+
+        settings = ImageSettings.from_spec(request.image)
+        client = None
+        if not settings.name and settings.push_to:  # only a build needs a Docker engine
+            from runner.backends import docker_client
+
+            client = docker_client.connect()
+        ref = ensure_image(client, request.job_file, request.image, registry_required=True)
+        return ref.name, str(PurePosixPath(ref.job_path).relative_to(IMAGE_ROOT))
+
+    def _env(self, request: LaunchRequest) -> dict[str, str]:
+        env = dict(request.env)
+        env[contract.ENV_ATTEMPT_ID] = request.attempt_id
+        env["PYTHONUNBUFFERED"] = "1"
+        env["GPU_COUNT"] = str(request.gpu_count)  # the image's entrypoint starts torchrun for more than one
+        if os.environ.get(ENV_BASE_URL):  # the pod stops itself through the same API the runner uses
+            env[ENV_BASE_URL] = os.environ[ENV_BASE_URL]
+        return env
+
+    # --- poll / stop ------------------------------------------------------------------------------
+    def poll(self, handle: dict[str, Any]) -> Observation:
+        from runner.runpod.errors import RunPodError
+        from runner.runpod.observe import observe
+
+        try:
+            return observe(self.client, handle, self._status_reader(handle))
+        except RunPodError as e:  # RunPod not answering for a while: the pod is presumed alive, look again
+            return Observation("running", detail=f"RunPod not answering: {e}")
+
+    def _status_reader(self, handle: dict[str, Any]) -> Callable[[], contract.Status | None]:
+        def read() -> contract.Status | None:
+            try:
+                storage = self._storage(handle["run_uri"])
+                raw = storage.get_bytes(contract.STATUS)
+                return contract.Status.from_json(raw) if raw else None
+            except Exception:  # a storage hiccup: judge by the pod alone this time
+                return None
+
+        return read
+
+    def _storage(self, run_uri: str) -> Any:
+        if run_uri not in self._storages:
+            from trainer.storage import open_storage
+
+            self._storages[run_uri] = open_storage(run_uri)
+        return self._storages[run_uri]
+
+    def stop(self, handle: dict[str, Any], grace_s: float = 60.0, timeout_s: float = 30.0) -> Observation:
+        """Stop the pod (RunPod sends SIGTERM: an emergency checkpoint), wait up to ``grace_s`` for it
+        to exit, then terminate it, so it bills nothing more. Returns how the attempt ended."""
+        from runner.runpod.client import ALIVE
+        from runner.runpod.errors import Conflict, NotFound, RunPodError
+        from runner.runpod.observe import observe
+
+        pod_id = handle["pod_id"]
+        try:
+            pod = self.client.get_pod(pod_id)
+            if pod is not None and pod.status in ALIVE and grace_s > 0:
+                with contextlib.suppress(Conflict, NotFound):
+                    self.client.action(pod_id, "stop")
+                deadline = time.monotonic() + grace_s
+                while (pod := self.client.get_pod(pod_id)) is not None and pod.status in ALIVE:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(STOP_POLL_SECONDS)
+            obs = observe(self.client, handle, self._status_reader(handle))
+            self.client.terminate(pod_id)
+            deadline = time.monotonic() + timeout_s
+            while (pod := self.client.get_pod(pod_id)) is not None and pod.status != "TERMINATED":
+                if time.monotonic() > deadline:
+                    raise BackendError(f"pod {pod_id} is still {pod.status} {timeout_s:.0f}s after it was terminated; "
+                                       f"terminate it in the RunPod console (Pods → {handle.get('pod_name')})")
+                time.sleep(STOP_POLL_SECONDS)
+        except RunPodError as e:
+            raise BackendError(f"could not stop pod {pod_id}: {e}; `python -m runner watch` tries again, or "
+                               f"terminate it in the RunPod console (Pods → {handle.get('pod_name')})") from None
+        if obs.state == "running":  # it did not stop within the grace period and was terminated
+            return Observation("exited", None, "SIGKILL", f"pod {pod_id} terminated before its trainer stopped")
+        return obs
+
+    # --- billing ----------------------------------------------------------------------------------
+    def billed(self, handle: dict[str, Any]) -> Billed | None:
+        """RunPod's billing records of the attempt's pod (None when it has none yet)."""
+        from runner.runpod.errors import RunPodError
+
+        try:
+            records = self.client.billing(pod_id=handle["pod_id"])
+        except RunPodError:
+            return None
+        records = [r for r in records if r.pod_id == handle["pod_id"]]
+        if not records:
+            return None
+        try:
+            started = min(_unix(r.start) for r in records)
+            ended = max(_unix(r.end) for r in records)
+        except ValueError:
+            return None
+        return Billed(started, ended, sum(r.total_usd for r in records))
+
+    # --- logs -------------------------------------------------------------------------------------
+    def logs(self, handle: dict[str, Any], follow: bool = False,
+             until: Callable[[], bool] | None = None) -> Iterator[str]:
+        from runner.runpod.client import ALIVE
+        from runner.runpod.errors import NotFound, RunPodError
+
+        pod_id = handle["pod_id"]
+        gone = (f"(pod {pod_id} is terminated and RunPod keeps no output of it; the trainer's own log is "
+                f"{handle.get('run_uri')}/{contract.TRAINER_LOG})")
+        if not follow:
+            try:
+                yield from self.client.log_lines(pod_id, follow=False)
+            except NotFound:
+                yield gone
+            except RunPodError as e:
+                yield f"(could not read pod {pod_id}'s output: {e})"
+            return
+        # The stream blocks while the trainer is silent: read it in a thread, so that `until` and the
+        # pod's end are checked meanwhile; reopen it when RunPod closes it while the pod still runs.
+        lines: queue.Queue[str | None] = queue.Queue()
+        stop = threading.Event()
+
+        def pump() -> None:
+            try:
+                while not stop.is_set():
+                    for line in self.client.log_lines(pod_id, follow=True):
+                        lines.put(line)
+                        if stop.is_set():
+                            return
+                    pod = self.client.get_pod(pod_id)
+                    if pod is None or pod.status not in ALIVE:
+                        return
+            except NotFound:
+                lines.put(gone)
+            except RunPodError as e:
+                lines.put(f"(lost pod {pod_id}'s output: {e})")
+            finally:
+                lines.put(None)
+
+        threading.Thread(target=pump, daemon=True, name=f"logs-{pod_id}").start()
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=0.5)
+                except queue.Empty:
+                    if until and until():
+                        return
+                    continue
+                if line is None:
+                    return
+                yield line
+        finally:
+            stop.set()
+
+
+def _unix(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+

@@ -1,0 +1,77 @@
+"""What can go wrong talking to RunPod, as exceptions whose message says what RunPod said and what
+to do next. None of them ever carries a request body: a pod's env holds secrets."""
+
+from __future__ import annotations
+
+import re
+
+from runner.backends.base import BackendError
+
+#: RunPod answers "no capacity" as a 400 (REST) or a GraphQL error; only the text tells it apart.
+_CAPACITY = re.compile(r"no longer any instances available|no instances currently available|"
+                       r"not enough (free )?gpus|insufficient capacity|out of stock", re.I)
+
+
+def is_capacity_message(text: str) -> bool:
+    return bool(_CAPACITY.search(text or ""))
+
+
+class RunPodError(BackendError):
+    """An answer from RunPod that is not what was asked for."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None, said: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.said = said  # RunPod's own words (problem detail or GraphQL message), for messages
+
+
+class AuthError(RunPodError):
+    """401/403: the key is missing, wrong, or lacks the permission."""
+
+
+class BalanceError(RunPodError):
+    """402: the account's balance is too low."""
+
+
+class NotFound(RunPodError):
+    """404: no such pod (terminated, or never there)."""
+
+
+class Conflict(RunPodError):
+    """409: the action is not valid in the pod's current status."""
+
+
+class InvalidRequest(RunPodError):
+    """400 (not capacity) or 422: the request itself is wrong; repeating it cannot help."""
+
+
+class NoCapacity(RunPodError):
+    """No machine with the requested GPU in that cloud right now (or none at the bid allowed)."""
+
+
+class SpotRefused(RunPodError):
+    """RunPod refused a spot (interruptible) request for a reason other than capacity."""
+
+
+class RateLimited(RunPodError):
+    """429: slow down; ``retry_after`` seconds when RunPod said."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class ServerError(RunPodError):
+    """5xx: RunPod failed; the request may or may not have taken effect."""
+
+    retryable = True
+
+
+class Unreachable(RunPodError):
+    """No answer: connection refused or dropped, or a timeout. The request may have taken effect."""
+
+    retryable = True

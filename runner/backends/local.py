@@ -9,6 +9,7 @@ Output goes to ``<state dir>/attempts/<attempt id>/output.log``."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -22,10 +23,11 @@ from typing import Any
 
 from runner import paths, proc
 from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation
-from runner.backends.local_attempt import EXIT_RECORD, TRAINER_RECORD, write_json
+from runner.backends.local_attempt import EXIT_RECORD, TRAINER_RECORD, WRAPPER_RECORD, write_json
 from trainer.contract import ENV_ATTEMPT_ID
 
 LAUNCH_RECORD = "launch.json"
+LOCK_FILE = "attempt.lock"
 OUTPUT_LOG = "output.log"
 #: What an hour of this machine costs you, in USD, counted against a job's budget (default: free).
 ENV_LOCAL_RATE = "RUNNER_LOCAL_USD_PER_HOUR"
@@ -45,6 +47,10 @@ def local_rate_per_hour() -> float:
         return max(0.0, float(os.environ.get(ENV_LOCAL_RATE, "0") or 0))
     except ValueError:
         raise BackendError(f"{ENV_LOCAL_RATE}={os.environ[ENV_LOCAL_RATE]!r} is not a number of dollars per hour") from None
+
+
+def _handle(pid: int, ident: str | None, adir: Path) -> dict[str, Any]:
+    return {"pid": pid, "ident": ident, "attempt_dir": str(adir), "where": f"pid {pid} on this machine" if pid else "this machine"}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -68,19 +74,29 @@ class LocalBackend(Backend):
     def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
         rate = local_rate_per_hour()
         adir = self.attempt_dir(request.attempt_id)
-        found = self._find(adir)
-        if found is not None:
-            return Launched(found, None, False, rate, rate, adopted=True)
-
         adir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "runner.backends.local_attempt", "--attempt-dir", str(adir), "--",
-                   sys.executable, "-m", "trainer", "run", str(request.job_file), "--run-uri", request.run_uri]
-        with open(adir / OUTPUT_LOG, "ab") as log:
-            child = subprocess.Popen(command, cwd=request.workdir, env=self._env(request), stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # The attempt's lock is the key that makes launch idempotent: it is taken here, inherited by
+        # the wrapper at fork and held for the wrapper's whole life. Busy means the attempt runs,
+        # even in the instant before anything about it was written down.
+        lock = os.open(adir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return Launched(self._await_running(adir, timeout_s), None, False, rate, rate, adopted=True)
+            found = self._find(adir)  # launched before and ended (or lost) since
+            if found is not None:
+                return Launched(found, None, False, rate, rate, adopted=True)
+            command = [sys.executable, "-m", "runner.backends.local_attempt", "--attempt-dir", str(adir),
+                       "--lock-fd", str(lock), "--", sys.executable, "-m", "trainer", "run", str(request.job_file),
+                       "--run-uri", request.run_uri]
+            with open(adir / OUTPUT_LOG, "ab") as log:
+                child = subprocess.Popen(command, cwd=request.workdir, env=self._env(request), stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock,))
+        finally:
+            os.close(lock)  # the wrapper holds its own copy of the lock
         self._children[str(adir)] = child
-        handle = {"pid": child.pid, "ident": proc.identity(child.pid), "attempt_dir": str(adir),
-                  "where": f"pid {child.pid} on this machine"}
+        handle = _handle(child.pid, proc.identity(child.pid), adir)
         write_json(adir / LAUNCH_RECORD, handle)
         # "Launched" means the trainer process exists (or the attempt already ended), within the deadline.
         deadline = time.monotonic() + timeout_s
@@ -92,21 +108,33 @@ class LocalBackend(Backend):
         return Launched(handle, None, False, rate, rate)
 
     def _find(self, adir: Path) -> dict[str, Any] | None:
-        """The handle of this attempt if it was launched before (idempotent launch)."""
-        handle = _read_json(adir / LAUNCH_RECORD)
-        if handle is not None:
-            return handle
-        # Started, but the runner died before writing the launch record: find it by its command line.
-        for pid in proc.find_by_cmdline(f"--attempt-dir {adir} --"):
-            handle = {"pid": pid, "ident": proc.identity(pid), "attempt_dir": str(adir),
-                      "where": f"pid {pid} on this machine"}
-            write_json(adir / LAUNCH_RECORD, handle)
-            return handle
-        if (adir / EXIT_RECORD).exists():  # it even ended already
-            handle = {"pid": 0, "ident": None, "attempt_dir": str(adir), "where": "this machine"}
+        """The handle of an attempt that was launched before: the runner's record, else the wrapper's own
+        (the runner died before writing its record), else its exit record."""
+        for name in (LAUNCH_RECORD, WRAPPER_RECORD):
+            record = _read_json(adir / name)
+            if record is not None:
+                handle = _handle(record["pid"], record["ident"], adir)
+                write_json(adir / LAUNCH_RECORD, handle)
+                return handle
+        if (adir / EXIT_RECORD).exists():
+            handle = _handle(0, None, adir)
             write_json(adir / LAUNCH_RECORD, handle)
             return handle
         return None
+
+    def _await_running(self, adir: Path, timeout_s: float) -> dict[str, Any]:
+        """The handle of an attempt whose wrapper holds the lock: it writes its record as it starts."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self._find(adir)
+            if found is not None:
+                return found
+            for pid in proc.find_by_cmdline(f"--attempt-dir {adir} "):
+                return _handle(pid, proc.identity(pid), adir)
+            if time.monotonic() > deadline:
+                raise BackendError(f"attempt {adir.name} is running (it holds {adir / LOCK_FILE}) but could not be "
+                                   f"found within {timeout_s:.0f}s; stop it by hand before relaunching")
+            time.sleep(0.05)
 
     def _env(self, request: LaunchRequest) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in PASS_THROUGH or k.startswith("LC_")}

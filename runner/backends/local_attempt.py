@@ -7,7 +7,9 @@ outlives the runner. It exists for three reasons:
   restarted, and is therefore not the trainer's parent, still learns how the attempt ended;
 - it forwards SIGTERM/SIGINT to the trainer (an emergency checkpoint, then exit 75);
 - on Linux the trainer is killed when this process dies, so a lost attempt never leaves an
-  unsupervised trainer writing to the run.
+  unsupervised trainer writing to the run;
+- it holds the attempt's lock (inherited from the launcher) for its whole life, so launching the
+  same attempt again finds it instead of starting a second trainer.
 
 Standard library only: it must start fast and never import torch."""
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from runner import proc
 
+WRAPPER_RECORD = "wrapper.json"
 TRAINER_RECORD = "trainer.json"
 EXIT_RECORD = "exit.json"
 
@@ -56,12 +59,16 @@ def _die_with_parent(parent: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.backends.local_attempt")
     parser.add_argument("--attempt-dir", required=True, type=Path)
+    # The attempt's lock, inherited from the launcher: held (open) for as long as this process lives.
+    parser.add_argument("--lock-fd", type=int, default=None)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no trainer command after --")
 
+    me = os.getpid()
+    write_json(args.attempt_dir / WRAPPER_RECORD, {"pid": me, "ident": proc.identity(me)})
     child: subprocess.Popen | None = None
     pending: list[int] = []
 
@@ -74,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
 
-    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(os.getpid()))
+    # close_fds (the default) keeps the lock out of the trainer: it is released when this process ends.
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(me))
     write_json(args.attempt_dir / TRAINER_RECORD, {"pid": child.pid, "ident": proc.identity(child.pid)})
     for signum in pending:
         child.send_signal(signum)

@@ -75,10 +75,17 @@ def test_killed_after_launching_before_recording_it(runner, tmp_path: Path):
     backend = LocalBackend(runner.home / "attempts")
     launched = backend.launch(LaunchRequest(attempt_id=attempt_id, job_id=job_id, job_file=job,
                                             run_uri=str(runner.home / "runs" / job_id), workdir=tmp_path, env={}))
-    # The runner died before it wrote down what it had launched, even in the attempt's folder.
-    (runner.home / "attempts" / attempt_id / "launch.json").unlink()
     first = runner.trainer(attempt_id)
     assert proc.is_alive(*first)
+    # Launching the same attempt again, from another runner, finds it.
+    again = LocalBackend(runner.home / "attempts").launch(LaunchRequest(
+        attempt_id=attempt_id, job_id=job_id, job_file=job, run_uri=str(runner.home / "runs" / job_id),
+        workdir=tmp_path, env={}))
+    assert again.adopted and again.handle["pid"] == launched.handle["pid"]
+    # The runner died before anything about the launch was written down (only the attempt's lock,
+    # held by the running wrapper, says it runs).
+    for record in ("launch.json", "wrapper.json"):
+        (runner.home / "attempts" / attempt_id / record).unlink()
 
     watch = runner.run("watch", timeout=600)
     assert watch.returncode == 0, watch.stdout + watch.stderr

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from runner import proc
+from tests.fixtures.jobs import wait_for
 
 
 def test_identity_tells_a_live_process_from_a_gone_one():
@@ -38,7 +39,8 @@ def test_find_by_cmdline():
     marker = "find-me-by-this-marker-4711"
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", marker], stdin=subprocess.PIPE)
     try:
-        assert proc.find_by_cmdline(marker) == [child.pid]
+        # Right after exec the kernel may show an empty command line for a moment.
+        wait_for(lambda: proc.find_by_cmdline(marker) == [child.pid], timeout=10, what="the child's command line")
     finally:
         child.stdin.close()
         child.wait(timeout=30)

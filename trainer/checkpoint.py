@@ -260,13 +260,21 @@ class CheckpointManager:
     def _load_verified(self, key: str, record: dict) -> dict[str, Any] | None:
         path = self.storage.local_path(key)
         downloaded = None
+        hashed: tuple[str, int] | None = None
         if path is None:
             downloaded = path = self.staging / f".{Path(key).name}.{os.getpid()}.download.tmp"
-            if not self.storage.get_file(key, path):
+            # A storage that hashes while it downloads (S3) saves reading the file a second time.
+            fetch_hashed = getattr(self.storage, "get_file_sha256", None)
+            if fetch_hashed is not None:
+                hashed = fetch_hashed(key, path)
+                found = hashed is not None
+            else:
+                found = self.storage.get_file(key, path)
+            if not found:
                 log.warning("skipping %s: it vanished while resuming", key)
                 return None
         try:
-            digest, size = sha256_file(path)
+            digest, size = hashed or sha256_file(path)
             if digest != record["sha256"] or size != record["size"]:
                 log.warning(
                     "skipping %s: its bytes do not match its checksum (torn or corrupt: %d bytes, expected %d); "

@@ -27,6 +27,7 @@ Torch-free: the runner imports it to read ``status.json``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import logging
 import math
@@ -57,7 +58,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from trainer.storage import Storage, StorageError, atomic_file
+from trainer.storage import Storage, StorageError
 
 log = logging.getLogger("trainer")
 
@@ -440,41 +441,82 @@ class S3Storage(Storage):
         return self._call(f"get {key}", get, doing="read")
 
     def get_file(self, key: str, local: Path) -> bool:
-        local = Path(local)
-        for _ in range(3):
-            info = self.head(key)
-            if info is None:
-                return False
-            size, etag = int(info["ContentLength"]), info["ETag"]
-            try:
-                with atomic_file(local) as tmp:
-                    if size <= self.multipart_threshold:
-                        self._get_whole(key, tmp, etag)
-                    else:
-                        self._get_ranged(key, tmp, size, etag)
-                return True
-            except ClientError as e:
-                code, status = error_code(e)
-                if code in ("NoSuchKey", "404") or status == 404:
-                    return False
-                if code == "PreconditionFailed" or status == 412:  # replaced while we read it
-                    log.info("%s changed while it was being downloaded; downloading it again", key)
-                    continue
-                raise self._misconfigured(e, "read") from None
-        raise StorageUnavailable(f"{key} kept changing while it was being downloaded from {self.uri}")
+        return self.get_file_sha256(key, local) is not None
 
-    def _get_whole(self, key: str, tmp: Path, etag: str) -> None:
-        def get() -> None:
+    def get_file_sha256(self, key: str, local: Path) -> tuple[str, int] | None:
+        """Download ``key`` to ``local`` like :meth:`get_file`, hashing the bytes on the way in.
+
+        Returns ``(sha256 hex, size)`` of what was written, or None when ``key`` does not exist. A
+        checkpoint is verified against its checksum after download; hashing while the parts arrive
+        saves reading the file a second time (a quarter of a second per GB), on the resume path."""
+        local = Path(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        # No fsync: this is a cache, verified after download, and fetched again if lost. The rename
+        # still keeps a partial download from ever being seen under the final name.
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            for _ in range(3):
+                info = self.head(key)
+                if info is None:
+                    return None
+                size, etag = int(info["ContentLength"]), info["ETag"]
+                try:
+                    if size <= self.multipart_threshold:
+                        digest = self._get_whole(key, tmp, etag)
+                    else:
+                        digest = self._get_ranged(key, tmp, size, etag)
+                except ClientError as e:
+                    code, status = error_code(e)
+                    if code in ("NoSuchKey", "404") or status == 404:
+                        return None
+                    if code == "PreconditionFailed" or status == 412:  # replaced while we read it
+                        log.info("%s changed while it was being downloaded; downloading it again", key)
+                        continue
+                    raise self._misconfigured(e, "read") from None
+                os.replace(tmp, local)
+                return digest, size
+            raise StorageUnavailable(f"{key} kept changing while it was being downloaded from {self.uri}")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _get_whole(self, key: str, tmp: Path, etag: str) -> str:
+        def get() -> str:
+            sha = hashlib.sha256()  # per attempt: a retry starts the file and the hash over
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
             with contextlib.closing(resp["Body"]) as body, open(tmp, "wb") as out:
                 for chunk in body.iter_chunks(MiB):
+                    sha.update(chunk)
                     out.write(chunk)
+            return sha.hexdigest()
 
-        self._call(f"get {key}", get)
+        return self._call(f"get {key}", get)
 
-    def _get_ranged(self, key: str, tmp: Path, size: int, etag: str) -> None:
+    def _get_ranged(self, key: str, tmp: Path, size: int, etag: str) -> str:
         ranges = self._part_ranges(size, self.part_size)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        written = [threading.Event() for _ in ranges]
+        failed = threading.Event()
+        sha = hashlib.sha256()
+
+        def hash_in_order() -> None:
+            # Parts land in any order; the hash needs them in order. Each is read back from the page
+            # cache once it is written (bounded memory, unlike holding early parts until their turn).
+            for (offset, length), done in zip(ranges, written, strict=True):
+                done.wait()
+                if failed.is_set():
+                    return
+                end = offset + length
+                while offset < end:
+                    chunk = os.pread(fd, min(8 * MiB, end - offset), offset)
+                    sha.update(chunk)  # hashlib releases the GIL on large buffers
+                    offset += len(chunk)
+
+        def abandon() -> None:  # wake the hasher and let it go: the download failed (or is over)
+            failed.set()
+            for event in written:
+                event.set()
+
+        hasher = threading.Thread(target=hash_in_order, name="s3-hash", daemon=True)
         try:
             os.ftruncate(fd, size)
 
@@ -490,10 +532,21 @@ class S3Storage(Storage):
                     os.pwrite(fd, data, offset)
 
                 self._call(f"get {key} part {i}/{len(ranges)}", attempt)
+                written[i - 1].set()
 
-            _parallel(self.concurrency, [(lambda i=i, o=o, n=n: fetch(i, o, n))
-                                         for i, (o, n) in enumerate(ranges, 1)])
+            hasher.start()
+            try:
+                _parallel(self.concurrency, [(lambda i=i, o=o, n=n: fetch(i, o, n))
+                                             for i, (o, n) in enumerate(ranges, 1)])
+            except BaseException:
+                abandon()
+                raise
+            hasher.join()
+            return sha.hexdigest()
         finally:
+            abandon()
+            if hasher.is_alive():
+                hasher.join()
             os.close(fd)
 
     def copy(self, src_key: str, dst_key: str) -> None:

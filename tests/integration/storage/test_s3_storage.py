@@ -62,7 +62,8 @@ def test_round_trip(env: S3Server, tmp_path: Path) -> None:
     small = tmp_path / "small.txt"
     small.write_bytes(b"log line\n" * 1000)
     s.put_file(small, "logs/trainer.log")
-    assert s.get_file("logs/trainer.log", tmp_path / "dl" / "trainer.log")  # one GET, below the threshold
+    assert s.get_file_sha256("logs/trainer.log", tmp_path / "dl" / "trainer.log") == (  # one GET
+        hashlib.sha256(small.read_bytes()).hexdigest(), small.stat().st_size)
     assert (tmp_path / "dl" / "trainer.log").read_bytes() == small.read_bytes()
 
     big = tmp_path / "big.pt"
@@ -75,7 +76,7 @@ def test_round_trip(env: S3Server, tmp_path: Path) -> None:
     s.copy("checkpoints/step-000000010.pt", "checkpoints/latest.pt")
     assert s.head("checkpoints/latest.pt")["Metadata"] == {"sha256": digest}  # server-side copy keeps it
     out = tmp_path / "restore" / "latest.pt"
-    assert s.get_file("checkpoints/latest.pt", out)
+    assert s.get_file_sha256("checkpoints/latest.pt", out) == (digest, 17 * MiB + 123)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
     assert [p.name for p in out.parent.iterdir()] == ["latest.pt"]  # no temp file left beside it
 
@@ -160,7 +161,8 @@ def test_multipart_transfers_survive_faults_part_by_part(env: S3Server, proxy: F
     with caplog.at_level(logging.WARNING, logger="trainer"):
         s.put_file(src, "checkpoints/latest.pt", sha256=digest)
         out = tmp_path / "back.pt"
-        assert s.get_file("checkpoints/latest.pt", out)
+        # Hashed in order while parts arrive out of order, some of them twice.
+        assert s.get_file_sha256("checkpoints/latest.pt", out) == (digest, 23 * MiB)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
     injected = sum(proxy.counts().values())
     assert injected >= 4, proxy.injected

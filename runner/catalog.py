@@ -35,6 +35,8 @@ class Catalog:
     reference_gpu: str = "rtx3090"
     tokens_per_second: dict[str, float] = field(default_factory=dict)
     local_cpu_tokens_per_second: dict[str, float] = field(default_factory=dict)
+    #: Disk prices, USD per GB-month while an attempt runs: ``container_disk``, ``volume``.
+    storage_usd_per_gb_month: dict[str, float] = field(default_factory=dict)
 
     @functools.cached_property
     def _index(self) -> dict[str, GpuType]:
@@ -78,4 +80,5 @@ def load_catalog() -> Catalog:
         for alias, g in raw["gpus"].items()
     )
     return Catalog(gpus, raw.get("reference_gpu", "rtx3090"), dict(raw.get("tokens_per_second") or {}),
-                   dict(raw.get("local_cpu_tokens_per_second") or {}))
+                   dict(raw.get("local_cpu_tokens_per_second") or {}),
+                   {k: float(v) for k, v in (raw.get("storage_usd_per_gb_month") or {}).items()})

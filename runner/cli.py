@@ -295,36 +295,143 @@ class Commands:
         _console().print(table)
         return None
 
-    def cost(self, job: str | None = None, json: bool = False) -> None:
-        """What jobs cost: billed GPU hours × rate, and what spot saved against on-demand.
+    def cost(self, job: str | None = None, since: str | None = None, json: bool = False, csv: bool = False,
+             plot: str | None = None) -> None:
+        """What jobs cost: billed hours and dollars, what spot saved, what preemptions took back.
+
+        Per job and in total: billed GPU hours and dollars (compute and disk; the provider's own billing
+        where the backend keeps one), the same hours at the on-demand price and the saving, time billed
+        while not training, preemptions, work recomputed after them (the steps past the last checkpoint,
+        in hours and dollars), dollars per 1,000 training steps, and the checkpoint interval that
+        Young/Daly call for at the GPU's observed preemption rate.
 
         Args:
             job: one job (id, prefix or name); default: every job.
+            since: only what was billed from then on: a date (2026-11-20), a local date and time
+                (2026-11-20T14:00), or a span ago (12h, 7d, 2w).
             json: print JSON.
+            csv: print CSV: a row per job, then the total.
+            plot: also draw each job's cumulative cost over time beside the on-demand line, into this PNG.
         """
-        from runner.cost import job_cost
+        from runner.cost import parse_since, report, to_csv
 
         state = _open_state()
+        try:
+            since_t = parse_since(since) if since is not None else None
+        except ValueError as e:
+            _fail(str(e))
         jobs = [_find(state, job)] if job is not None else (state.jobs() if state else [])
-        now = time.time()
-        costs = [job_cost(state, j, now) for j in jobs]
-        total = {"gpu_hours": sum(c.gpu_hours for c in costs), "usd": sum(c.usd for c in costs),
-                 "on_demand_usd": sum(c.on_demand_usd for c in costs), "saving_usd": sum(c.saving_usd for c in costs),
-                 "preemptions": sum(c.preemptions for c in costs)}
+        rep = report(state, jobs, since=since_t)
+        if plot:
+            _plot_costs(state, [j for j in jobs if j.id in {c.job_id for c in rep.jobs}], str(plot), stderr=json or csv)
         if json:
-            return _print_json({"jobs": [dict(c.to_dict(), state=j.state) for c, j in zip(costs, jobs, strict=True)],
-                                "total": {k: round(v, 6) for k, v in total.items()}})
-        from rich.table import Table
+            return _print_json(rep.to_dict())
+        if csv:
+            print(to_csv(rep), end="")
+            return None
+        _print_cost_report(rep)
+        return None
 
-        table = Table(box=None, header_style="bold", show_footer=len(costs) > 1)
-        for col, foot in (("job", "total"), ("state", ""), ("GPU hours", f"{total['gpu_hours']:.3f}"),
-                          ("cost", f"${total['usd']:.2f}"), ("on-demand", f"${total['on_demand_usd']:.2f}"),
-                          ("saved", f"${total['saving_usd']:.2f}"), ("preemptions", str(total["preemptions"]))):
-            table.add_column(col, footer=foot, justify="left" if col in ("job", "state") else "right")
-        for c, j in zip(costs, jobs, strict=True):
-            table.add_row(j.id, j.state, f"{c.gpu_hours:.3f}", f"${c.usd:.2f}", f"${c.on_demand_usd:.2f}",
-                          f"${c.saving_usd:.2f}", str(c.preemptions))
-        _console().print(table if costs else "No jobs yet.")
+    def resume(self, job: str, budget: float | None = None, detach: bool = False, json: bool = False) -> None:
+        """Go on with an ended job from its last checkpoint: one stopped over budget, cancelled or failed.
+
+        Args:
+            job: a job id, a unique prefix of one, or a job name (its newest job).
+            budget: the job's new budget in USD (its budget.max_usd); needed when it stopped over budget.
+            detach: relaunch, print the job id and return; `python -m runner watch` supervises it.
+            json: print the job as JSON at the end; progress goes to stderr.
+        """
+        from runner.secret_guard import forwarded
+
+        state = _open_state()
+        row = _find(state, job)
+        if row.active:
+            _fail(f"{row.id} is {row.state}, not ended: nothing to resume (`python -m runner watch` supervises it)")
+        if row.state == "done":
+            _fail(f"{row.id} is done: its final weights are in {row.run_uri}/final")
+        spent = state.spent(row.id)
+        current = (row.spec.get("budget") or {}).get("max_usd")
+        if budget is not None:
+            try:
+                budget = float(budget)
+            except (TypeError, ValueError):
+                _fail(f"--budget {budget!r}: expected a number of dollars")
+            if budget <= spent:
+                _fail(f"{row.id} has spent ${spent:.2f} already: a budget of ${budget:.2f} would stop it at once; "
+                      f"give more than ${spent:.2f}")
+        elif current is not None and spent >= current:
+            _fail(f"{row.id} has spent ${spent:.2f} of its ${current:.2f} budget: resume it with a larger one, "
+                  f"e.g. --budget {max(current * 1.5, spent + 1):.2f}")
+        _values, missing = forwarded(row.spec.get("secrets", []), os.environ)
+        if missing:
+            _fail(f"{row.id} needs {', '.join(missing)} in the environment to launch; export "
+                  f"{'it' if len(missing) == 1 else 'them'} and resume again. Nothing was launched.")
+        if budget is not None:
+            state.raise_budget(row.id, budget)
+        note = f" with a ${budget:.2f} budget" if budget is not None else ""
+        state.reopen(row.id, f"resumed{note} after it was {row.state}: relaunching from the last checkpoint")
+        if detach:
+            from runner.supervisor import Supervisor
+
+            Supervisor(state).run([row.id], until_launched=True)
+            row = state.job(row.id)
+            if json:
+                from runner.describe import job_record
+
+                return _print_json(job_record(state, row))
+            print(f"{row.id} {row.state}: {row.reason or 'relaunched'}")
+            return None
+        return _follow(state, [row.id], json=json, announce=f"resuming {row.id}{note} (spent so far: ${spent:.2f})")
+
+    def simulate(self, job: str | None = None, gpu: str | None = None, hours: float | None = None,
+                 mtbf_hours: float | None = None, checkpoint_seconds: float | None = None,
+                 restart_minutes: float | None = None, fixed_minutes: float = 60.0, wait_minutes: float = 1.0,
+                 trace: str | None = None, trace_job: str | None = None, trials: int = 2000, seed: int = 0,
+                 json: bool = False, plot: str | None = None) -> None:
+        """Replay a job against preemptions: expected cost and wall time for spot with this runner's
+        checkpoint interval, spot with a fixed interval, and on-demand.
+
+        Preemptions are Poisson at --mtbf-hours (default: the rate observed on the GPU), or the times of
+        a recorded trace. Every figure not given comes from the job and from earlier runs, and the
+        output says which.
+
+        Args:
+            job: a job file to take the steps, seconds per step, GPU and checkpoint cost from.
+            gpu: GPU alias for the prices (default: the job's, else rtx3090).
+            hours: hours of training the job needs (default: the job's estimate).
+            mtbf_hours: mean machine hours between preemptions (Poisson).
+            checkpoint_seconds: what one checkpoint stalls training, in seconds.
+            restart_minutes: billed minutes from a (re)launch to training again.
+            fixed_minutes: the fixed interval to compare with (and on-demand's interval).
+            wait_minutes: unbilled minutes between a preemption and the next machine.
+            trace: a file of preemption times, in hours of machine time (one per line, or a JSON list).
+            trace_job: use a recorded job's preemptions as the trace (id, prefix or name).
+            trials: Poisson replays to average over.
+            seed: random seed (the same seed gives the same figures).
+            json: print JSON.
+            plot: also draw the distribution of each strategy's cost into this PNG.
+        """
+        scenario, notes = _scenario(job, gpu, hours, mtbf_hours, checkpoint_seconds, restart_minutes, fixed_minutes,
+                                    wait_minutes, trace, trace_job)
+        from runner.simulate import simulate, summary
+
+        if int(trials) < 1:
+            _fail("--trials must be at least 1")
+        results = simulate(scenario, trials=int(trials), seed=int(seed))
+        if plot:
+            from runner.plot import plot_simulation
+
+            title = (f"{scenario.work_hours:g} h job on {scenario.gpu or 'a GPU'}: cost over "
+                     f"{results[0].trials} simulated runs")
+            written = plot_simulation(results, str(plot), title)
+            print(f"plot: {written}", file=sys.stderr)
+        lines = summary(scenario, results)
+        if json:
+            from dataclasses import asdict
+
+            return _print_json({"scenario": {**asdict(scenario), "auto_minutes": scenario.auto_minutes},
+                                "assumptions": notes, "results": [r.to_dict() for r in results], "summary": lines})
+        _print_simulation(scenario, notes, results, lines)
         return None
 
 
@@ -402,6 +509,30 @@ class _NoBackend:
     """Reading status.json needs no backend."""
 
 
+def _plan_extras(est) -> dict[str, Any]:
+    """The estimate's figures beyond training time: preemptions, checkpoints, restarts, disks."""
+    extra = est.to_dict()
+    for key in ("rate_per_hour", "on_demand_rate_per_hour", "steps", "seconds_per_step", "estimate_basis"):
+        extra.pop(key, None)
+    return extra
+
+
+def _plan_overhead_rows(est, escape, duration) -> list[tuple[str, str]]:
+    rows = []
+    if est.interval_minutes is not None:
+        rows.append(("checkpoints", f"every {est.interval_minutes:.1f} min [dim]({escape(est.interval_basis)})[/]; one "
+                                    f"costs {est.checkpoint.seconds:.2f} s [dim]({escape(est.checkpoint.basis)})[/]"))
+    e = est.expectation
+    if e is not None and e.preemptions >= 0.05:
+        p = est.preemption
+        rows.append(("preemptions", f"{e.preemptions:.1f} expected, one per {p.mtbf_hours:.1f} h [dim]({escape(p.basis)})[/]"))
+        rows.append(("overhead", f"+{duration((est.expected_hours - est.hours) * 3600)} billed: {duration(e.lost_h * 3600)} "
+                                 f"of work redone, {duration((e.restart_h + e.boot_h) * 3600)} of (re)launches "
+                                 f"[dim]({escape(est.restart_basis)})[/], {duration(e.checkpoint_h * 3600)} of checkpoints; "
+                                 f"{duration(est.expected_hours * 3600)} in all"))
+    return rows
+
+
 def _print_plan(job, json: bool) -> None:
     from runner import paths
     from runner.backends import AVAILABLE
@@ -420,7 +551,7 @@ def _print_plan(job, json: bool) -> None:
         "capacity": ("spot" if spot else "on-demand") if job.backend != "local" else "this machine",
         "rate_per_hour": round(est.rate_per_hour, 4), "on_demand_rate_per_hour": round(est.on_demand_rate_per_hour, 4),
         "steps": est.steps, "seconds_per_step": est.seconds_per_step, "estimate_basis": est.basis,
-        "estimated_hours": est.hours, "estimated_usd": est.usd,
+        "estimated_hours": est.hours, "estimated_usd": est.usd, **_plan_extras(est),
         "budget_usd": job.spec.budget.max_usd if job.spec.budget else None,
         "run_uri": f"{root.rstrip('/')}/{job.name}-<id>",
         "secrets": {n: n not in missing for n in job.spec.secrets},
@@ -449,6 +580,11 @@ def _print_plan(job, json: bool) -> None:
         price += " (this machine; RUNNER_LOCAL_USD_PER_HOUR sets what it costs you)"
     steps = f"{est.steps:,}" if est.steps else "unknown (the job gives epochs; known after its first run)"
     cost = "unknown" if est.usd is None else f"${est.usd:.2f}"
+    if est.expectation is not None and est.expected_usd is not None:
+        cost = f"${est.expected_usd:.2f} expected"
+        if est.expectation.preemptions >= 0.05:
+            cost += f" (${est.usd:.2f} for the training alone"
+            cost += f"; on-demand ${est.on_demand_usd:.2f})" if spot else ")"
     budget = f"${job.spec.budget.max_usd:.2f} (stops with an emergency checkpoint when reached)" if job.spec.budget else "none"
     secrets = ", ".join(f"{n} ({'set' if ok else '[red]NOT SET[/]'})" for n, ok in plan["secrets"].items()) or "none"
     retry = job.spec.retry
@@ -457,13 +593,211 @@ def _print_plan(job, json: bool) -> None:
         retry_text += f"; on-demand after {retry.fallback_to_on_demand_after} preemptions"
     rows = [("backend", backend), ("GPU", escape(gpu_text) if "[" not in gpu_text else gpu_text),
             ("capacity", plan["capacity"]), ("price", price), ("steps", steps),
-            ("est. time", f"{duration(est.hours * 3600) if est.hours is not None else 'unknown'} [dim]({escape(est.basis)})[/]"),
+            ("est. time", f"{duration(est.hours * 3600) if est.hours is not None else 'unknown'} of training [dim]({escape(est.basis)})[/]"),
+            *_plan_overhead_rows(est, escape, duration),
             ("est. cost", cost), ("budget", budget), ("run URI", escape(plan["run_uri"])), ("secrets", secrets),
             ("retry", retry_text)]
     console = _console()
     console.print(f"[bold]Plan for {escape(job.name)}[/] ({escape(str(job.path))}): dry run, nothing launched")
     console.print(kv_table(rows))
     return None
+
+
+def _plot_costs(state, jobs, path: str, stderr: bool = False) -> None:
+    from runner.plot import curve, plot_costs
+
+    curves = [c for c in (curve(state, j) for j in jobs) if c is not None]
+    if not curves:
+        print("plot: no billed time to draw yet", file=sys.stderr)
+        return
+    written = plot_costs(curves, path)
+    print(f"plot: {written}", file=sys.stderr if stderr else sys.stdout)
+
+
+def _print_cost_report(rep) -> None:
+    """One job: a card of figures, readable on any terminal. Several: a table and the total."""
+    import math
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from runner.view import kv_table
+
+    console = _console()
+    if not rep.jobs:
+        console.print("No billed jobs" + (" in that time." if rep.since else " yet."))
+        return
+    total = rep.total()
+    money = lambda x: "-" if x is None else f"${x:,.2f}"  # noqa: E731
+    since = f" since {time.strftime('%Y-%m-%d %H:%M', time.localtime(rep.since))}" if rep.since else ""
+    estimated = "[dim]*[/]"  # the runner's own observation, not the provider's bill
+    if len(rep.jobs) == 1:
+        c = rep.jobs[0]
+        iv = c.interval
+        where = "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
+        mtbf = "no preemption expected" if iv is None or iv.mtbf_hours == math.inf else f"MTBF {iv.mtbf_hours:.1f} h"
+        saved = (f"spot saved [bold]{money(c.saving_usd)}[/] ({c.saving_fraction:.0%})" if c.saving_fraction and
+                 c.saving_usd > 0.005 else f"difference {money(c.saving_usd)}")
+        rows = [
+            ("billed", f"[bold]{money(c.usd)}[/]{'' if c.billed_by == 'provider' else estimated} for {c.gpu_hours:.2f} GPU "
+                       f"hours (compute {money(c.compute_usd)}, disks {money(c.storage_usd)})"),
+            ("on-demand", f"{money(c.on_demand_usd)} for the same hours: {saved}"),
+            ("idle", f"{c.idle_hours:.2f} h billed while not training ({money(c.idle_usd)}): boot, image, loading"),
+            ("preemptions", f"{c.preemptions}: {c.lost_steps:,} steps trained again, {c.lost_hours:.2f} h, "
+                            f"{money(c.lost_usd)}"),
+            ("per 1k steps", f"{money(c.usd_per_1k_steps)} ({c.steps:,} steps)"),
+        ]
+        if iv is not None:
+            rows.append(("checkpoints", f"{escape(iv.in_use)}; Young/Daly: [bold]every {iv.recommended_minutes:.1f} "
+                                        f"min[/] for a {iv.checkpoint_seconds:.2f} s checkpoint at {mtbf}"))
+            rows.append(("", f"[dim]checkpoint: {escape(iv.checkpoint_basis)}; preemptions: {escape(iv.mtbf_basis)}[/]"))
+        console.print(f"[bold]{escape(c.job_id)}[/] ({c.state}) on {escape(where)}, {c.attempts} attempt(s){since}")
+        console.print(kv_table(rows))
+    else:
+        table = Table(box=None, header_style="bold", show_footer=True, title=f"What jobs cost{since}", title_justify="left")
+        columns = (("job", "total"), ("GPU", ""), ("GPU h", f"{total['gpu_hours']:.2f}"), ("billed", money(total["usd"])),
+                   ("on-demand", money(total["on_demand_usd"])), ("saved", money(total["saving_usd"])),
+                   ("idle h", f"{total['idle_hours']:.2f}"), ("preempted", str(total["preemptions"])),
+                   ("work lost", money(total["lost_usd"])), ("$/1k steps", money(total["usd_per_1k_steps"])),
+                   ("Young/Daly", ""))
+        rows = []
+        for c in rep.jobs:
+            gpu = "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
+            rows.append((escape(c.job_id), escape(gpu), f"{c.gpu_hours:.2f}",
+                         money(c.usd) + ("" if c.billed_by == "provider" else "*"), money(c.on_demand_usd),
+                         money(c.saving_usd), f"{c.idle_hours:.2f}", str(c.preemptions), money(c.lost_usd),
+                         money(c.usd_per_1k_steps),
+                         f"{c.interval.recommended_minutes:.1f} min" if c.interval else "-"))
+        for i, (col, foot) in enumerate(columns):
+            # Figures and ids never shrink below their width (a dollar amount cut short is worse than
+            # none); on a narrow terminal the headers and GPU names wrap instead.
+            width = max([len(r[i]) for r in rows] + [len(foot)])
+            table.add_column(col, footer=foot, justify="left" if col in ("job", "GPU") else "right",
+                             min_width=None if col == "GPU" else width)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    if any(c.billed_by != "provider" for c in rep.jobs):
+        console.print("[dim]* the runner's own observation of each attempt at the rate at launch (no provider billing "
+                      "record)[/]")
+    if total["on_demand_usd"]:
+        share = total["saving_usd"] / total["on_demand_usd"]
+        verdict = "saved" if total["saving_usd"] >= 0 else "cost"
+        console.print(f"Spot {verdict} [bold]{money(abs(total['saving_usd']))}[/] ({abs(share):.0%}) against the same "
+                      f"hours on-demand; {total['preemptions']} preemption(s) threw away {total['lost_steps']:,} steps "
+                      f"({total['lost_hours']:.2f} h, {money(total['lost_usd'])}) that were trained again.")
+
+
+def _scenario(job, gpu, hours, mtbf_hours, checkpoint_seconds, restart_minutes, fixed_minutes, wait_minutes, trace,
+              trace_job):
+    """The simulated job and, in words, where each figure comes from."""
+    from runner import observed
+    from runner.catalog import load_catalog
+    from runner.cost import estimate, storage_rate
+    from runner.cost import restart_minutes as observed_restart
+    from runner.simulate import Scenario, parse_trace, trace_from_job
+
+    state = _open_state()
+    notes: list[str] = []
+    count, spec_job, disks = 1, None, 0.0
+    if job is not None:
+        from runner.spec import load_job
+        from trainer.jobfile import JobFileError
+
+        try:
+            spec_job = load_job(str(job), gpu=None if gpu is None else str(gpu))
+        except JobFileError as e:
+            _fail(str(e))
+        count = spec_job.spec.resources.gpu_count
+    catalog = load_catalog()
+    alias = str(gpu) if gpu is not None else (spec_job.gpus[0].alias if spec_job and spec_job.gpus else "rtx3090")
+    gpu_type = catalog.resolve(alias)
+    if gpu_type is None:
+        _fail(f"unknown GPU {alias!r}; `python -m runner gpus` lists them")
+    notes.append(f"{gpu_type.alias} x {count}: ${gpu_type.spot * count:.2f}/h spot, ${gpu_type.on_demand * count:.2f}/h "
+                 f"on-demand (catalog)")
+    est = estimate(spec_job, state) if spec_job is not None else None
+    if spec_job is not None:
+        disks = storage_rate("runpod", spec_job.spec.resources.container_disk_gb, spec_job.spec.resources.volume_gb)
+        if disks:
+            notes.append(f"disks ${disks:.4f}/h ({spec_job.spec.resources.container_disk_gb} GB container, "
+                         f"{spec_job.spec.resources.volume_gb} GB volume)")
+    if hours is None:
+        if est is None or est.hours is None:
+            _fail("give --hours (the hours of training the job needs) or a job file whose length can be estimated")
+        hours = est.hours
+        notes.append(f"{hours:.2f} h of training: {est.steps:,} steps x {est.seconds_per_step:.3f} s ({est.basis})")
+    else:
+        notes.append(f"{float(hours):g} h of training (given)")
+    name = spec_job.name if spec_job else ""
+    if checkpoint_seconds is None:
+        measured = observed.checkpoint_cost(state, name, gpu_type.alias) if name else None
+        checkpoint_seconds = measured.seconds if measured else observed.DEFAULT_CHECKPOINT_SECONDS
+        notes.append(f"a checkpoint costs {checkpoint_seconds:.2f} s ("
+                     f"{measured.basis if measured else 'assumed: give --checkpoint-seconds'})")
+    else:
+        notes.append(f"a checkpoint costs {float(checkpoint_seconds):g} s (given)")
+    if restart_minutes is None:
+        restart_minutes, why = observed_restart(state, "runpod", gpu_type.alias)
+        notes.append(f"{restart_minutes:.1f} min billed per launch before training ({why})")
+    else:
+        notes.append(f"{float(restart_minutes):g} min billed per launch before training (given)")
+    times = None
+    if trace is not None or trace_job is not None:
+        if trace is not None:
+            from pathlib import Path
+
+            try:
+                times = parse_trace(Path(str(trace)).read_text())
+            except (OSError, ValueError) as e:
+                _fail(f"--trace {trace}: {e}")
+            notes.append(f"preemptions at {len(times)} recorded times ({trace})")
+        else:
+            recorded = _find(state, trace_job)
+            times = trace_from_job(state.segments(recorded.id))
+            notes.append(f"preemptions at the {len(times)} times {recorded.id} was preempted")
+        mtbf_hours = None
+    elif mtbf_hours is None:
+        rate = observed.preemption_rate(state, gpu_type.alias, True)
+        mtbf_hours = rate.mtbf_hours
+        notes.append(f"a preemption every {mtbf_hours:.2f} h of machine time ({rate.basis})")
+    else:
+        notes.append(f"a preemption every {float(mtbf_hours):g} h of machine time on average (Poisson, given)")
+    notes.append(f"{float(wait_minutes):g} min unbilled wait for each new machine")
+    try:
+        scenario = Scenario(work_hours=float(hours), spot_rate=gpu_type.spot * count, on_demand_rate=gpu_type.on_demand * count,
+                            checkpoint_seconds=float(checkpoint_seconds), restart_minutes=float(restart_minutes),
+                            mtbf_hours=None if mtbf_hours is None else float(mtbf_hours), trace=times,
+                            fixed_minutes=float(fixed_minutes), relaunch_wait_minutes=float(wait_minutes),
+                            storage_rate=disks, gpu=gpu_type.alias)
+        if scenario.work_hours <= 0 or scenario.checkpoint_seconds <= 0 or scenario.fixed_minutes <= 0 or (
+                scenario.mtbf_hours is not None and scenario.mtbf_hours <= 0):
+            raise ValueError("hours, mtbf-hours, checkpoint-seconds and fixed-minutes must be positive")
+    except (TypeError, ValueError) as e:
+        _fail(str(e))
+    return scenario, notes
+
+
+def _print_simulation(scenario, notes: list[str], results, lines: list[str]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]Simulated: {scenario.work_hours:g} h of training on {scenario.gpu}[/]")
+    for note in notes:
+        console.print(f"  [dim]- {escape(note)}[/]")
+    many = results[0].trials > 1
+    table = Table(box=None, header_style="bold", title=f"Expected over {results[0].trials} run(s)" if many else "One replay",
+                  title_justify="left")
+    for col in ("strategy", "cost", "wall h", "billed h", "preempted", "work lost h", "relaunch h", "checkpoint h"):
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=col in ("strategy", "cost"))
+    for r in results:
+        table.add_row(escape(r.strategy.name), f"${r.usd.mean:.2f}", f"{r.wall_h.mean:.1f}", f"{r.uptime_h.mean:.1f}",
+                      f"{r.preemptions.mean:.1f}", f"{r.lost_h.mean:.2f}", f"{r.restart_h.mean:.2f}",
+                      f"{r.checkpoint_h.mean:.2f}")
+    console.print(table)
+    for line in lines:
+        console.print(line, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,7 +37,7 @@ LAUNCHING = "launching"  # intent recorded; the backend may or may not have star
 ATTEMPT_RUNNING = "running"
 ENDED = "ended"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -109,6 +109,30 @@ CREATE TABLE IF NOT EXISTS billing_segments (
     source TEXT NOT NULL DEFAULT 'runner'
 );
 """
+#: Columns added after version 1, as (table, column, declaration). ``ALTER TABLE ADD COLUMN`` with a
+#: default leaves every existing row valid, so a state file written by an older runner opens as it is;
+#: an older runner ignores the columns it does not know.
+_ADDED_COLUMNS = (
+    # What the trainer's status.json said when the attempt ended: the step it had reached is end_step;
+    # the last checkpoint it had written; when it started training and last beat (idle time is the rest).
+    ("attempts", "last_checkpoint_step", "INTEGER"),
+    ("attempts", "train_started", "REAL"),
+    ("attempts", "train_ended", "REAL"),
+    # The checkpoint stall the trainer measured in this attempt (median seconds, and how many checkpoints).
+    ("attempts", "checkpoint_seconds", "REAL"),
+    ("attempts", "checkpoints", "INTEGER"),
+    # The interval passed to the trainer for `every_minutes: auto` (None: the job file's own).
+    ("attempts", "checkpoint_every_minutes", "REAL"),
+    # Disk billed while the attempt runs (container disk and volume), USD per hour.
+    ("billing_segments", "storage_rate_per_hour", "REAL NOT NULL DEFAULT 0"),
+    # Where rate_per_hour came from: 'catalog' (the price at launch), 'provider' (its billing record), 'local'.
+    ("billing_segments", "rate_source", "TEXT NOT NULL DEFAULT 'catalog'"),
+    # The provider's own billing record, once settled: compute and disk dollars (None: not settled).
+    ("billing_segments", "provider_usd", "REAL"),
+    ("billing_segments", "provider_storage_usd", "REAL"),
+    # Seconds of the segment the trainer was training; the rest was billed idle (boot, image pull, load).
+    ("billing_segments", "train_seconds", "REAL"),
+)
 
 
 @dataclass
@@ -168,6 +192,12 @@ class AttemptRow:
     detail: str
     start_step: int | None
     end_step: int | None
+    last_checkpoint_step: int | None = None
+    train_started: float | None = None
+    train_ended: float | None = None
+    checkpoint_seconds: float | None = None
+    checkpoints: int | None = None
+    checkpoint_every_minutes: float | None = None
 
     @property
     def handle(self) -> dict[str, Any] | None:
@@ -197,18 +227,40 @@ class SegmentRow:
     started: float
     ended: float | None
     end_reason: str | None
-    source: str
+    source: str  # where started/ended come from: 'runner' (its own observation) or 'provider' (pod uptime)
+    storage_rate_per_hour: float = 0.0
+    rate_source: str = "catalog"
+    provider_usd: float | None = None
+    provider_storage_usd: float | None = None
+    train_seconds: float | None = None
 
     def hours(self, now: float | None = None) -> float:
         end = self.ended if self.ended is not None else (now or time.time())
         return max(0.0, end - self.started) / 3600.0
 
     def cost(self, now: float | None = None) -> float:
-        return self.hours(now) * self.rate_per_hour
+        """Compute dollars: the provider's billed amount once settled, else billed hours x rate."""
+        return self.provider_usd if self.provider_usd is not None else self.hours(now) * self.rate_per_hour
+
+    def storage_cost(self, now: float | None = None) -> float:
+        if self.provider_storage_usd is not None:
+            return self.provider_storage_usd
+        return self.hours(now) * self.storage_rate_per_hour
+
+    def total_cost(self, now: float | None = None) -> float:
+        return self.cost(now) + self.storage_cost(now)
 
 
 def _row(cls, r: sqlite3.Row):
-    return cls(**{f.name: r[f.name] for f in fields(cls)})
+    keys = r.keys()
+    return cls(**{f.name: r[f.name] for f in fields(cls) if f.name in keys})
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, declaration in _ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 class StateError(Exception):
@@ -235,6 +287,7 @@ class State:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                _add_columns(db)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @classmethod
@@ -339,6 +392,13 @@ class State:
             self.update_job(job_id, state=state, reason=reason, **values)
             self.add_event(job_id, event or state, reason, attempt_id)
 
+    def reopen(self, job_id: str, reason: str) -> None:
+        """Make an ended job active again (``resume``): it relaunches from its last checkpoint, with
+        its preemption count kept and its failure count cleared."""
+        with self.transaction():
+            self.set_job_state(job_id, WAITING, reason, "resumed", finished=None, failures=0, cancel_requested=0,
+                               next_launch_at=0)
+
     def request_cancel(self, job_id: str) -> None:
         with self.transaction():
             self.update_job(job_id, cancel_requested=1)
@@ -400,29 +460,74 @@ class State:
         return _row(AttemptRow, r) if r else None
 
     def attempt_started(self, attempt: AttemptRow, handle: dict[str, Any], *, gpu: str | None, spot: bool,
-                        rate_per_hour: float, on_demand_rate_per_hour: float, adopted: bool = False) -> None:
+                        rate_per_hour: float, on_demand_rate_per_hour: float, adopted: bool = False,
+                        storage_rate_per_hour: float = 0.0, rate_source: str = "catalog",
+                        checkpoint_every_minutes: float | None = None) -> None:
         """The backend launched (or found) the attempt: record its handle and open its billing segment."""
         now = time.time()
         with self.transaction() as db:
             db.execute("UPDATE attempts SET state = ?, handle_json = ?, started = COALESCE(started, ?), gpu = ?, spot = ?,"
-                       " rate_per_hour = ? WHERE id = ?",
-                       (ATTEMPT_RUNNING, json.dumps(handle, sort_keys=True), now, gpu, int(spot), rate_per_hour, attempt.id))
+                       " rate_per_hour = ?, checkpoint_every_minutes = COALESCE(?, checkpoint_every_minutes) WHERE id = ?",
+                       (ATTEMPT_RUNNING, json.dumps(handle, sort_keys=True), now, gpu, int(spot), rate_per_hour,
+                        checkpoint_every_minutes, attempt.id))
             db.execute("INSERT OR IGNORE INTO billing_segments (job_id, attempt_id, gpu, gpu_count, spot, rate_per_hour,"
-                       " on_demand_rate_per_hour, started) VALUES (?,?,?,?,?,?,?,?)",
+                       " on_demand_rate_per_hour, started, storage_rate_per_hour, rate_source) VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (attempt.job_id, attempt.id, gpu, attempt.gpu_count, int(spot), rate_per_hour,
-                        on_demand_rate_per_hour, now))
+                        on_demand_rate_per_hour, now, storage_rate_per_hour, rate_source))
             where = handle.get("where", "")
             self.add_event(attempt.job_id, "adopted" if adopted else ("launched" if attempt.number == 1 else "relaunched"),
                            f"attempt {attempt.number}" + (f": {where}" if where else ""), attempt.id)
 
     def attempt_ended(self, attempt: AttemptRow, *, outcome: str, exit_code: int | None, detail: str,
-                      end_step: int | None) -> None:
+                      end_step: int | None, last_checkpoint_step: int | None = None, train_started: float | None = None,
+                      train_ended: float | None = None, checkpoint_seconds: float | None = None,
+                      checkpoints: int | None = None) -> None:
+        """Close the attempt and its billing segment. The optional values are what the trainer reported
+        (status.json, TensorBoard) about this attempt: the report's lost work, idle time and the
+        checkpoint interval are computed from them."""
         now = time.time()
         with self.transaction() as db:
-            db.execute("UPDATE attempts SET state = ?, ended = ?, outcome = ?, exit_code = ?, detail = ?, end_step = ?"
-                       " WHERE id = ?", (ENDED, now, outcome, exit_code, detail, end_step, attempt.id))
-            db.execute("UPDATE billing_segments SET ended = ?, end_reason = ? WHERE attempt_id = ? AND ended IS NULL",
-                       (now, outcome, attempt.id))
+            db.execute("UPDATE attempts SET state = ?, ended = ?, outcome = ?, exit_code = ?, detail = ?, end_step = ?,"
+                       " last_checkpoint_step = ?, train_started = ?, train_ended = ?, checkpoint_seconds = ?,"
+                       " checkpoints = ? WHERE id = ?",
+                       (ENDED, now, outcome, exit_code, detail, end_step, last_checkpoint_step, train_started, train_ended,
+                        checkpoint_seconds, checkpoints, attempt.id))
+            train_seconds = None
+            if train_started is not None and train_ended is not None:
+                train_seconds = max(0.0, train_ended - train_started)
+            db.execute("UPDATE billing_segments SET ended = ?, end_reason = ?, train_seconds = ? WHERE attempt_id = ?"
+                       " AND ended IS NULL", (now, outcome, train_seconds, attempt.id))
+
+    def settle_segment(self, attempt_id: str, *, started: float | None = None, ended: float | None = None,
+                       usd: float | None = None, storage_usd: float | None = None,
+                       rate_per_hour: float | None = None) -> None:
+        """Replace the runner's own observation of an attempt's billing with the provider's record:
+        its uptime (start, end), the rate it charged and the dollars it billed, for whichever it gives.
+        ``usd`` is the whole bill (disk included) unless ``storage_usd`` gives the disk part apart."""
+        with self.transaction() as db:
+            seg = db.execute("SELECT * FROM billing_segments WHERE attempt_id = ?", (attempt_id,)).fetchone()
+            if seg is None:
+                return
+            values: dict[str, Any] = {}
+            if started is not None and ended is not None and ended >= started:
+                values.update(started=started, ended=ended, source="provider")
+            if rate_per_hour is not None:
+                values.update(rate_per_hour=rate_per_hour, rate_source="provider")
+            if usd is not None:
+                values.update(provider_usd=usd, provider_storage_usd=storage_usd or 0.0, rate_source="provider")
+            if values:
+                cols = ", ".join(f"{k} = ?" for k in values)
+                db.execute(f"UPDATE billing_segments SET {cols} WHERE attempt_id = ?", (*values.values(), attempt_id))
+
+    def raise_budget(self, job_id: str, max_usd: float) -> None:
+        """Set a job's budget (``budget.max_usd`` of its recorded spec), e.g. to resume it after it ran out."""
+        with self.transaction():
+            spec = self.job(job_id).spec
+            old = (spec.get("budget") or {}).get("max_usd")
+            spec["budget"] = {**(spec.get("budget") or {}), "max_usd": float(max_usd)}
+            self.update_job(job_id, spec_json=json.dumps(spec, sort_keys=True))
+            self.add_event(job_id, "budget_raised", f"budget ${old:.2f} → ${max_usd:.2f}" if old is not None
+                           else f"budget set to ${max_usd:.2f}")
 
     # --- events -----------------------------------------------------------------------------------
     def add_event(self, job_id: str, kind: str, message: str = "", attempt_id: str | None = None) -> None:
@@ -447,4 +552,5 @@ class State:
         return [_row(SegmentRow, r) for r in rows]
 
     def spent(self, job_id: str, now: float | None = None) -> float:
-        return sum(s.cost(now) for s in self.segments(job_id))
+        """Dollars billed so far for the job: compute and disk."""
+        return sum(s.total_cost(now) for s in self.segments(job_id))

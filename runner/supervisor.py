@@ -14,12 +14,13 @@ running, and the next ``watch`` adopts them. When a job ends for good, nothing o
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner import proc
+from runner import cost, observed, proc
 from runner import state as st
 from runner.backends import get_backend
 from runner.backends.base import (
@@ -45,6 +46,11 @@ BUDGET_WARNING = 0.8
 #: Outcomes of attempts that started nothing: no capacity anywhere in the GPU list, or spot refused outright.
 NO_CAPACITY = "no_capacity"
 SPOT_REFUSED = "spot_refused"
+
+
+def _resume_hint(job_id: str, budget: float) -> str:
+    return (f"raise budget.max_usd to go on from the last checkpoint: "
+            f"`python -m runner resume {job_id} --budget {max(budget * 1.5, budget + 1):.2f}`")
 
 
 class Display(Protocol):
@@ -89,6 +95,7 @@ class JobSupervisor:
         self.finished = False  # this supervisor is done with the job (it ended, or it is blocked)
         self.launched = False
         self._warned: set[str] = set()
+        self._auto_minutes: dict[str, float] = {}  # attempt id: the interval passed
         self._secret_values = [environ[n] for n in self.spec.get("secrets", []) if environ.get(n)]
 
     # --- looking --------------------------------------------------------------------------------
@@ -133,7 +140,7 @@ class JobSupervisor:
         budget = (self.spec.get("budget") or {}).get("max_usd")
         spent = self.state.spent(self.job.id)
         if budget is not None and spent >= budget:
-            self._finish(st.OVER_BUDGET, f"spent ${spent:.2f} of the ${budget:.2f} budget; raise budget.max_usd to go on",
+            self._finish(st.OVER_BUDGET, f"spent ${spent:.2f} of the ${budget:.2f} budget; {_resume_hint(self.job.id, budget)}",
                          "budget_reached")
             return
         if not self._ready_to_launch():
@@ -196,6 +203,7 @@ class JobSupervisor:
         values, _missing = forwarded(self.spec.get("secrets", []), self.environ)
         env = {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in (self.spec.get("env") or {}).items()}
         env.update(values)
+        env.update(self._checkpoint_env(attempt))
         resources = self.spec.get("resources") or {}
         return LaunchRequest(
             attempt_id=attempt.id, job_id=self.job.id, job_file=Path(self.job.job_file), run_uri=self.job.run_uri,
@@ -223,7 +231,9 @@ class JobSupervisor:
                                    rate_per_hour=launched.rate_per_hour,
                                    on_demand_rate_per_hour=(catalog_gpu.on_demand * attempt.gpu_count if catalog_gpu
                                                             else launched.on_demand_rate_per_hour),
-                                   adopted=launched.adopted)
+                                   adopted=launched.adopted, storage_rate_per_hour=self._storage_rate(),
+                                   rate_source="local" if self.job.backend == "local" else "catalog",
+                                   checkpoint_every_minutes=self._auto_minutes.get(attempt.id))
         self.launched = True
 
     def _no_capacity(self, attempt: st.AttemptRow, error: BackendError) -> None:
@@ -272,6 +282,41 @@ class JobSupervisor:
         obs = self._cleanup(handle, obs)
         self._end(attempt, obs, classify(obs, self.read_status(), attempt.id))
 
+    # --- what an attempt measured, for cost reports and the checkpoint interval ----------------------
+    def _checkpoint_env(self, attempt: st.AttemptRow) -> dict[str, str]:
+        """``every_minutes: auto``: the interval for this launch, passed to the trainer (Young/Daly from
+        the measured checkpoint cost and the preemption rate observed on the attempt's GPU)."""
+        if ((self.spec.get("train") or {}).get("checkpoint") or {}).get("every_minutes") != "auto":
+            return {}
+        if attempt.id not in self._auto_minutes:
+            gpu = attempt.gpu if self.job.backend != "local" else None
+            minutes, why, _rate, _cost = cost.checkpoint_minutes(self.spec.get("train") or {}, self.job.name, gpu,
+                                                                 bool(attempt.spot), self.job.backend, self.state)
+            self._auto_minutes[attempt.id] = minutes
+            self._event("checkpoint_interval", f"every {minutes:.1f} min ({why})", attempt.id)
+        from trainer.config import ENV_AUTO_MINUTES  # pydantic: only for jobs that ask for auto
+
+        return {ENV_AUTO_MINUTES: f"{self._auto_minutes[attempt.id]:.3f}"}
+
+    def _storage_rate(self) -> float:
+        resources = self.spec.get("resources") or {}
+        return cost.storage_rate(self.job.backend, int(resources.get("container_disk_gb", 50)),
+                                 int(resources.get("volume_gb", 0)))
+
+    def _measured(self, attempt: st.AttemptRow) -> dict[str, Any]:
+        """What the trainer reported about this attempt: from status.json the last checkpoint it wrote
+        (work after it is lost when it was preempted) and when it trained (the rest was billed idle);
+        from its TensorBoard events what a checkpoint cost it."""
+        out: dict[str, Any] = {}
+        status = self.status
+        if status is not None and status.attempt == attempt.id:
+            out.update(last_checkpoint_step=status.last_checkpoint_step or 0,  # None: none yet, from step 0
+                       train_started=status.started or None, train_ended=status.heartbeat)
+        stalls = observed.checkpoint_stalls(self.job.run_uri, attempt.started or attempt.created)
+        if stalls:
+            out.update(checkpoint_seconds=statistics.median(stalls), checkpoints=len(stalls))
+        return out
+
     def _cleanup(self, handle: dict[str, Any], obs: Observation) -> Observation:
         """Make sure nothing of an ended or lost attempt still runs before another one starts on the same run."""
         try:
@@ -298,7 +343,8 @@ class JobSupervisor:
         else:
             step = self.status.step if self.status else self.job.step
             self._finish(st.OVER_BUDGET, f"stopped at step {step} after spending ${spent:.2f} of the ${budget:.2f} "
-                                         f"budget ({verdict.detail}); raise budget.max_usd to go on", "stopped", attempt.id)
+                                         f"budget ({verdict.detail}); {_resume_hint(self.job.id, budget)}", "stopped",
+                             attempt.id)
         return True
 
     def _cancel(self, attempt: st.AttemptRow | None) -> None:
@@ -321,12 +367,14 @@ class JobSupervisor:
         obs = self.backend.stop(attempt.handle or {}, grace_s=STOP_GRACE_SECONDS)
         verdict = classify(obs, self.read_status(), attempt.id)
         self.state.attempt_ended(attempt, outcome="stopped" if verdict.outcome != DONE else DONE, exit_code=obs.exit_code,
-                                 detail=self._clean(verdict.detail), end_step=self.status.step if self.status else None)
+                                 detail=self._clean(verdict.detail), end_step=self.status.step if self.status else None,
+                                 **self._measured(attempt))
         return verdict
 
     def _end(self, attempt: st.AttemptRow, obs: Observation, verdict: Verdict) -> None:
         self.state.attempt_ended(attempt, outcome=verdict.outcome, exit_code=obs.exit_code,
-                                 detail=self._clean(verdict.detail), end_step=self.status.step if self.status else None)
+                                 detail=self._clean(verdict.detail), end_step=self.status.step if self.status else None,
+                                 **self._measured(attempt))
         self._after(attempt, verdict)
 
     def _after(self, attempt: st.AttemptRow, verdict: Verdict) -> None:

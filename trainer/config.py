@@ -7,10 +7,20 @@ AdamW with weight decay, warmup then cosine, clip 1.0, loss computed in float32.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, register_tags, validation_problems
 
@@ -144,12 +154,40 @@ class Eval(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+#: ``every_minutes: auto``: the runner computes the interval for each launch (from the measured cost of
+#: a checkpoint and the preemption rate seen on the GPU) and passes it in this variable, in minutes.
+ENV_AUTO_MINUTES = "RUNNER_CHECKPOINT_EVERY_MINUTES"
+#: ``auto`` when nothing passed an interval (the trainer started by hand).
+AUTO_FALLBACK_MINUTES = 10.0
+
+
 class Checkpoint(_Section):
-    """A checkpoint is written every ``every_steps`` steps or every ``every_minutes``, whichever first."""
+    """A checkpoint is written every ``every_steps`` steps or every ``every_minutes``, whichever first.
+
+    ``every_minutes: auto`` is resolved when the file is read: the interval the runner passed in
+    ``RUNNER_CHECKPOINT_EVERY_MINUTES``, else 10 minutes."""
 
     every_steps: int | None = Field(1000, ge=1)
     every_minutes: float | None = Field(10.0, gt=0)
     keep_last: int = Field(3, ge=1)
+
+    @field_validator("every_minutes", mode="before")
+    @classmethod
+    def _auto_minutes(cls, value: Any) -> Any:
+        if value != "auto":
+            if isinstance(value, str) and not value.strip().replace(".", "", 1).isdigit():
+                raise ValueError(f"expected a number of minutes or auto, got {value!r}")
+            return value
+        passed = os.environ.get(ENV_AUTO_MINUTES, "").strip()
+        if not passed:
+            return AUTO_FALLBACK_MINUTES
+        try:
+            minutes = float(passed)
+        except ValueError:
+            minutes = -1.0
+        if not minutes > 0:
+            raise ValueError(f"every_minutes is auto and {ENV_AUTO_MINUTES}={passed!r} is not a number of minutes > 0")
+        return minutes
 
 
 class Guard(_Section):

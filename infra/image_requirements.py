@@ -9,6 +9,7 @@ a fallback that reads the two arrays we need)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import re
 import sys
@@ -18,7 +19,8 @@ def _load(path: str) -> dict:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10: no tomllib; the project table is simple enough
-        text = open(path, encoding="utf-8").read()
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
 
         def array(name: str) -> list[str]:
             m = re.search(rf"^{name}\s*=\s*\[(.*?)\]", text, re.S | re.M)
@@ -35,10 +37,9 @@ def main(pyproject: str, requirements: str, constraints: str) -> None:
     with open(requirements, "w", encoding="utf-8") as f:
         f.write("\n".join(wanted) + "\n")
     pins = []
-    try:
+    # No torch in the base: pip installs the one the requirements ask for.
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         pins.append(f"torch=={importlib.metadata.version('torch')}")
-    except importlib.metadata.PackageNotFoundError:
-        pass  # no torch in the base: pip installs the one the requirements ask for
     with open(constraints, "w", encoding="utf-8") as f:
         f.write("\n".join(pins) + "\n")
 

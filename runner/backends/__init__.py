@@ -7,8 +7,8 @@ from __future__ import annotations
 from runner.backends.base import Backend, BackendUnavailable
 
 #: Backends this version can run jobs on; the others are designed in but not built yet.
-AVAILABLE = ("local", "runpod")
-PLANNED = ("docker",)
+AVAILABLE = ("local", "docker", "runpod")
+PLANNED: tuple[str, ...] = ()
 
 
 def get_backend(name: str) -> Backend:
@@ -17,6 +17,10 @@ def get_backend(name: str) -> Backend:
         from runner.backends.local import LocalBackend
 
         return LocalBackend()
+    if name == "docker":
+        from runner.backends.docker import DockerBackend
+
+        return DockerBackend()
     if name == "runpod":
         from runner.backends.runpod import RunPodBackend
 
@@ -27,4 +31,4 @@ def get_backend(name: str) -> Backend:
             f"Run the job on this machine with --backend local (or `backend: local` in the job file), "
             f"or check the dry run with --dry-run."
         )
-    raise BackendUnavailable(f"unknown backend {name!r}; expected one of: local, {', '.join(PLANNED)}")
+    raise BackendUnavailable(f"unknown backend {name!r}; expected one of: {', '.join(AVAILABLE + PLANNED)}")

@@ -1,0 +1,268 @@
+"""The docker backend: each attempt is one container of the job's image, on this machine's Docker
+engine or on a remote one (``DOCKER_HOST=ssh://user@gpu-host``).
+
+- The image is found or built by :mod:`runner.backends.docker_image` (tagged by the hash of its
+  inputs, so a relaunch of an unchanged job starts at once).
+- The container runs ``python -m trainer run JOB --run-uri URI`` (``torchrun`` with one process
+  per GPU when more than one is asked) as PID 1, with host networking, the job's GPUs as device
+  requests, and the job's ``env`` and ``secrets`` given at start only (never in the image).
+  No restart policy: the runner's supervisor owns relaunching, and records every attempt.
+- It is named after the attempt (``spot-runner-<attempt id>``) and labelled with the job and the
+  attempt, so a runner that died between creating it and recording it finds it again instead of
+  starting a second one.
+- A run URI that is a folder of this machine is mounted into the container at the same path, and
+  the trainer runs as your user so the files stay yours; a remote engine needs ``s3://`` storage.
+
+Ended containers are kept, so ``python -m runner logs`` can show every attempt; remove them with
+``docker container prune --filter label=org.spot-runner.job``."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from runner.backends import docker_client
+from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation
+from runner.backends.docker_image import ensure_image
+from runner.backends.local import local_rate_per_hour
+from trainer.contract import ENV_ATTEMPT_ID
+
+LABEL_JOB = "org.spot-runner.job"
+LABEL_ATTEMPT = "org.spot-runner.attempt"
+#: GPUs of the engine's host an attempt gets when the job asks for GPUs: a number, or ``all``.
+#: Default: the job's resources.gpu_count.
+ENV_GPUS = "RUNNER_DOCKER_GPUS"
+#: Shared memory for the container: PyTorch's data loader workers and NCCL need more than Docker's 64 MB.
+SHM_SIZE = "2g"
+
+
+def container_name(attempt_id: str) -> str:
+    return f"spot-runner-{attempt_id}"
+
+
+def trainer_command(job_path: str, run_uri: str, nproc: int | str) -> list[str]:
+    """What the container runs: the trainer itself (one attempt is one run; the supervisor relaunches)."""
+    if nproc == 1:
+        head = ["python", "-m", "trainer"]
+    else:
+        head = ["python", "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "trainer"]
+    return [*head, "run", job_path, "--run-uri", run_uri]
+
+
+def _signal_of(exit_code: int | None) -> str | None:
+    """Docker reports a PID 1 killed by signal N as exit code 128+N (137 for `docker kill`)."""
+    if exit_code is None or not 128 < exit_code <= 128 + 64:
+        return None
+    try:
+        return signal.Signals(exit_code - 128).name
+    except ValueError:
+        return f"signal {exit_code - 128}"
+
+
+class DockerBackend(Backend):
+    name = "docker"
+
+    def __init__(self, client: Any = None, out: Any = None):
+        self._client = client
+        self._out = out
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client.connect()
+        return self._client
+
+    # --- launch -----------------------------------------------------------------------------------
+    def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
+        import docker.errors
+
+        rate = local_rate_per_hour()
+        name = container_name(request.attempt_id)
+        found = self._find(name)
+        if found is not None:
+            if found.status == "created":  # created, then the runner died before starting it
+                found.start()
+            return Launched(self._handle(found), None, False, rate, rate, adopted=True)
+
+        image = ensure_image(self.client, request.job_file, request.image, out=self._out)
+        kwargs = self._run_options(request)
+        try:
+            command = trainer_command(image.job_path, request.run_uri, kwargs.pop("nproc"))
+            # The image's entrypoint (the restart loop) is replaced: one attempt is one run. Both
+            # parts are given, so none of the image's CMD is appended.
+            container = self.client.containers.create(
+                image.name, command[1:], entrypoint=command[:1], name=name,
+                labels={LABEL_JOB: request.job_id, LABEL_ATTEMPT: request.attempt_id}, **kwargs,
+            )
+        except docker.errors.Conflict:  # another runner process created it a moment ago: adopt it
+            container = self.client.containers.get(name)
+            return Launched(self._handle(container), None, False, rate, rate, adopted=True)
+        except docker.errors.APIError as e:
+            raise BackendError(self._explain(e)) from None
+        try:
+            container.start()
+        except docker.errors.APIError as e:
+            container.remove(force=True)
+            raise BackendError(self._explain(e)) from None
+        deadline = time.monotonic() + timeout_s
+        container.reload()
+        while container.status == "created":
+            if time.monotonic() > deadline:
+                self.stop(self._handle(container), grace_s=0)
+                raise BackendError(f"container {name} did not start within {timeout_s:.0f}s")
+            time.sleep(0.1)
+            container.reload()
+        return Launched(self._handle(container), None, False, rate, rate)
+
+    def _run_options(self, request: LaunchRequest) -> dict[str, Any]:
+        import docker.types
+
+        env = dict(request.env)
+        env[ENV_ATTEMPT_ID] = request.attempt_id
+        env["PYTHONUNBUFFERED"] = "1"
+        options: dict[str, Any] = {
+            "environment": env, "network_mode": "host", "shm_size": SHM_SIZE, "init": True, "nproc": 1,
+            "detach": True,
+        }
+        if request.gpus:
+            wanted = os.environ.get(ENV_GPUS, "").strip().lower() or str(request.gpu_count)
+            if wanted == "all":
+                options["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+                options["nproc"] = "gpu"  # torchrun: one process per visible GPU
+            elif wanted.isdigit() and int(wanted) > 0:
+                options["device_requests"] = [docker.types.DeviceRequest(count=int(wanted), capabilities=[["gpu"]])]
+                options["nproc"] = int(wanted)
+            else:
+                raise BackendError(f"{ENV_GPUS}={wanted!r}: expected a number of GPUs or `all`")
+        if "://" not in request.run_uri or request.run_uri.startswith("file://"):
+            folder = self._local_run_folder(request.run_uri)
+            # Mounted at the same path, and written as you so the files stay yours (any HOME will do).
+            options["volumes"] = {str(folder): {"bind": str(folder), "mode": "rw"}}
+            options["user"] = f"{os.getuid()}:{os.getgid()}"
+            env["HOME"] = "/tmp"
+        return options
+
+    def _local_run_folder(self, run_uri: str) -> Path:
+        if docker_client.is_remote():
+            raise BackendError(
+                f"the run {run_uri} is a folder on this machine, which {docker_client.describe()} cannot reach; "
+                f"set `storage: s3://BUCKET/PREFIX` in the job (credentials under `secrets:`)"
+            )
+        folder = Path(run_uri.removeprefix("file://")).expanduser().resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _explain(self, error: Any) -> str:
+        text = str(getattr(error, "explanation", None) or error)
+        if "capabilities: [[gpu]]" in text or "nvidia" in text.lower():
+            return (f"{docker_client.describe()} cannot give the container GPUs ({text}); install the NVIDIA "
+                    f"Container Toolkit there, or remove resources.gpu to train on CPU")
+        return f"{docker_client.describe()} could not start the container: {text}"
+
+    def _find(self, name: str) -> Any:
+        import docker.errors
+
+        try:
+            return self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+
+    def _handle(self, container: Any) -> dict[str, Any]:
+        host = docker_client.docker_host()
+        return {"container": container.name, "id": container.id, "image": container.attrs["Config"]["Image"],
+                "docker_host": host if docker_client.is_remote(host) else None,
+                "where": f"container {container.name} on {docker_client.describe(host)}"}
+
+    # --- poll / stop ------------------------------------------------------------------------------
+    def poll(self, handle: dict[str, Any]) -> Observation:
+        import docker.errors
+
+        try:
+            container = self.client.containers.get(handle["id"])
+        except docker.errors.NotFound:
+            return Observation("vanished", detail=f"container {handle.get('container')} is gone (removed, or the "
+                                                  f"engine's host was replaced)")
+        except (docker.errors.APIError, BackendError, OSError) as e:  # engine unreachable for a moment: look again
+            return Observation("running", detail=f"engine not answering: {e}")
+        state = container.attrs.get("State") or {}
+        if state.get("Status") in ("created", "running", "restarting", "paused"):
+            return Observation("running")
+        code = state.get("ExitCode")
+        sig = _signal_of(code)
+        detail = f"killed by {sig}" if sig else f"exit code {code}"
+        if state.get("OOMKilled"):
+            detail += " (out of memory)"
+        if state.get("Error"):
+            detail += f": {state['Error']}"
+        return Observation("exited", None if sig else code, sig, detail)
+
+    def stop(self, handle: dict[str, Any], grace_s: float = 60.0, timeout_s: float = 30.0) -> Observation:
+        """``docker stop``: SIGTERM to the trainer (emergency checkpoint, exit 75), SIGKILL after ``grace_s``."""
+        import docker.errors
+
+        try:
+            container = self.client.containers.get(handle["id"])
+        except docker.errors.NotFound:
+            return self.poll(handle)
+        if container.status in ("running", "restarting", "paused", "created"):
+            try:
+                container.stop(timeout=max(0, int(grace_s)))
+            except docker.errors.NotFound:
+                return self.poll(handle)
+            except docker.errors.APIError as e:
+                raise BackendError(f"could not stop container {handle.get('container')}: {e.explanation or e}") from None
+        deadline = time.monotonic() + timeout_s
+        while (obs := self.poll(handle)).state == "running":
+            if time.monotonic() > deadline:
+                raise BackendError(f"container {handle.get('container')} still runs {timeout_s:.0f}s after it was "
+                                   f"stopped; remove it with `docker rm -f {handle.get('container')}`")
+            time.sleep(0.1)
+        return obs
+
+    # --- logs -------------------------------------------------------------------------------------
+    def logs(self, handle: dict[str, Any], follow: bool = False,
+             until: Callable[[], bool] | None = None) -> Iterator[str]:
+        import docker.errors
+
+        try:
+            container = self.client.containers.get(handle["id"])
+        except docker.errors.NotFound:
+            yield f"(the container {handle.get('container')} of this attempt is gone, and its output with it)"
+            return
+        if not follow:
+            yield from container.logs(stdout=True, stderr=True).decode("utf-8", "replace").splitlines()
+            return
+        # The engine's stream blocks until new output comes; read it in a thread so that `until`
+        # and the container's end are checked even while the trainer is silent.
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            pending = ""
+            try:
+                for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
+                    pending += chunk.decode("utf-8", "replace")
+                    *complete, pending = pending.split("\n")
+                    for line in complete:
+                        lines.put(line)
+            finally:
+                if pending:
+                    lines.put(pending)
+                lines.put(None)
+
+        threading.Thread(target=pump, daemon=True, name=f"logs-{handle.get('container')}").start()
+        while True:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                if until and until():
+                    return
+                continue
+            if line is None:
+                return
+            yield line

@@ -1,0 +1,385 @@
+"""The trainer's image for a job: a prebuilt one used as given, or one built from the job's project.
+
+A build uses the project's ``Dockerfile`` with the project's folder as its context (the nearest
+folder above the job file that holds the Dockerfile, unless ``image.context`` says otherwise), so
+the image holds the code, the job file and the data beside it. It is tagged by a hash of
+everything that goes into it (the files the ``.dockerignore`` lets through, the build arguments,
+the base image's id), so an unchanged job reuses its image and any change builds a new one; the
+Docker layer cache makes a code-only change a matter of seconds.
+
+Nothing from the environment goes into a build: the only build argument is ``BASE_IMAGE``.
+Secrets reach the trainer when its container starts, never through the image.
+
+With ``image.push_to`` the image is pushed to that registry repository (RunPod pulls from a
+registry); credentials come from the Docker configuration (``docker login``), never from the job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from runner import paths
+from runner.backends.base import BackendError
+
+#: Where the Dockerfile puts the project inside the image (its WORKDIR).
+IMAGE_ROOT = PurePosixPath("/app")
+#: Label of built images: the hash of their inputs.
+LABEL_INPUTS = "org.spot-runner.inputs"
+#: Repository of built images that go to no registry.
+LOCAL_REPOSITORY = "spot-runner"
+BUILD_TIMEOUT_S = 3 * 3600
+_HASH_VERSION = b"spot-runner image inputs v1\n"
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """The job file's ``image:`` section (see ``runner.spec.Image``)."""
+
+    name: str | None = None
+    base: str | None = None
+    dockerfile: str = "Dockerfile"
+    context: str = "."
+    push_to: str | None = None
+
+    @classmethod
+    def from_spec(cls, section: dict[str, Any] | None) -> ImageSettings:
+        known = {k: v for k, v in (section or {}).items() if k in cls.__dataclass_fields__ and v is not None}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image ready to run: its reference, and where the job file lies inside it."""
+
+    name: str
+    job_path: str
+    built: bool = False
+    pushed: bool = False
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build would send and how its result is tagged."""
+
+    context: Path
+    dockerfile: str  # relative to the context, /-separated
+    files: tuple[str, ...]  # what the .dockerignore lets through, relative, sorted
+    buildargs: dict[str, str]
+    digest: str  # hex sha256 of all the inputs
+    repository: str
+    job_path: str = field(default="")
+
+    @property
+    def tag(self) -> str:
+        return f"{self.repository}:{self.digest[:16]}"
+
+
+# --- where the project is --------------------------------------------------------------------------
+def find_context(job_file: Path, settings: ImageSettings) -> tuple[Path, str]:
+    """The build context and the Dockerfile's path in it. ``image.context`` is relative to the job
+    file's folder; left at ``.``, the nearest folder at or above it that holds the Dockerfile."""
+    job_dir = job_file.resolve().parent
+    start = (job_dir / settings.context).resolve()
+    candidates = [start] if settings.context != "." else [start, *start.parents]
+    for folder in candidates:
+        if (folder / settings.dockerfile).is_file():
+            return folder, PurePosixPath(Path(settings.dockerfile).as_posix()).as_posix()
+    where = f"{start}" if settings.context != "." else f"{start} or any folder above it"
+    raise BackendError(
+        f"no {settings.dockerfile} in {where}, so there is no image to build for {job_file}; keep the job inside "
+        f"the project (the folder with the Dockerfile), set image.context and image.dockerfile, or give a "
+        f"prebuilt image as image.name"
+    )
+
+
+def dockerignore_patterns(context: Path) -> list[str]:
+    """The context's .dockerignore, read exactly as the Docker SDK reads it for the build."""
+    path = context / ".dockerignore"
+    if not path.exists():
+        return []
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def context_files(context: Path, dockerfile: str) -> tuple[str, ...]:
+    """The files (and links) a build of ``context`` sends: what the .dockerignore lets through."""
+    from docker.utils.build import exclude_paths
+
+    included = exclude_paths(str(context), dockerignore_patterns(context), dockerfile=dockerfile)
+    return tuple(sorted(p for p in included if not (context / p).is_dir() or (context / p).is_symlink()))
+
+
+def job_path_in_image(job_file: Path, context: Path) -> str:
+    try:
+        rel = job_file.resolve().relative_to(context)
+    except ValueError:
+        raise BackendError(
+            f"the job file {job_file} is outside the build context {context}; the image must contain it, so move "
+            f"it into the project (for example under jobs/) or set image.context to a folder that holds it"
+        ) from None
+    return str(IMAGE_ROOT / rel.as_posix())
+
+
+def _local_data_paths(job_file: Path) -> Iterator[tuple[str, Path]]:
+    """The job's local data files, as the trainer will resolve them."""
+    import yaml
+
+    from trainer.config import resolve_path
+
+    try:
+        doc = yaml.safe_load(job_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    data = (doc.get("train") or {}).get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, dict):
+        return
+    for key in ("train", "val"):
+        value = data.get(key)
+        for item in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            if isinstance(item, str) and "://" not in item and not any(c in item for c in "*?["):
+                yield f"train.data.{key}", Path(resolve_path(job_file, item))
+
+
+def check_contents(job_file: Path, context: Path, files: Iterable[str]) -> None:
+    """The job file and its local data must go into the image; say which is kept out, and why."""
+    included = set(files)
+    wanted = [("the job file", job_file.resolve())] + [(f, p.resolve()) for f, p in _local_data_paths(job_file)]
+    for what, path in wanted:
+        try:
+            rel = path.relative_to(context).as_posix()
+        except ValueError:
+            raise BackendError(f"{what} {path} is outside the build context {context}, so the image cannot contain "
+                               f"it; move it into the project or point image.context at a folder that holds it") from None
+        if rel not in included and path.is_file():
+            raise BackendError(f"{what} {rel} is left out of the image by {context / '.dockerignore'}; add a `!{rel}` "
+                               f"line there (after the pattern that excludes it)")
+
+
+# --- the hash ---------------------------------------------------------------------------------------
+def base_reference(context: Path, dockerfile: str, settings: ImageSettings) -> str | None:
+    """The base image the build starts from: image.base, else the Dockerfile's BASE_IMAGE default."""
+    if settings.base:
+        return settings.base
+    text = (context / dockerfile).read_text(encoding="utf-8", errors="replace")
+    m = re.search(r"^\s*ARG\s+BASE_IMAGE\s*=\s*(\S+)", text, re.M)
+    return m.group(1).strip("\"'") if m else None
+
+
+def inputs_digest(context: Path, dockerfile: str, files: Iterable[str], buildargs: dict[str, str],
+                  base_id: str) -> str:
+    """sha256 over every input of the build: each file's path, mode and bytes, the build
+    arguments and the id of the base image."""
+    h = hashlib.sha256(_HASH_VERSION)
+    h.update(f"dockerfile {dockerfile}\nbase {base_id}\nargs {json.dumps(buildargs, sort_keys=True)}\n".encode())
+    for rel in files:
+        path = context / rel
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            h.update(f"L {rel} -> {os.readlink(path)}\n".encode())
+        elif stat.S_ISREG(st.st_mode):
+            h.update(f"F {rel} {'x' if st.st_mode & 0o111 else '-'} {_file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def repository_of(push_to: str | None) -> str:
+    if not push_to:
+        return LOCAL_REPOSITORY
+    from docker.utils import parse_repository_tag
+
+    repo, tag = parse_repository_tag(push_to)
+    if tag or "@" in push_to:
+        raise BackendError(f"image.push_to: {push_to!r} names a tag; give only the repository (for example "
+                           f"ghcr.io/you/spot-runner): the runner tags each image with the hash of what went into it")
+    if repo != repo.lower():
+        raise BackendError(f"image.push_to: {push_to!r}: repository names must be lowercase")
+    return repo
+
+
+def plan_build(client: Any, job_file: Path, settings: ImageSettings, out: Any = None) -> BuildPlan:
+    """Everything about a build except running it. Pulls the base image first when this engine
+    lacks it: its id is part of the hash."""
+    context, dockerfile = find_context(job_file, settings)
+    files = context_files(context, dockerfile)
+    job_path = job_path_in_image(job_file, context)
+    check_contents(job_file, context, files)
+    base = base_reference(context, dockerfile, settings)
+    buildargs = {"BASE_IMAGE": settings.base} if settings.base else {}
+    base_id = _ensure_local(client, base, out) if base else "none"
+    digest = inputs_digest(context, dockerfile, files, buildargs, base_id)
+    return BuildPlan(context, dockerfile, files, buildargs, digest, repository_of(settings.push_to), job_path)
+
+
+# --- engine operations -----------------------------------------------------------------------------
+def ensure_image(client: Any, job_file: Path, section: dict[str, Any] | None, *, registry_required: bool = False,
+                 out: Any = None, log_dir: Path | None = None) -> ImageRef:
+    """The image to run the job in: ``image.name`` as given (pulled when this engine lacks it), or
+    the job's build, reused when unchanged, built otherwise, pushed when ``image.push_to`` is set.
+    ``registry_required``: the image will run on a machine that can only pull it (RunPod)."""
+    settings = ImageSettings.from_spec(section)
+    out = out or _console()
+    if settings.name:
+        context, _ = find_context(job_file, settings)
+        job_path = job_path_in_image(job_file, context)
+        if not registry_required:
+            _ensure_local(client, settings.name, out)
+        return ImageRef(settings.name, job_path)
+    if registry_required and not settings.push_to:
+        raise BackendError("the image must be in a registry the GPU host can pull from: set image.push_to to a "
+                           "repository (and `docker login` to it), or give a prebuilt image as image.name")
+    plan = plan_build(client, job_file, settings, out)
+    built = False
+    if _image_exists(client, plan.tag):
+        out.print(f"[dim]image {plan.tag} is up to date (built from {plan.context})[/]")
+    else:
+        build(client, plan, out, log_dir)
+        built = True
+    pushed = push(client, plan.repository, plan.tag.rsplit(":", 1)[1], out) if settings.push_to else False
+    return ImageRef(plan.tag, plan.job_path, built=built, pushed=pushed)
+
+
+def build(client: Any, plan: BuildPlan, out: Any = None, log_dir: Path | None = None) -> None:
+    """Build ``plan`` with host networking (no bridge is needed), streaming the engine's progress;
+    the whole output goes to ``log_dir`` (default: builds/ in the runner's state folder)."""
+    import docker.errors
+
+    out = out or _console()
+    log_path = (log_dir or paths.state_dir() / "builds") / f"{plan.digest[:16]}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out.print(f"building {plan.tag} from {plan.context} ({len(plan.files)} files; log: {log_path})")
+    try:
+        stream = client.api.build(
+            path=str(plan.context), dockerfile=plan.dockerfile, tag=plan.tag, buildargs=plan.buildargs,
+            labels={LABEL_INPUTS: plan.digest}, network_mode="host", rm=True, forcerm=True, pull=False,
+            decode=True, timeout=BUILD_TIMEOUT_S,
+        )
+        with open(log_path, "w", encoding="utf-8") as log, out.status(f"building {plan.tag}") as status:
+            _follow(stream, log, out, status, f"building {plan.tag}")
+    except docker.errors.APIError as e:
+        raise BackendError(f"the engine refused to build {plan.tag}: {e.explanation or e}; log: {log_path}") from None
+    except BackendError as e:
+        raise BackendError(f"building {plan.tag} failed: {e}; the full log is {log_path}") from None
+    if not _image_exists(client, plan.tag):
+        raise BackendError(f"the build of {plan.tag} ended without an image; see {log_path}")
+
+
+def push(client: Any, repository: str, tag: str, out: Any = None) -> bool:
+    """Push ``repository:tag`` unless this engine already pushed it there. Credentials: the Docker
+    configuration (``docker login REGISTRY``). Returns True when it pushed."""
+    import docker.errors
+
+    out = out or _console()
+    ref = f"{repository}:{tag}"
+    image = client.images.get(ref)
+    if any(d.startswith(f"{repository}@") for d in image.attrs.get("RepoDigests") or []):
+        out.print(f"[dim]{ref} is already in the registry[/]")
+        return False
+    registry = repository.split("/", 1)[0] if "/" in repository else "docker.io"
+    out.print(f"pushing {ref}")
+    try:
+        stream = client.api.push(repository, tag=tag, stream=True, decode=True)
+        with out.status(f"pushing {ref}") as status:
+            _follow(stream, None, out, status, f"pushing {ref}")
+    except (docker.errors.APIError, BackendError) as e:
+        text = str(getattr(e, "explanation", None) or e)
+        hint = (f"log in first with `docker login {registry}` (the runner uses the Docker configuration's "
+                f"credentials, never the job file's)" if re.search(r"auth|denied|401|403", text, re.I)
+                else "check that the registry is reachable from this machine")
+        raise BackendError(f"pushing {ref} failed: {text}; {hint}") from None
+    return True
+
+
+def _ensure_local(client: Any, ref: str, out: Any) -> str:
+    """The id of image ``ref`` on this engine, pulling it (with progress) when it is not there."""
+    import docker.errors
+
+    try:
+        return client.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as e:
+        raise BackendError(f"cannot inspect image {ref}: {e.explanation or e}") from None
+    out.print(f"pulling {ref}")
+    repo, tag = _split(ref)
+    try:
+        stream = client.api.pull(repo, tag=tag, stream=True, decode=True)
+        with out.status(f"pulling {ref}") as status:
+            _follow(stream, None, out, status, f"pulling {ref}")
+        return client.images.get(ref).id
+    except (docker.errors.APIError, docker.errors.ImageNotFound, BackendError) as e:
+        raise BackendError(f"image {ref} is not on this engine and pulling it failed: "
+                           f"{getattr(e, 'explanation', None) or e}; check the name, `docker login` for a private "
+                           f"registry, or build it (leave image.name unset)") from None
+
+
+def _split(ref: str) -> tuple[str, str | None]:
+    from docker.utils import parse_repository_tag
+
+    repo, tag = parse_repository_tag(ref)
+    return repo, tag or ("latest" if "@" not in ref else None)
+
+
+def _image_exists(client: Any, ref: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _follow(stream: Iterable[dict[str, Any]], log: Any, out: Any, status: Any, title: str) -> None:
+    """Show an engine's JSON progress stream: build steps and their output as lines, layer
+    transfers on the status line. Raises BackendError on the stream's error message."""
+    for chunk in stream:
+        if "error" in chunk:
+            message = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+            if log:
+                log.write(f"ERROR: {message}\n")
+            raise BackendError(str(message).strip())
+        text = chunk.get("stream")
+        if text:
+            if log:
+                log.write(text)
+            for line in text.rstrip("\n").splitlines():
+                if line.startswith("Step "):
+                    out.print(f"[bold]{_escape(line)}[/]")
+                    status.update(f"{title}: {_escape(line)}")
+                elif line.strip() and not line.startswith((" ---> ", "Removing intermediate container")):
+                    out.print(f"[dim]  {_escape(line)}[/]")
+            continue
+        if "status" in chunk:
+            line = " ".join(str(chunk[k]) for k in ("id", "status", "progress") if chunk.get(k))
+            if log:
+                log.write(line + "\n")
+            if chunk.get("progress") or chunk.get("id"):
+                status.update(f"{title}: {_escape(line)}")
+            else:
+                out.print(f"[dim]  {_escape(line)}[/]")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)

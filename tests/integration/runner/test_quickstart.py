@@ -22,8 +22,9 @@ def test_the_readme_first_command_runs_the_quickstart_to_the_end(runner):
     # The install half is what this machine already did; the rest runs exactly as written.
     assert install == "pip install torch==2.13.0 -e '.[train]'"
     assert command == "python -m runner submit jobs/quickstart.yaml"
+    load_before = os.getloadavg()[0]
     t0 = time.monotonic()
-    done = subprocess.run(command, shell=True, cwd=ROOT, env=runner.env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, shell=True, cwd=ROOT, env=runner.env, capture_output=True, text=True, timeout=900)
     elapsed = time.monotonic() - t0
     assert done.returncode == 0, done.stdout + done.stderr
     job = runner.job("quickstart")
@@ -32,7 +33,12 @@ def test_the_readme_first_command_runs_the_quickstart_to_the_end(runner):
     assert final.stat().st_size > 0
     assert Path(job["run_uri"]).is_relative_to(runner.home / "runs")
     assert f"{job['id']} done" in done.stdout
-    assert [a["outcome"] for a in job["attempts"]] == ["done"]
-    # Under a minute on two cores; this machine is shared, so allow for what else is running.
-    load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    assert elapsed < 60 * max(1.0, load), f"took {elapsed:.0f}s (load {load:.1f} per core)"
+    (attempt,) = job["attempts"]
+    assert attempt["outcome"] == "done"
+    # What the runner adds around the trainer (its start, the launch, noticing the end) stays small.
+    overhead = elapsed - (attempt["ended"] - attempt["started"])
+    assert overhead < 15, f"the runner added {overhead:.1f}s around a {elapsed:.0f}s run"
+    # Under a minute on two idle cores. This machine is shared, and a busy one slows the trainer's
+    # two threads far more than in proportion, so the bound applies only when nothing else runs.
+    busy = max(load_before, os.getloadavg()[0]) > (os.cpu_count() or 1)
+    assert busy or elapsed < 60, f"took {elapsed:.0f}s on an idle machine"

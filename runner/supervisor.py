@@ -74,11 +74,15 @@ class NoDisplay:
         pass
 
 
+#: A heartbeat is never called stale sooner than this (a slow storage write is not a hang).
+MIN_STALE_SECONDS = float(os.environ.get("RUNNER_MIN_STALE_SECONDS", "60"))
+
+
 def stale_after_seconds(spec: Mapping[str, Any]) -> float:
     """A running trainer rewrites status.json every ``heartbeat_seconds``; ten missed beats (at
     least a minute) mean it is hung."""
     heartbeat = ((spec.get("train") or {}).get("logging") or {}).get("heartbeat_seconds", 10.0)
-    return max(60.0, 10.0 * float(heartbeat))
+    return max(MIN_STALE_SECONDS, 10.0 * float(heartbeat))
 
 
 class JobSupervisor:
@@ -325,6 +329,16 @@ class JobSupervisor:
             self._event("error", f"could not clean up the attempt: {self._clean(str(e))}")
         return obs
 
+    def _settle(self, attempt: st.AttemptRow) -> None:
+        """Replace the runner's estimate of an ended attempt's cost by the provider's billing, when it has any."""
+        try:
+            billed = self.backend.billed(attempt.handle or {})
+        except BackendError:
+            billed = None
+        if billed is not None:
+            self.state.settle_segment(attempt.id, started=billed.started, ended=billed.ended, usd=billed.usd,
+                                      storage_usd=billed.storage_usd)
+
     def _over_budget(self, attempt: st.AttemptRow) -> bool:
         budget = (self.spec.get("budget") or {}).get("max_usd")
         if budget is None:
@@ -369,12 +383,14 @@ class JobSupervisor:
         self.state.attempt_ended(attempt, outcome="stopped" if verdict.outcome != DONE else DONE, exit_code=obs.exit_code,
                                  detail=self._clean(verdict.detail), end_step=self.status.step if self.status else None,
                                  **self._measured(attempt))
+        self._settle(attempt)
         return verdict
 
     def _end(self, attempt: st.AttemptRow, obs: Observation, verdict: Verdict) -> None:
         self.state.attempt_ended(attempt, outcome=verdict.outcome, exit_code=obs.exit_code,
                                  detail=self._clean(verdict.detail), end_step=self.status.step if self.status else None,
                                  **self._measured(attempt))
+        self._settle(attempt)
         self._after(attempt, verdict)
 
     def _after(self, attempt: st.AttemptRow, verdict: Verdict) -> None:

@@ -73,7 +73,8 @@ class Billed:
 
     started: float  # unix seconds
     ended: float
-    usd: float
+    usd: float  # compute (GPU and CPU)
+    storage_usd: float = 0.0  # disks
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,8 @@ class RunPodBackend(Backend):
             ended = max(_unix(r.end) for r in records)
         except ValueError:
             return None
-        return Billed(started, ended, sum(r.total_usd for r in records))
+        disk = sum(r.disk_usd for r in records)
+        return Billed(started, ended, sum(r.total_usd for r in records) - disk, disk)
 
     # --- logs -------------------------------------------------------------------------------------
     def logs(self, handle: dict[str, Any], follow: bool = False,

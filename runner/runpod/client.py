@@ -105,6 +105,8 @@ class BillingRecord:
     end: str
     total_usd: float
     gpu_usd: float
+    cpu_usd: float = 0.0
+    disk_usd: float = 0.0
 
 
 class RunPodClient:
@@ -192,5 +194,6 @@ class RunPodClient:
         answer = self.transport.request("GET", "/v2/billing/pods", params=params)
         items = answer.get("records", answer.get("billing", [])) if isinstance(answer, dict) else answer or []
         return [BillingRecord(pod_id=str(r.get("podId")), start=str(r.get("startTime")), end=str(r.get("endTime")),
-                              total_usd=float(r.get("totalAmount") or 0.0), gpu_usd=float(r.get("gpuAmount") or 0.0))
+                              total_usd=float(r.get("totalAmount") or 0.0), gpu_usd=float(r.get("gpuAmount") or 0.0),
+                              cpu_usd=float(r.get("cpuAmount") or 0.0), disk_usd=float(r.get("diskAmount") or 0.0))
                 for r in items]

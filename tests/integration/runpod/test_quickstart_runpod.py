@@ -89,6 +89,16 @@ def test_quickstart_on_runpod_survives_preemptions_429s_500_after_create_and_no_
     for kind in ("create_retry", "create_found", "no_capacity", "preempted"):
         assert kind in kinds, kinds
     assert kinds.count("preempted") == 2
+    # Each attempt's cost is what RunPod billed for its pod (per second at the pod's rate), to the cent.
+    from runner.state import State
+
+    state = State(runner.home / "state.db")
+    segments = {s.attempt_id: s for s in state.segments(job_id)}
+    state.close()
+    for a in attempts:
+        billed = emulator.billed_usd(a["handle"]["pod_id"])
+        assert billed > 0 and round(segments[a["id"]].total_cost(), 2) == round(billed, 2)
+        assert abs(segments[a["id"]].provider_usd - billed) < 1e-9
     # The runner terminated every pod (the last one may also have stopped itself first).
     assert {a["handle"]["pod_id"] for a in attempts} == {p for p, action, who in emulator.actions
                                                           if action == "terminate" and who == "account"}

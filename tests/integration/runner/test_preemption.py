@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+from runner import proc
 from tests.fixtures.jobs import make_job, run_trainer, sha256_of, wait_for
 
 # Heartbeats often, so progress is seen promptly; one thread, because on a busy two-core machine two
@@ -49,3 +50,22 @@ def test_killed_twice_relaunched_and_byte_identical(runner, tmp_path: Path):
     assert sha256_of(final) == sha256_of(tmp_path / "reference" / "final" / "model.safetensors")
     output = runner.output(submit)
     assert "preempted" in output and "relaunched" in output and f"{job_id} done" in output
+
+
+def test_a_hung_trainer_is_noticed_by_its_stale_heartbeat_and_relaunched(runner, tmp_path: Path):
+    job = make_job(tmp_path / "job", {"train": {"max_steps": 120, "threads": 1,
+                                                "logging": {"heartbeat_seconds": 0.2, "every_steps": 5}}})
+    env = dict(runner.env, RUNNER_MIN_STALE_SECONDS="3", RUNNER_STOP_GRACE_SECONDS="2")
+    submit = runner.start("submit", str(job), env=env)
+    job_id = wait_for(runner.job_ids, timeout=60, what="the job row")[0]
+    wait_for(lambda: runner.running_step(job_id, 1, 20), timeout=300, what="attempt 1 at step 20")
+    pid, ident = runner.trainer(f"{job_id}-1")
+    os.kill(pid, signal.SIGSTOP)  # alive, but no longer beating: a hung trainer
+    assert submit.wait(timeout=600) == 0, runner.output(submit)
+    record = runner.job(job_id)
+    assert record["state"] == "done"
+    first, second = record["attempts"]
+    assert first["outcome"] == "interrupted" and "heartbeat stale" in first["detail"]
+    assert second["outcome"] == "done"
+    assert "stale" in [e["kind"] for e in record["events"]]
+    assert not proc.is_alive(pid, ident), "the hung trainer was stopped before the relaunch"

@@ -181,7 +181,11 @@ class OrderingWatcher(threading.Thread):
 
 def test_training_survives_throttling_dropped_connections_and_stalls(s3_bucket: S3Server, job: Path,
                                                                      reference: bytes, tmp_path: Path) -> None:
+    """Through a network that throttles, drops and stalls: a run interrupted by SIGTERM flushes its
+    emergency checkpoint to the bucket, the relaunch finishes, and nothing differs from a clean run."""
     s3 = s3_bucket
+    client = s3.client()
+    uri = f"s3://{s3.bucket}/run"
     with FaultProxy(s3.endpoint, every(7, ["slowdown", "drop", "drop_after", "truncate", "stall"]),
                     stall_s=60) as proxy:
         watcher = OrderingWatcher(s3, "run")
@@ -189,24 +193,39 @@ def test_training_survives_throttling_dropped_connections_and_stalls(s3_bucket: 
         try:
             # A short read timeout so that a stall costs seconds; the proxy holds a stall for a minute.
             env = s3.env(endpoint=proxy.url, TRAINER_S3_READ_TIMEOUT="3")
-            done = run_trainer(job, f"s3://{s3.bucket}/run", "--cache-dir", str(tmp_path / "cache"), env=env,
-                               timeout=400)
+            first_log = tmp_path / "first.log"
+            first = start_trainer(job, uri, "--cache-dir", str(tmp_path / "cache"), env=env, log_path=first_log)
+            try:
+                wait_for(lambda: get(client, s3.bucket, "run/" + contract.LATEST + contract.CHECKSUM_SUFFIX)
+                         or first.poll() is not None, timeout=180, what="a checkpoint in the bucket")
+                first.send_signal(signal.SIGTERM)
+                code = first.wait(timeout=180)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+            assert code == contract.EXIT_INTERRUPTED, first_log.read_text()[-4000:]
+            status = contract.Status.from_json(get(client, s3.bucket, "run/status.json"))
+            latest = json.loads(get(client, s3.bucket, "run/" + contract.LATEST + contract.CHECKSUM_SUFFIX))
+            assert status.state == contract.INTERRUPTED and latest["step"] == status.step < FINAL_STEP
+
+            done = run_trainer(job, uri, "--cache-dir", str(tmp_path / "cache"), env=env, timeout=400)
         finally:
             watcher.stop.set()
             watcher.join(timeout=30)
         injected = proxy.counts()
     assert done.returncode == 0, done.stderr[-4000:]
-    assert set(injected) == {"slowdown", "drop", "drop_after", "truncate", "stall"} or (
-        set(injected) == {"slowdown", "drop", "drop_after", "stall"}), injected
+    assert f"resuming from checkpoints/latest.pt (step {status.step}," in done.stderr
+    assert {"slowdown", "drop", "drop_after", "stall"} <= set(injected), injected
     # Every fault cost a retry, and every retry is in the log (a slow answer on a busy machine may add one).
-    retries = re.findall(r"S3 retry: .* failed with (\S+)", done.stderr)
+    output = first_log.read_text() + done.stderr
+    retries = re.findall(r"S3 retry: .* failed with (\S+)", output)
     assert len(retries) >= sum(injected.values()), (injected, retries)
     assert any(r.startswith("SlowDown") for r in retries) and any("ReadTimeout" in r for r in retries)
     # The faults changed nothing: same weights as the run that saw none, nothing torn, ever.
-    assert get(s3.client(), s3.bucket, "run/final/model.safetensors") == reference
+    assert get(client, s3.bucket, "run/final/model.safetensors") == reference
     assert watcher.violations == [] and watcher.conclusive >= 10, (watcher.violations, watcher.conclusive)
     assert verify_checkpoints(s3, "run")["checkpoints/latest.pt"] == FINAL_STEP
-    secrets_absent(s3, done.stdout, done.stderr)
+    secrets_absent(s3, output, done.stdout)
 
 
 def closed_port() -> int:

@@ -100,7 +100,7 @@ def find_context(job_file: Path, settings: ImageSettings) -> tuple[Path, str]:
 
 
 def dockerignore_patterns(context: Path) -> list[str]:
-    """The context's .dockerignore, read exactly as the Docker SDK reads it for the build."""
+    """The context's .dockerignore lines, as Docker reads them (blank lines and comments dropped)."""
     path = context / ".dockerignore"
     if not path.exists():
         return []
@@ -108,12 +108,103 @@ def dockerignore_patterns(context: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def context_files(context: Path, dockerfile: str) -> tuple[str, ...]:
-    """The files (and links) a build of ``context`` sends: what the .dockerignore lets through."""
-    from docker.utils.build import exclude_paths
+class IgnoreRules:
+    """.dockerignore rules, applied strictly: a path is left out when the last pattern that matches
+    it, or any folder above it, excludes it. (The Docker SDK's own walk lets files under a
+    top-level ``.docker/`` through a ``**/.docker`` pattern, so the runner builds its own context.)"""
 
-    included = exclude_paths(str(context), dockerignore_patterns(context), dockerfile=dockerfile)
-    return tuple(sorted(p for p in included if not (context / p).is_dir() or (context / p).is_symlink()))
+    def __init__(self, patterns: Iterable[str]):
+        from docker.utils.build import Pattern  # the SDK's translation of one pattern, as Docker's
+
+        self.patterns = [p for p in (Pattern(line) for line in patterns) if p.dirs]
+
+    def excluded(self, rel: str) -> bool:
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        result = False
+        for pattern in self.patterns:
+            if any(pattern.match(prefix) for prefix in prefixes):
+                result = not pattern.exclusion
+        return result
+
+    def may_include_below(self, rel_dir: str) -> bool:
+        """Whether an exception (``!pattern``) could bring back something inside an excluded folder."""
+        return any(p.exclusion and (p.cleaned_pattern.startswith(rel_dir + "/") or p.cleaned_pattern.startswith("**"))
+                   for p in self.patterns)
+
+
+def context_files(context: Path, dockerfile: str) -> tuple[str, ...]:
+    """The files (and links) a build of ``context`` sends, relative and sorted: what the
+    .dockerignore lets through, plus the Dockerfile and the .dockerignore (the builder reads both)."""
+    rules = IgnoreRules(dockerignore_patterns(context))
+    found: set[str] = set()
+    for folder, dirs, names in os.walk(context):
+        rel_folder = Path(folder).relative_to(context).as_posix()
+        prefix = "" if rel_folder == "." else rel_folder + "/"
+        keep_dirs = []
+        for d in sorted(dirs):
+            rel = prefix + d
+            if (context / rel).is_symlink():
+                names.append(d)  # a link to a folder is sent as a link
+            elif not rules.excluded(rel) or rules.may_include_below(rel):
+                keep_dirs.append(d)
+        dirs[:] = keep_dirs
+        found.update(prefix + n for n in names if not rules.excluded(prefix + n))
+    found.update(f for f in (dockerfile, ".dockerignore") if (context / f).is_file())
+    refuse_credentials(context, found)
+    return tuple(sorted(found))
+
+
+#: File names that hold credentials. The build refuses to send them even when a .dockerignore
+#: would let them in: a secret in an image is in every copy of it, forever.
+CREDENTIAL_FILES = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
+                    "id_ed25519*", ".netrc", ".pypirc", ".git-credentials", "credentials", "credentials.*",
+                    ".aws/*", ".docker/config.json", ".ssh/*", ".kube/config", "*.kdbx")
+#: Templates people commit next to such files hold no secret.
+_TEMPLATES = (".example", ".sample", ".template", ".dist", ".pub")
+
+
+def refuse_credentials(context: Path, files: Iterable[str]) -> None:
+    import fnmatch
+
+    bad = []
+    for rel in files:
+        tail2 = "/".join(rel.split("/")[-2:])
+        name = rel.rsplit("/", 1)[-1]
+        if name.endswith(_TEMPLATES):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(tail2, p) for p in CREDENTIAL_FILES):
+            bad.append(rel)
+    if bad:
+        raise BackendError(
+            f"{', '.join(bad[:5])}{' and more' if len(bad) > 5 else ''} would go into the image and "
+            f"{'looks' if len(bad) == 1 else 'look'} like credentials; add {'it' if len(bad) == 1 else 'them'} to "
+            f"{context / '.dockerignore'} (secrets reach the trainer at run time, through `secrets:` in the job)"
+        )
+
+
+def context_tar(context: Path, files: Iterable[str]) -> Any:
+    """The build context as a tar in a temp file, reproducible: sorted, owned by root, every file
+    time zero, modes 0644 or 0755 (the layer cache then depends on content alone)."""
+    import tarfile
+    import tempfile
+
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, who closes it
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in files:
+            path = context / rel
+            info = tar.gettarinfo(str(path), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            if info.isreg():
+                info.mode = 0o755 if info.mode & 0o111 else 0o644
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            elif info.issym():
+                tar.addfile(info)
+    out.seek(0)
+    return out
 
 
 def job_path_in_image(job_file: Path, context: Path) -> str:
@@ -262,12 +353,13 @@ def build(client: Any, plan: BuildPlan, out: Any = None, log_dir: Path | None = 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out.print(f"building {plan.tag} from {plan.context} ({len(plan.files)} files; log: {log_path})")
     try:
-        stream = client.api.build(
-            path=str(plan.context), dockerfile=plan.dockerfile, tag=plan.tag, buildargs=plan.buildargs,
-            labels={LABEL_INPUTS: plan.digest}, network_mode="host", rm=True, forcerm=True, pull=False,
-            decode=True, timeout=BUILD_TIMEOUT_S,
-        )
-        with open(log_path, "w", encoding="utf-8") as log, out.status(f"building {plan.tag}") as status:
+        with context_tar(plan.context, plan.files) as tar, open(log_path, "w", encoding="utf-8") as log, \
+                out.status(f"building {plan.tag}") as status:
+            stream = client.api.build(
+                fileobj=tar, custom_context=True, dockerfile=plan.dockerfile, tag=plan.tag, buildargs=plan.buildargs,
+                labels={LABEL_INPUTS: plan.digest}, network_mode="host", rm=True, forcerm=True, pull=False,
+                decode=True, timeout=BUILD_TIMEOUT_S,
+            )
             _follow(stream, log, out, status, f"building {plan.tag}")
     except docker.errors.APIError as e:
         raise BackendError(f"the engine refused to build {plan.tag}: {e.explanation or e}; log: {log_path}") from None

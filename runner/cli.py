@@ -423,7 +423,10 @@ class Commands:
 
             title = (f"{scenario.work_hours:g} h job on {scenario.gpu or 'a GPU'}: cost over "
                      f"{results[0].trials} simulated runs")
-            written = plot_simulation(results, str(plot), title)
+            try:
+                written = plot_simulation(results, str(plot), title)
+            except ImportError:
+                _fail("--plot needs matplotlib: pip install matplotlib (or the project's `plot` extra)")
             print(f"plot: {written}", file=sys.stderr)
         lines = summary(scenario, results)
         if json:
@@ -586,6 +589,12 @@ def _print_plan(job, json: bool) -> None:
             cost += f" (${est.usd:.2f} for the training alone"
             cost += f"; on-demand ${est.on_demand_usd:.2f})" if spot else ")"
     budget = f"${job.spec.budget.max_usd:.2f} (stops with an emergency checkpoint when reached)" if job.spec.budget else "none"
+    if job.spec.budget and est.expected_usd is not None:
+        share = est.expected_usd / job.spec.budget.max_usd
+        if share > 1:
+            budget += f"; [bold red]the expected cost is over the budget[/] ({share:.0%})"
+        elif share >= 0.8:
+            budget += f"; [yellow]the expected cost is {share:.0%} of it[/]"
     secrets = ", ".join(f"{n} ({'set' if ok else '[red]NOT SET[/]'})" for n, ok in plan["secrets"].items()) or "none"
     retry = job.spec.retry
     retry_text = f"{retry.max_preemptions} relaunches after preemption, {retry.max_failures} after failure"
@@ -610,7 +619,10 @@ def _plot_costs(state, jobs, path: str, stderr: bool = False) -> None:
     if not curves:
         print("plot: no billed time to draw yet", file=sys.stderr)
         return
-    written = plot_costs(curves, path)
+    try:
+        written = plot_costs(curves, path)
+    except ImportError:
+        _fail("--plot needs matplotlib: pip install matplotlib (or the project's `plot` extra)")
     print(f"plot: {written}", file=sys.stderr if stderr else sys.stdout)
 
 

@@ -63,6 +63,18 @@ def _money(x: float, _pos: object = None) -> str:
 
 def plot_costs(curves: list[Curve], path: str | Path, title: str = "What each job cost over time") -> Path:
     """Write the chart as a PNG (or any format matplotlib knows from the file's suffix)."""
+    import matplotlib.pyplot as plt
+
+    fig = cost_figure(curves, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def cost_figure(curves: list[Curve], title: str = "What each job cost over time"):
+    """The chart as a matplotlib figure (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; must come before pyplot
@@ -70,39 +82,41 @@ def plot_costs(curves: list[Curve], path: str | Path, title: str = "What each jo
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
 
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
     colors = plt.get_cmap("tab10").colors
     span = max((c.spot[-1][0] for c in curves), default=1.0) or 1.0
+    # The time axis in a unit that suits the span (matplotlib then picks round ticks in that unit).
+    unit, k = ("seconds", 3600.0) if span < 3 / 60 else ("minutes", 60.0) if span < 3 else ("hours", 1.0)
+
+    def scaled(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+        return [x * k for x, _y in points], [y for _x, y in points]
+
     for i, c in enumerate(curves):
         color = colors[i % len(colors)]
-        xs, ys = zip(*c.spot, strict=True)
+        xs, ys = scaled(c.spot)
         ax.plot(xs, ys, color=color, linewidth=2.2, label=f"{c.job_id}: billed ({_money(ys[-1])})")
-        oxs, oys = zip(*c.on_demand, strict=True)
+        oxs, oys = scaled(c.on_demand)
         ax.plot(oxs, oys, color=color, linewidth=1.6, linestyle="--", alpha=0.8,
                 label=f"{c.job_id}: same hours on-demand ({_money(oys[-1])})")
         if c.preemptions:
-            px, py = zip(*c.preemptions, strict=True)
+            px, py = scaled(c.preemptions)
             ax.scatter(px, py, marker="X", s=90, color="#d62728", edgecolor="black", linewidth=0.6, zorder=5)
-            for (x, y), text in zip(c.preemptions, c.lost, strict=True):
+            for x, y, text in zip(px, py, c.lost, strict=True):
                 if text:
                     ax.annotate(text, (x, y), xytext=(8, -16), textcoords="offset points", fontsize=8, color="#d62728",
                                 ha="left")  # below the line: the on-demand line runs above it
         if c.relaunches:
-            rx, ry = zip(*c.relaunches, strict=True)
+            rx, ry = scaled(c.relaunches)
             ax.scatter(rx, ry, marker="^", s=70, color="#2ca02c", edgecolor="black", linewidth=0.6, zorder=5)
         # The final figures at the line ends, so the difference reads without the legend.
         ax.annotate(_money(ys[-1]), (xs[-1], ys[-1]), xytext=(6, -4), textcoords="offset points", color=color,
                     fontsize=9, fontweight="bold")
         ax.annotate(_money(oys[-1]), (oxs[-1], oys[-1]), xytext=(6, 2), textcoords="offset points", color=color,
                     fontsize=9)
-    hours = span < 3
-    if hours:  # short jobs read better in minutes
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _p: f"{x * 60:.0f}"))
-    ax.set_xlabel("time since the job's first launch (minutes)" if hours else "time since the job's first launch (hours)")
+    ax.set_xlabel(f"time since the job's first launch ({unit})")
     ax.set_ylabel("cumulative cost (USD)")
     ax.yaxis.set_major_formatter(FuncFormatter(_money))
-    ax.set_xlim(left=0, right=span * 1.12)
+    ax.set_xlim(left=0, right=span * k * 1.12)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.set_title(title)
@@ -112,10 +126,7 @@ def plot_costs(curves: list[Curve], path: str | Path, title: str = "What each jo
     labels += ["preemption (machine taken away)", "relaunch (resumes from the last checkpoint)"]
     ax.legend(handles, labels, loc="upper left", fontsize=9, framealpha=0.9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_simulation(results: list, path: str | Path, title: str) -> Path:

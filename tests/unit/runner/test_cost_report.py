@@ -176,3 +176,28 @@ def test_the_plot_is_a_png_a_person_can_read(three_attempts, tmp_path: Path):
     colours = {tuple((p * 255).astype(int)[:3]) for p in pixels.reshape(-1, pixels.shape[-1])[::7]}
     assert len(colours) > 50
     assert any(r > 200 and g < 80 and b < 80 for r, g, b in colours)  # the red preemption markers
+
+
+def test_the_time_axis_reads_in_a_unit_that_suits_the_job(runner_home):
+    """A job of seconds reads in seconds, one of hours in hours; ticks are distinct round numbers."""
+    import matplotlib.pyplot as plt
+
+    from runner.plot import Curve, cost_figure
+
+    for span_h, unit in ((20 / H, "seconds"), (0.5, "minutes"), (6.7, "hours")):
+        c = Curve("j", [(0, 0), (span_h, 1.0)], [(0, 0), (span_h, 1.3)], [(span_h / 2, 0.5)], ["10 steps lost ($0.05)"],
+                  [(span_h / 2, 0.5)], T0)
+        fig = cost_figure([c])
+        try:
+            fig.canvas.draw()
+            (ax,) = fig.axes
+            assert ax.get_xlabel() == f"time since the job's first launch ({unit})"
+            assert ax.get_ylabel() == "cumulative cost (USD)"
+            ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+            assert len(ticks) >= 4 and len(set(ticks)) == len(ticks), ticks
+            assert {"$0.00", "$1.00"} <= {t.get_text() for t in ax.get_yticklabels()}
+            legend = [t.get_text() for t in ax.get_legend().get_texts()]
+            assert legend == ["j: billed ($1.00)", "j: same hours on-demand ($1.30)", "preemption (machine taken away)",
+                              "relaunch (resumes from the last checkpoint)"]
+        finally:
+            plt.close(fig)

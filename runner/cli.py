@@ -421,7 +421,7 @@ class Commands:
         if plot:
             from runner.plot import plot_simulation
 
-            title = (f"{scenario.work_hours:g} h job on {scenario.gpu or 'a GPU'}: cost over "
+            title = (f"{scenario.work_hours:.1f} h job on {scenario.gpu or 'a GPU'}: cost over "
                      f"{results[0].trials} simulated runs")
             try:
                 written = plot_simulation(results, str(plot), title)
@@ -627,77 +627,92 @@ def _plot_costs(state, jobs, path: str, stderr: bool = False) -> None:
 
 
 def _print_cost_report(rep) -> None:
-    """One job: a card of figures, readable on any terminal. Several: a table and the total."""
-    import math
-
+    """One job, or several on a narrow terminal: a card of figures each (an eleven-column table would
+    cut figures short there). Several on a wide terminal: a table. Then the total, in words."""
     from rich.markup import escape
     from rich.table import Table
-
-    from runner.view import kv_table
 
     console = _console()
     if not rep.jobs:
         console.print("No billed jobs" + (" in that time." if rep.since else " yet."))
         return
     total = rep.total()
-    money = lambda x: "-" if x is None else f"${x:,.2f}"  # noqa: E731
     since = f" since {time.strftime('%Y-%m-%d %H:%M', time.localtime(rep.since))}" if rep.since else ""
-    estimated = "[dim]*[/]"  # the runner's own observation, not the provider's bill
-    if len(rep.jobs) == 1:
-        c = rep.jobs[0]
-        iv = c.interval
-        where = "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
-        mtbf = "no preemption expected" if iv is None or iv.mtbf_hours == math.inf else f"MTBF {iv.mtbf_hours:.1f} h"
-        saved = (f"spot saved [bold]{money(c.saving_usd)}[/] ({c.saving_fraction:.0%})" if c.saving_fraction and
-                 c.saving_usd > 0.005 else f"difference {money(c.saving_usd)}")
-        rows = [
-            ("billed", f"[bold]{money(c.usd)}[/]{'' if c.billed_by == 'provider' else estimated} for {c.gpu_hours:.2f} GPU "
-                       f"hours (compute {money(c.compute_usd)}, disks {money(c.storage_usd)})"),
-            ("on-demand", f"{money(c.on_demand_usd)} for the same hours: {saved}"),
-            ("idle", f"{c.idle_hours:.2f} h billed while not training ({money(c.idle_usd)}): boot, image, loading"),
-            ("preemptions", f"{c.preemptions}: {c.lost_steps:,} steps trained again, {c.lost_hours:.2f} h, "
-                            f"{money(c.lost_usd)}"),
-            ("per 1k steps", f"{money(c.usd_per_1k_steps)} ({c.steps:,} steps)"),
-        ]
-        if iv is not None:
-            rows.append(("checkpoints", f"{escape(iv.in_use)}; Young/Daly: [bold]every {iv.recommended_minutes:.1f} "
-                                        f"min[/] for a {iv.checkpoint_seconds:.2f} s checkpoint at {mtbf}"))
-            rows.append(("", f"[dim]checkpoint: {escape(iv.checkpoint_basis)}; preemptions: {escape(iv.mtbf_basis)}[/]"))
-        console.print(f"[bold]{escape(c.job_id)}[/] ({c.state}) on {escape(where)}, {c.attempts} attempt(s){since}")
-        console.print(kv_table(rows))
+    cards = len(rep.jobs) == 1 or console.width < 120
+    if cards:
+        for n, c in enumerate(rep.jobs):
+            if n:
+                console.print()
+            _print_cost_card(console, c, since)
     else:
         table = Table(box=None, header_style="bold", show_footer=True, title=f"What jobs cost{since}", title_justify="left")
-        columns = (("job", "total"), ("GPU", ""), ("GPU h", f"{total['gpu_hours']:.2f}"), ("billed", money(total["usd"])),
-                   ("on-demand", money(total["on_demand_usd"])), ("saved", money(total["saving_usd"])),
+        columns = (("job", "total"), ("GPU", ""), ("GPU h", f"{total['gpu_hours']:.2f}"), ("billed", _money(total["usd"])),
+                   ("on-demand", _money(total["on_demand_usd"])), ("saved", _money(total["saving_usd"])),
                    ("idle h", f"{total['idle_hours']:.2f}"), ("preempted", str(total["preemptions"])),
-                   ("work lost", money(total["lost_usd"])), ("$/1k steps", money(total["usd_per_1k_steps"])),
+                   ("work lost", _money(total["lost_usd"])), ("$/1k steps", _money(total["usd_per_1k_steps"])),
                    ("Young/Daly", ""))
         rows = []
         for c in rep.jobs:
             gpu = "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
             rows.append((escape(c.job_id), escape(gpu), f"{c.gpu_hours:.2f}",
-                         money(c.usd) + ("" if c.billed_by == "provider" else "*"), money(c.on_demand_usd),
-                         money(c.saving_usd), f"{c.idle_hours:.2f}", str(c.preemptions), money(c.lost_usd),
-                         money(c.usd_per_1k_steps),
+                         _money(c.usd) + ("" if c.billed_by == "provider" else "*"), _money(c.on_demand_usd),
+                         _money(c.saving_usd), f"{c.idle_hours:.2f}", str(c.preemptions), _money(c.lost_usd),
+                         _money(c.usd_per_1k_steps),
                          f"{c.interval.recommended_minutes:.1f} min" if c.interval else "-"))
         for i, (col, foot) in enumerate(columns):
-            # Figures and ids never shrink below their width (a dollar amount cut short is worse than
-            # none); on a narrow terminal the headers and GPU names wrap instead.
-            width = max([len(r[i]) for r in rows] + [len(foot)])
-            table.add_column(col, footer=foot, justify="left" if col in ("job", "GPU") else "right",
-                             min_width=None if col == "GPU" else width)
+            # Figures and ids never shrink below their width: a dollar amount cut short is worse than none.
+            width = max([len(r[i]) for r in rows] + [len(foot), len(col)])
+            table.add_column(col, footer=foot, justify="left" if col in ("job", "GPU") else "right", min_width=width)
         for row in rows:
             table.add_row(*row)
         console.print(table)
     if any(c.billed_by != "provider" for c in rep.jobs):
         console.print("[dim]* the runner's own observation of each attempt at the rate at launch (no provider billing "
                       "record)[/]")
+    if cards and len(rep.jobs) > 1:
+        console.print(f"[bold]Total[/]{since}: {_money(total['usd'])} for {total['gpu_hours']:.2f} GPU hours, "
+                      f"{_money(total['usd_per_1k_steps'])} per 1,000 steps.")
     if total["on_demand_usd"]:
         share = total["saving_usd"] / total["on_demand_usd"]
         verdict = "saved" if total["saving_usd"] >= 0 else "cost"
-        console.print(f"Spot {verdict} [bold]{money(abs(total['saving_usd']))}[/] ({abs(share):.0%}) against the same "
+        console.print(f"Spot {verdict} [bold]{_money(abs(total['saving_usd']))}[/] ({abs(share):.0%}) against the same "
                       f"hours on-demand; {total['preemptions']} preemption(s) threw away {total['lost_steps']:,} steps "
-                      f"({total['lost_hours']:.2f} h, {money(total['lost_usd'])}) that were trained again.")
+                      f"({total['lost_hours']:.2f} h, {_money(total['lost_usd'])}) that were trained again.")
+
+
+def _money(x: float | None) -> str:
+    return "-" if x is None else f"${x:,.2f}"
+
+
+def _print_cost_card(console, c, since: str) -> None:
+    """One job's cost as labelled lines."""
+    import math
+
+    from rich.markup import escape
+
+    from runner.view import kv_table
+
+    iv = c.interval
+    where = "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
+    mtbf = "with no preemption expected" if iv is None or iv.mtbf_hours == math.inf else f"at MTBF {iv.mtbf_hours:.1f} h"
+    saved = (f"spot saved [bold]{_money(c.saving_usd)}[/] ({c.saving_fraction:.0%})" if c.saving_fraction and
+             c.saving_usd > 0.005 else f"difference {_money(c.saving_usd)}")
+    estimated = "" if c.billed_by == "provider" else "[dim]*[/]"  # the runner's own observation
+    rows = [
+        ("billed", f"[bold]{_money(c.usd)}[/]{estimated} for {c.gpu_hours:.2f} GPU hours (compute "
+                   f"{_money(c.compute_usd)}, disks {_money(c.storage_usd)})"),
+        ("on-demand", f"{_money(c.on_demand_usd)} for the same hours: {saved}"),
+        ("idle", f"{c.idle_hours:.2f} h billed while not training ({_money(c.idle_usd)}): boot, image, loading"),
+        ("preemptions", f"{c.preemptions}: {c.lost_steps:,} steps trained again, {c.lost_hours:.2f} h, "
+                        f"{_money(c.lost_usd)}"),
+        ("per 1k steps", f"{_money(c.usd_per_1k_steps)} ({c.steps:,} steps)"),
+    ]
+    if iv is not None:
+        rows.append(("checkpoints", f"{escape(iv.in_use)}; Young/Daly: [bold]every {iv.recommended_minutes:.1f} "
+                                    f"min[/] for a {iv.checkpoint_seconds:.2f} s checkpoint {mtbf}"))
+        rows.append(("", f"[dim]checkpoint: {escape(iv.checkpoint_basis)}; preemptions: {escape(iv.mtbf_basis)}[/]"))
+    console.print(f"[bold]{escape(c.job_id)}[/] ({c.state}) on {escape(where)}, {c.attempts} attempt(s){since}")
+    console.print(kv_table(rows))
 
 
 def _scenario(job, gpu, hours, mtbf_hours, checkpoint_seconds, restart_minutes, fixed_minutes, wait_minutes, trace,
@@ -795,7 +810,7 @@ def _print_simulation(scenario, notes: list[str], results, lines: list[str]) -> 
     from rich.table import Table
 
     console = _console()
-    console.print(f"[bold]Simulated: {scenario.work_hours:g} h of training on {scenario.gpu}[/]")
+    console.print(f"[bold]Simulated: {scenario.work_hours:.1f} h of training on {scenario.gpu}[/]")
     for note in notes:
         console.print(f"  [dim]- {escape(note)}[/]")
     many = results[0].trials > 1

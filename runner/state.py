@@ -511,6 +511,8 @@ class State:
             values: dict[str, Any] = {}
             if started is not None and ended is not None and ended >= started:
                 values.update(started=started, ended=ended, source="provider")
+            if rate_per_hour is None and usd is not None and started is not None and ended is not None and ended > started:
+                rate_per_hour = usd / ((ended - started) / 3600.0)  # what it charged, per hour of its uptime
             if rate_per_hour is not None:
                 values.update(rate_per_hour=rate_per_hour, rate_source="provider")
             if usd is not None:

@@ -46,3 +46,29 @@ def test_a_single_stretch_matches_the_textbook_formula():
     e = iv.expected(1.0, 120, 0.0001, 2.0, 0.0)
     assert e.uptime_h == pytest.approx((math.exp(0.5) - 1) * 2.0)
     assert e.lost_h == pytest.approx((math.exp(0.5) - 1) * 2.0 - 1.0)
+
+
+def test_every_minutes_auto_in_a_job_file(monkeypatch, tmp_path):
+    """The trainer's schema takes ``auto``: the interval the runner passed, else 10 minutes; anything
+    else that is not a number is refused with the file, line and field."""
+    from runner.spec import load_job
+    from tests.fixtures.jobs import make_job
+    from trainer.config import ENV_AUTO_MINUTES, Checkpoint
+    from trainer.jobfile import JobFileError
+
+    monkeypatch.delenv(ENV_AUTO_MINUTES, raising=False)
+    assert Checkpoint(every_minutes="auto").every_minutes == 10.0
+    monkeypatch.setenv(ENV_AUTO_MINUTES, "7.250")
+    assert Checkpoint(every_minutes="auto").every_minutes == 7.25
+    assert Checkpoint(every_minutes=3).every_minutes == 3.0  # a number in the file wins over the variable
+    monkeypatch.setenv(ENV_AUTO_MINUTES, "soon")
+    with pytest.raises(ValueError, match="is not a number of minutes"):
+        Checkpoint(every_minutes="auto")
+    monkeypatch.delenv(ENV_AUTO_MINUTES)
+
+    job = load_job(make_job(tmp_path / "a", {"train": {"checkpoint": {"every_minutes": "auto"}}}))
+    assert job.spec.train["checkpoint"]["every_minutes"] == "auto"  # the runner keeps what the file said
+    bad = make_job(tmp_path / "b", {"train": {"checkpoint": {"every_minutes": "often"}}})
+    with pytest.raises(JobFileError) as e:
+        load_job(bad)
+    assert "train.checkpoint.every_minutes" in str(e.value) and "a number of minutes or auto" in str(e.value)

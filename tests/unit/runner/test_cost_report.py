@@ -85,6 +85,7 @@ def test_disks_and_the_providers_own_bill(three_attempts):
     state.settle_segment("brad-1-1", started=T0 - 60, ended=T0 + 2 * H + 60, usd=0.7123)
     (seg, *_rest) = state.segments(job.id)
     assert (seg.source, seg.rate_source, seg.provider_usd, seg.provider_storage_usd) == ("provider", "provider", 0.7123, 0.0)
+    assert seg.rate_per_hour == pytest.approx(0.7123 / (2 + 120 / H))  # the rate it charged, from its record
     c = job_cost(state, job, now=T0 + 10 * H)
     assert c.usd == pytest.approx(0.7123 + 4.5 * (0.34 + 0.01))
     assert c.gpu_hours == pytest.approx(6.5 + 120 / H) and c.billed_by == "mixed"
@@ -125,6 +126,16 @@ def test_csv_and_json_from_the_command_line(three_attempts, runner_home):
     assert "2: 200 steps trained again, 0.50 h, $0.17" in card.stdout and "Young/Daly: every 3.7 min" in card.stdout
     assert "threw away 200 steps" in card.stdout
     assert run("--since", "yesterday-ish").returncode == 2
+
+    # Two jobs: a card each on an 80-column terminal, a table on a wide one; no figure is ever cut short.
+    other = state.create_job(id="brad-2", name="brad", job_file="/j.yaml", job_sha256="0", spec=SPEC, workdir="/",
+                             backend="runpod", run_uri="s3://b/brad-2")
+    attempt(state, other.id, start=T0 + 8 * H, hours=1, outcome="done", steps=(0, 300, 300), spot=False)
+    for columns, marker, total in (("80", "brad-2 (running) on rtx3090 on-demand", "Total: $2.65 for 7.50 GPU hours"),
+                                   ("150", "What jobs cost", " $2.65 ")):
+        out = subprocess.run([sys.executable, "-m", "runner", "cost"], capture_output=True, text=True, cwd=ROOT,
+                             env=dict(env, COLUMNS=columns), timeout=60).stdout
+        assert marker in out and total in out and "…" not in out, out
 
 
 def test_a_state_file_from_the_first_version_opens_and_keeps_its_records(runner_home: Path):

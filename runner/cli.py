@@ -627,8 +627,8 @@ def _plot_costs(state, jobs, path: str, stderr: bool = False) -> None:
 
 
 def _print_cost_report(rep) -> None:
-    """One job, or several on a narrow terminal: a card of figures each (an eleven-column table would
-    cut figures short there). Several on a wide terminal: a table. Then the total, in words."""
+    """One job: a card of labelled figures. Several: a table, narrower on a narrow terminal (no figure
+    is ever cut short; `--json` and `--csv` have every field). Then the total, in words."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -638,40 +638,38 @@ def _print_cost_report(rep) -> None:
         return
     total = rep.total()
     since = f" since {time.strftime('%Y-%m-%d %H:%M', time.localtime(rep.since))}" if rep.since else ""
-    cards = len(rep.jobs) == 1 or console.width < 120
-    if cards:
-        for n, c in enumerate(rep.jobs):
-            if n:
-                console.print()
-            _print_cost_card(console, c, since)
+    if len(rep.jobs) == 1:
+        _print_cost_card(console, rep.jobs[0], since)
     else:
+        wide = console.width >= 120
         table = Table(box=None, header_style="bold", show_footer=True, title=f"What jobs cost{since}", title_justify="left")
-        columns = (("job", "total"), ("GPU", ""), ("GPU h", f"{total['gpu_hours']:.2f}"), ("billed", _money(total["usd"])),
-                   ("on-demand", _money(total["on_demand_usd"])), ("saved", _money(total["saving_usd"])),
-                   ("idle h", f"{total['idle_hours']:.2f}"), ("preempted", str(total["preemptions"])),
-                   ("work lost", _money(total["lost_usd"])), ("$/1k steps", _money(total["usd_per_1k_steps"])),
-                   ("Young/Daly", ""))
-        rows = []
-        for c in rep.jobs:
-            gpu = "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
-            rows.append((escape(c.job_id), escape(gpu), f"{c.gpu_hours:.2f}",
-                         _money(c.usd) + ("" if c.billed_by == "provider" else "*"), _money(c.on_demand_usd),
-                         _money(c.saving_usd), f"{c.idle_hours:.2f}", str(c.preemptions), _money(c.lost_usd),
-                         _money(c.usd_per_1k_steps),
-                         f"{c.interval.recommended_minutes:.1f} min" if c.interval else "-"))
-        for i, (col, foot) in enumerate(columns):
+        columns = [("job", "total", lambda c: escape(c.job_id)),
+                   ("GPU", "", lambda c: "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"),
+                   ("GPU h", f"{total['gpu_hours']:.2f}", lambda c: f"{c.gpu_hours:.2f}"),
+                   ("billed", _money(total["usd"]), lambda c: _money(c.usd) + ("" if c.billed_by == "provider" else "*")),
+                   ("on-demand", _money(total["on_demand_usd"]), lambda c: _money(c.on_demand_usd)),
+                   ("saved", _money(total["saving_usd"]), lambda c: _money(c.saving_usd)),
+                   ("idle h", f"{total['idle_hours']:.2f}", lambda c: f"{c.idle_hours:.2f}"),
+                   ("preempted", str(total["preemptions"]), lambda c: str(c.preemptions)),
+                   ("work lost", _money(total["lost_usd"]), lambda c: _money(c.lost_usd)),
+                   ("$/1k steps", _money(total["usd_per_1k_steps"]), lambda c: _money(c.usd_per_1k_steps)),
+                   ("Young/Daly", "", lambda c: f"{c.interval.recommended_minutes:.1f} min" if c.interval else "-")]
+        if not wide:
+            columns = [col for col in columns if col[0] in ("job", "billed", "saved", "preempted", "work lost")]
+        rows = [[cell(c) for _h, _f, cell in columns] for c in rep.jobs]
+        for i, (head, foot, _cell) in enumerate(columns):
             # Figures and ids never shrink below their width: a dollar amount cut short is worse than none.
-            width = max([len(r[i]) for r in rows] + [len(foot), len(col)])
-            table.add_column(col, footer=foot, justify="left" if col in ("job", "GPU") else "right", min_width=width)
+            width = max([len(r[i]) for r in rows] + [len(foot), len(head)])
+            table.add_column(head, footer=foot, justify="left" if head in ("job", "GPU") else "right", min_width=width)
         for row in rows:
             table.add_row(*row)
         console.print(table)
+        if not wide:
+            console.print("[dim]GPU hours, on-demand price, idle time, $ per 1,000 steps and the checkpoint interval: "
+                          "on a wider terminal, with `--json` or `--csv`, or per job (`cost JOB`).[/]")
     if any(c.billed_by != "provider" for c in rep.jobs):
         console.print("[dim]* the runner's own observation of each attempt at the rate at launch (no provider billing "
                       "record)[/]")
-    if cards and len(rep.jobs) > 1:
-        console.print(f"[bold]Total[/]{since}: {_money(total['usd'])} for {total['gpu_hours']:.2f} GPU hours, "
-                      f"{_money(total['usd_per_1k_steps'])} per 1,000 steps.")
     if total["on_demand_usd"]:
         share = total["saving_usd"] / total["on_demand_usd"]
         verdict = "saved" if total["saving_usd"] >= 0 else "cost"

@@ -128,16 +128,24 @@ def _interval_in_use(job: st.JobRow, attempts: list[st.AttemptRow]) -> str:
 
 
 def advise_interval(state: st.State, job: st.JobRow, gpu: str | None, spot: bool,
-                    attempts: list[st.AttemptRow] | None = None) -> IntervalAdvice:
-    rate = observed.preemption_rate(state, gpu, spot, job.backend)
-    cost = observed.checkpoint_cost(state, job.name, gpu)
+                    attempts: list[st.AttemptRow] | None = None, memo: dict | None = None) -> IntervalAdvice:
+    """``memo`` keeps observations between the jobs of one report (they depend on the GPU and job name only)."""
+    memo = {} if memo is None else memo
+    key = ("rate", gpu, spot, job.backend)
+    if key not in memo:
+        memo[key] = observed.preemption_rate(state, gpu, spot, job.backend)
+    rate = memo[key]
+    key = ("checkpoint", job.name, gpu)
+    if key not in memo:
+        memo[key] = observed.checkpoint_cost(state, job.name, gpu)
+    cost = memo[key]
     minutes = iv.optimal_minutes(cost.seconds, rate.mtbf_hours * 3600)
     return IntervalAdvice(_interval_in_use(job, attempts if attempts is not None else state.attempts(job.id)), minutes,
                           cost.seconds, rate.mtbf_hours, cost.basis, rate.basis)
 
 
 def job_cost(state: st.State, job: st.JobRow, now: float | None = None, since: float | None = None,
-             advice: bool = False) -> JobCost:
+             advice: bool = False, memo: dict | None = None) -> JobCost:
     """The cost report of one job; with ``since``, only billed time on or after it (unix seconds)."""
     now = now or time.time()
     segments = state.segments(job.id)
@@ -181,7 +189,7 @@ def job_cost(state: st.State, job: st.JobRow, now: float | None = None, since: f
     interval = None
     if advice:
         spot = bool(counted[-1].spot) if counted else bool(resources.get("spot", True)) and job.backend != "local"
-        interval = advise_interval(state, job, gpu, spot, list(attempts.values()))
+        interval = advise_interval(state, job, gpu, spot, list(attempts.values()), memo)
     return JobCost(job.id, gpu_hours, usd, on_demand, on_demand - usd, preemptions, len(counted), name=job.name,
                    state=job.state, gpu=gpu, capacity=capacity, compute_usd=compute, storage_usd=storage,
                    idle_hours=idle_h, idle_usd=idle_usd, lost_steps=lost_steps, lost_hours=lost_h, lost_usd=lost_usd,
@@ -212,9 +220,9 @@ def report(state: st.State | None, jobs: list[st.JobRow], *, since: float | None
     """The cost of ``jobs``; with ``since``, only what was billed from then on (and only the jobs
     that were billed, or submitted, since)."""
     now = now or time.time()
-    costs = []
+    costs, memo = [], {}
     for job in jobs:
-        c = job_cost(state, job, now, since, advice=True)
+        c = job_cost(state, job, now, since, advice=True, memo=memo)
         if since is None or c.attempts or job.created >= since:
             costs.append(c)
     return Report(costs, since, now)

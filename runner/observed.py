@@ -59,13 +59,11 @@ def preemption_rate(state: st.State | None, gpu: str | None, spot: bool, backend
     now = now or time.time()
     n, hours = 0, 0.0
     if state is not None:
-        sql = ("SELECT b.started, b.ended, a.outcome, a.backend FROM billing_segments b JOIN attempts a ON a.id = b.attempt_id"
-               " WHERE b.gpu IS ? AND b.spot = ?")
-        for started, ended, outcome, attempt_backend in state.db.execute(sql, (gpu, int(spot))):
-            if backend is not None and attempt_backend != backend:
-                continue
-            hours += max(0.0, (ended if ended is not None else now) - started) / 3600.0
-            n += outcome == "interrupted"
+        sql = ("SELECT COUNT(CASE WHEN a.outcome = 'interrupted' THEN 1 END),"
+               " SUM(MAX(0, COALESCE(b.ended, ?) - b.started)) FROM billing_segments b JOIN attempts a ON a.id = b.attempt_id"
+               " WHERE b.gpu IS ? AND b.spot = ? AND (? IS NULL OR a.backend = ?)")
+        row = state.db.execute(sql, (now, gpu, int(spot), backend, backend)).fetchone()
+        n, hours = int(row[0] or 0), float(row[1] or 0.0) / 3600.0
     where = gpu or "this machine"
     kind = "spot" if spot else "on-demand" if gpu else "local"
     seen = f"{n} preemption{'s' if n != 1 else ''} in {hours:.1f} {kind} hours on {where}"

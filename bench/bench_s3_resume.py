@@ -7,7 +7,7 @@ the same bytes, and the speedup of parallel ranged reads, against a local Seawee
 the resume has finished: list the checkpoints, read the checksums, download ``latest.pt``, verify
 its sha256, ``torch.load`` it, load model and optimizer state, and one step (interpreter start-up
 and ``import torch`` are not counted: they do not depend on storage). The baseline is a single
-``get_object`` streamed to a file in the same folder. Target (issue 3): at most 1.3x the baseline.
+``get_object`` streamed to a file in the same folder. Target: at most 1.3x the baseline.
 
 With ``--per-connection-mbps N`` the traffic goes through a loopback proxy that limits each
 connection to N MB/s, as object stores and the networks to them do per TCP stream (S3 typically

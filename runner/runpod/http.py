@@ -126,6 +126,7 @@ class Transport:
         """A streamed answer, line by line (for the pod log's event stream). Retried only before
         the first byte."""
         import requests
+        import urllib3
 
         for attempt in retrying(4):
             with attempt:
@@ -136,10 +137,18 @@ class Transport:
                     raise Unreachable(f"RunPod did not answer GET {path}: {_short(e)}") from None
                 if response.status_code >= 400:
                     raise error_for(f"GET {path}", response.status_code, response.headers, response.content)
+        # read1: whatever has arrived, at once (iter_lines would wait for a whole chunk of bytes, so a
+        # quiet trainer's last line would show only after the next ones).
+        pending = b""
         try:
-            for raw in response.iter_lines(decode_unicode=False):
-                yield raw.decode("utf-8", "replace")
-        except requests.RequestException:
+            while chunk := response.raw.read1(1 << 16):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.rstrip(b"\r").decode("utf-8", "replace")
+            if pending:
+                yield pending.decode("utf-8", "replace")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
             return  # the stream ended under us: the caller decides whether to reopen it
         finally:
             response.close()

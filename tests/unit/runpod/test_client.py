@@ -108,3 +108,17 @@ def test_prices_minimum_bid_and_billing_per_second(emulator, client):
     [record] = client.billing(pod_id=pod.id)
     seconds = emulator.pods[pod.id].billing[0].end - emulator.pods[pod.id].billing[0].start
     assert record.total_usd == pytest.approx(seconds * 0.88 / 3600) and seconds > 0.5
+
+
+def test_an_interrupted_spot_pod_resumes_only_with_a_bid(emulator, client):
+    pod = client.create_spot_pod({
+        "bidPerGpu": 0.34, "gpuTypeId": RTX3090, "gpuCount": 1, "cloudType": "SECURE", "imageName": IMAGE,
+        "name": "spot-z", "env": [], "dockerArgs": f"jobs/job.yaml --run-uri {emulator.root / 'z'}"})
+    emulator.preempt(pod.id, kill_after=1)
+    emulator.wait_until(lambda: emulator.pods[pod.id].status == "EXITED", 15, "the interrupted pod to exit")
+    assert client.pod_details(pod.id).interrupted_by_runpod
+    with pytest.raises(InvalidRequest, match="Cannot resume a spot pod as an on demand pod"):
+        client.action(pod.id, "start")
+    client.resume_spot_pod(pod.id, 0.36, 1)
+    assert client.get_pod(pod.id).status == "RUNNING" and emulator.pods[pod.id].rate_per_hour == 0.36
+    assert not client.pod_details(pod.id).interrupted_by_runpod

@@ -343,9 +343,10 @@ def ensure_image(client: Any, job_file: Path, section: dict[str, Any] | None, *,
     return ImageRef(plan.tag, plan.job_path, built=built, pushed=pushed)
 
 
-def build(client: Any, plan: BuildPlan, out: Any = None, log_dir: Path | None = None) -> None:
+def build(client: Any, plan: BuildPlan, out: Any = None, log_dir: Path | None = None, nocache: bool = False) -> None:
     """Build ``plan`` with host networking (no bridge is needed), streaming the engine's progress;
-    the whole output goes to ``log_dir`` (default: builds/ in the runner's state folder)."""
+    the whole output goes to ``log_dir`` (default: builds/ in the runner's state folder).
+    ``nocache``: rebuild every layer (for measuring a full build)."""
     import docker.errors
 
     out = out or _console()
@@ -357,7 +358,7 @@ def build(client: Any, plan: BuildPlan, out: Any = None, log_dir: Path | None = 
                 out.status(f"building {plan.tag}") as status:
             stream = client.api.build(
                 fileobj=tar, custom_context=True, dockerfile=plan.dockerfile, tag=plan.tag, buildargs=plan.buildargs,
-                labels={LABEL_INPUTS: plan.digest}, network_mode="host", rm=True, forcerm=True, pull=False,
+                labels={LABEL_INPUTS: plan.digest}, network_mode="host", rm=True, forcerm=True, pull=False, nocache=nocache,
                 decode=True, timeout=BUILD_TIMEOUT_S,
             )
             _follow(stream, log, out, status, f"building {plan.tag}")

@@ -22,9 +22,10 @@ from tests.fixtures.s3 import S3Server
 from trainer import contract
 
 #: The quickstart with a faster heartbeat and sync, so a short run shows them several times.
-OVERRIDES = {"train": {"max_steps": 100, "checkpoint": {"every_steps": 20, "keep_last": 3},
+# 200 steps: long enough that the checks on a still-running run finish well before it ends.
+OVERRIDES = {"train": {"max_steps": 200, "checkpoint": {"every_steps": 20, "keep_last": 3},
                        "logging": {"heartbeat_seconds": 0.5, "sync_seconds": 1}}}
-FINAL_STEP = 100
+FINAL_STEP = 200
 
 
 def get(client, bucket: str, key: str) -> bytes | None:
@@ -100,8 +101,8 @@ def reference(s3_server: S3Server, job: Path, tmp_path_factory: pytest.TempPathF
     assert status.state == contract.DONE and status.step == FINAL_STEP
     # keep_last holds in the bucket too: the three newest history checkpoints, plus latest and best.
     assert sorted(verify_checkpoints(s3, "ref")) == [
-        "checkpoints/best.pt", "checkpoints/latest.pt", "checkpoints/step-000000060.pt",
-        "checkpoints/step-000000080.pt", "checkpoints/step-000000100.pt"]
+        "checkpoints/best.pt", "checkpoints/latest.pt", "checkpoints/step-000000160.pt",
+        "checkpoints/step-000000180.pt", "checkpoints/step-000000200.pt"]
     log = get(client, s3.bucket, "ref/logs/trainer.log").decode()
     assert f"done at step {FINAL_STEP}" in log  # written after the last status: the log still gets it
     return get(client, s3.bucket, "ref/final/model.safetensors")
@@ -209,6 +210,7 @@ def test_training_survives_throttling_dropped_connections_and_stalls(s3_bucket: 
             assert status.state == contract.INTERRUPTED and latest["step"] == status.step < FINAL_STEP
 
             done = run_trainer(job, uri, "--cache-dir", str(tmp_path / "cache"), env=env, timeout=400)
+            (tmp_path / "second.log").write_text(done.stderr)  # kept with the test's files, for a failure
         finally:
             watcher.stop.set()
             watcher.join(timeout=30)

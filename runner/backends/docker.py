@@ -87,11 +87,15 @@ class DockerBackend(Backend):
         found = self._find(name)
         if found is not None:
             if found.status == "created":  # created, then the runner died before starting it
-                found.start()
+                try:
+                    found.start()
+                except docker.errors.APIError as e:
+                    found.remove(force=True)
+                    raise BackendError(self._explain(e)) from None
             return Launched(self._handle(found), None, False, rate, rate, adopted=True)
 
+        kwargs = self._run_options(request)  # before the build: a job that cannot run here fails at once
         image = ensure_image(self.client, request.job_file, request.image, out=self._out)
-        kwargs = self._run_options(request)
         try:
             command = trainer_command(image.job_path, request.run_uri, kwargs.pop("nproc"))
             # The image's entrypoint (the restart loop) is replaced: one attempt is one run. Both

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import secrets as token
 import threading
@@ -35,7 +34,7 @@ from runner.backends.base import (
     LaunchRequest,
     Observation,
 )
-from runner.runpod import ENV_BASE_URL, POD_NAME_PREFIX
+from runner.runpod import DEFAULT_BASE_URL, ENV_BASE_URL, POD_NAME_PREFIX
 from trainer import contract
 
 #: Seconds between two looks at a pod that is being stopped.
@@ -124,8 +123,9 @@ class RunPodBackend(Backend):
         env[contract.ENV_ATTEMPT_ID] = request.attempt_id
         env["PYTHONUNBUFFERED"] = "1"
         env["GPU_COUNT"] = str(request.gpu_count)  # the image's entrypoint starts torchrun for more than one
-        if os.environ.get(ENV_BASE_URL):  # the pod stops itself through the same API the runner uses
-            env[ENV_BASE_URL] = os.environ[ENV_BASE_URL]
+        base = self.client.transport.base_url
+        if base != DEFAULT_BASE_URL:  # the pod stops itself through the same API the runner uses
+            env[ENV_BASE_URL] = base
         return env
 
     # --- poll / stop ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from runner.backends.base import LaunchRequest
 from runner.catalog import load_catalog
 from runner.runpod.client import RunPodClient
 from runner.runpod.http import Transport
+from tests.fixtures.jobs import ROOT
 from tests.fixtures.runpod_emulator import RunPodEmulator
 from tests.fixtures.runpod_pods import Image
 
@@ -40,6 +41,12 @@ if mode == "done":
 elif mode == "fail":
     write("failed", 2)
     sys.exit(2)
+elif mode == "crash":  # a crash the restart loop gave up on: it stops its own pod, as the real one does
+    write("failed", 1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # like the restart loop: its trainer has already exited
+    from trainer.runpod_pod import stop_own_pod
+    stop_own_pod("the trainer failed")
+    sys.exit(1)
 else:
     write("running")
 while True:
@@ -66,7 +73,7 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def emulator(tmp_path: Path, project: Path) -> Iterator[RunPodEmulator]:
-    image = Image(IMAGE, project, (sys.executable, "-c", STAND_IN))
+    image = Image(IMAGE, project, (sys.executable, "-c", STAND_IN), env={"PYTHONPATH": str(ROOT)})
     with RunPodEmulator(tmp_path / "emulator", [image]) as emu:
         yield emu
 

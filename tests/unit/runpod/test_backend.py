@@ -95,6 +95,7 @@ def test_secrets_reach_the_pod_env_and_nothing_else(emulator, backend, project, 
     launched = backend.launch(launch_request(project, str(tmp_path / "r"), env={"HF_TOKEN": secret}, events=events))
     pod = emulator.pods[launched.handle["pod_id"]]
     assert pod.env["HF_TOKEN"] == secret and pod.env[contract.ENV_ATTEMPT_ID] == "job-abc-1"
+    assert pod.env["RUNPOD_API_BASE_URL"] == emulator.url  # the pod calls the API the runner uses
     assert secret not in json.dumps(launched.handle) and secret not in repr(launched) and secret not in str(events)
     emulator.fail_next(1, 422)
     with pytest.raises(Exception) as caught:
@@ -131,6 +132,22 @@ def test_preempted_done_and_failed_pods_are_told_apart(emulator, backend, projec
     for h in (done.handle, failed.handle):
         backend.stop(h, grace_s=0)
     assert emulator.live_pods() == []
+
+
+def test_a_crash_is_told_from_a_preemption_and_a_vanished_pod_from_both(emulator, backend, client, project,
+                                                                          tmp_path):
+    crashed = backend.launch(launch_request(project, str(tmp_path / "c"), env={"POD_MODE": "crash"}))
+    pod = emulator.pods[crashed.handle["pod_id"]]
+    emulator.wait_until(lambda: pod.status == "EXITED", 30, "the crashed pod to stop itself")
+    assert pod.last_status_change == "Exited by user" and pod.container_starts == 1  # no restart after the stop
+    obs = backend.poll(crashed.handle)
+    assert (obs.state, obs.exit_code) == ("exited", 1) and "Exited by user" in obs.detail
+
+    lost = backend.launch(launch_request(project, str(tmp_path / "l"), attempt_id="job-abc-2"))
+    client.terminate(lost.handle["pod_id"])  # gone behind the runner's back
+    obs = backend.poll(lost.handle)
+    assert obs.state == "vanished" and "is gone" in obs.detail
+    assert backend.stop(lost.handle, grace_s=5).state == "vanished"  # stopping what is gone is fine
 
 
 def test_stop_gives_the_trainer_its_emergency_checkpoint_then_terminates(emulator, backend, project, tmp_path):

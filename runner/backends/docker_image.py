@@ -20,6 +20,7 @@ import json
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -354,14 +355,13 @@ def build(client: Any, plan: BuildPlan, out: Any = None, log_dir: Path | None = 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out.print(f"building {plan.tag} from {plan.context} ({len(plan.files)} files; log: {log_path})")
     try:
-        with context_tar(plan.context, plan.files) as tar, open(log_path, "w", encoding="utf-8") as log, \
-                out.status(f"building {plan.tag}") as status:
+        with context_tar(plan.context, plan.files) as tar, open(log_path, "w", encoding="utf-8") as log:
             stream = client.api.build(
                 fileobj=tar, custom_context=True, dockerfile=plan.dockerfile, tag=plan.tag, buildargs=plan.buildargs,
                 labels={LABEL_INPUTS: plan.digest}, network_mode="host", rm=True, forcerm=True, pull=False, nocache=nocache,
                 decode=True, timeout=BUILD_TIMEOUT_S,
             )
-            _follow(stream, log, out, status, f"building {plan.tag}")
+            _follow(stream, log, out)
     except docker.errors.APIError as e:
         raise BackendError(f"the engine refused to build {plan.tag}: {e.explanation or e}; log: {log_path}") from None
     except BackendError as e:
@@ -385,8 +385,7 @@ def push(client: Any, repository: str, tag: str, out: Any = None) -> bool:
     out.print(f"pushing {ref}")
     try:
         stream = client.api.push(repository, tag=tag, stream=True, decode=True)
-        with out.status(f"pushing {ref}") as status:
-            _follow(stream, None, out, status, f"pushing {ref}")
+        _follow(stream, None, out)
     except (docker.errors.APIError, BackendError) as e:
         text = str(getattr(e, "explanation", None) or e)
         hint = (f"log in first with `docker login {registry}` (the runner uses the Docker configuration's "
@@ -410,8 +409,7 @@ def _ensure_local(client: Any, ref: str, out: Any) -> str:
     repo, tag = _split(ref)
     try:
         stream = client.api.pull(repo, tag=tag, stream=True, decode=True)
-        with out.status(f"pulling {ref}") as status:
-            _follow(stream, None, out, status, f"pulling {ref}")
+        _follow(stream, None, out)
         return client.images.get(ref).id
     except (docker.errors.APIError, docker.errors.ImageNotFound, BackendError) as e:
         raise BackendError(f"image {ref} is not on this engine and pulling it failed: "
@@ -436,9 +434,13 @@ def _image_exists(client: Any, ref: str) -> bool:
         return False
 
 
-def _follow(stream: Iterable[dict[str, Any]], log: Any, out: Any, status: Any, title: str) -> None:
-    """Show an engine's JSON progress stream: build steps and their output as lines, layer
-    transfers on the status line. Raises BackendError on the stream's error message."""
+def _follow(stream: Iterable[dict[str, Any]], log: Any, out: Any, every_s: float = 5.0) -> None:
+    """Show an engine's JSON progress stream as lines: build steps and their output as they come,
+    layer transfers as a summary every ``every_s`` seconds. Lines only, no live display of its
+    own: the runner's follow view (a live display) shows them above its progress bars. Raises
+    BackendError on the stream's error message."""
+    layers: dict[str, str] = {}
+    shown = time.monotonic()
     for chunk in stream:
         if "error" in chunk:
             message = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
@@ -452,7 +454,6 @@ def _follow(stream: Iterable[dict[str, Any]], log: Any, out: Any, status: Any, t
             for line in text.rstrip("\n").splitlines():
                 if line.startswith("Step "):
                     out.print(f"[bold]{_escape(line)}[/]")
-                    status.update(f"{title}: {_escape(line)}")
                 elif line.strip() and not line.startswith((" ---> ", "Removing intermediate container")):
                     out.print(f"[dim]  {_escape(line)}[/]")
             continue
@@ -460,8 +461,14 @@ def _follow(stream: Iterable[dict[str, Any]], log: Any, out: Any, status: Any, t
             line = " ".join(str(chunk[k]) for k in ("id", "status", "progress") if chunk.get(k))
             if log:
                 log.write(line + "\n")
-            if chunk.get("progress") or chunk.get("id"):
-                status.update(f"{title}: {_escape(line)}")
+            if chunk.get("id"):  # one layer's transfer: summarised
+                layers[chunk["id"]] = chunk["status"]
+                if time.monotonic() - shown >= every_s:
+                    shown = time.monotonic()
+                    counts: dict[str, int] = {}
+                    for state in layers.values():
+                        counts[state] = counts.get(state, 0) + 1
+                    out.print("[dim]  layers: " + ", ".join(f"{n} {_escape(k.lower())}" for k, n in counts.items()) + "[/]")
             else:
                 out.print(f"[dim]  {_escape(line)}[/]")
 

@@ -57,3 +57,26 @@ def test_gpus_on_an_engine_without_the_nvidia_runtime(docker_engine, docker_proj
         DockerBackend(client=docker_engine).launch(launch)
     assert "cannot give the container GPUs" in str(e.value) and "NVIDIA Container Toolkit" in str(e.value)
     assert not docker_engine.containers.list(all=True, filters={"label": f"{LABEL_JOB}={launch.job_id}"})
+
+
+def test_launch_adopts_its_attempt_s_container_and_stop_forces_one_that_ignores_sigterm(
+        docker_engine, docker_project, project_image, tmp_path: Path):
+    # A runner that died after creating an attempt's container, before recording or starting it.
+    launch = request(docker_project.jobs["docker-quick"], f"s3://{docker_project.s3.bucket}/adopt")
+    from runner.backends.docker import container_name
+
+    docker_engine.containers.create(
+        project_image.name, ["-c", "import time; time.sleep(600)"], entrypoint=["python"],  # PID 1 ignores SIGTERM
+        name=container_name(launch.attempt_id), labels={LABEL_JOB: launch.job_id}, network_mode="host")
+    backend = DockerBackend(client=docker_engine)
+    try:
+        launched = backend.launch(launch)
+        assert launched.adopted and launched.handle["container"] == container_name(launch.attempt_id)
+        assert backend.poll(launched.handle).state == "running"
+        assert len(docker_engine.containers.list(filters={"label": f"{LABEL_JOB}={launch.job_id}"})) == 1
+        ended = backend.stop(launched.handle, grace_s=1, timeout_s=30)
+        assert ended.state == "exited" and ended.signal == "SIGKILL" and ended.exit_code is None
+        assert backend.stop(launched.handle, grace_s=1).signal == "SIGKILL"  # stopping again is harmless
+    finally:
+        for container in docker_engine.containers.list(all=True, filters={"label": f"{LABEL_JOB}={launch.job_id}"}):
+            container.remove(force=True)

@@ -122,3 +122,12 @@ def test_an_interrupted_spot_pod_resumes_only_with_a_bid(emulator, client):
     client.resume_spot_pod(pod.id, 0.36, 1)
     assert client.get_pod(pod.id).status == "RUNNING" and emulator.pods[pod.id].rate_per_hour == 0.36
     assert not client.pod_details(pod.id).interrupted_by_runpod
+
+
+def test_a_container_whose_main_process_exits_is_restarted_and_the_pod_bills_on(emulator, client):
+    pod = client.create_pod({"name": "crashy", "image": IMAGE, "gpu": {"id": RTX3090, "count": 1},
+                             "env": {"POD_MODE": "fail"}, "args": ["jobs/job.yaml", "--run-uri", str(emulator.root / "c")]})
+    emulator.wait_until(lambda: emulator.pods[pod.id].container_starts >= 3, 30, "two restarts of the container")
+    again = client.get_pod(pod.id)
+    assert again.status == "RUNNING" and again.cost_per_hour == 0.44
+    assert len(emulator.pods[pod.id].billing) == 1 and emulator.pods[pod.id].billing[0].end is None

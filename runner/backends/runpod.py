@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import secrets as token
 import threading
@@ -39,6 +40,9 @@ from trainer import contract
 
 #: Seconds between two looks at a pod that is being stopped.
 STOP_POLL_SECONDS = 1.0
+#: Seconds between two looks at a running pod: the supervisor polls often, RunPod rate-limits, and a
+#: preemption noticed a few seconds later costs nothing (read at each poll, so tests can lower it).
+ENV_POLL_SECONDS = "RUNNER_RUNPOD_POLL_SECONDS"
 _OWNER_FILE = "runpod-owner"
 
 
@@ -75,6 +79,7 @@ class RunPodBackend(Backend):
                                      f"console → Settings → API Keys) and run the command again")
         self._client = client
         self._storages: dict[str, Any] = {}
+        self._looked: dict[str, tuple[float, Observation]] = {}  # pod id: (when, what) of the last look
 
     @property
     def client(self) -> Any:
@@ -133,10 +138,18 @@ class RunPodBackend(Backend):
         from runner.runpod.errors import RunPodError
         from runner.runpod.observe import observe
 
+        last = self._looked.get(handle["pod_id"])
+        if last is not None and time.monotonic() - last[0] < float(os.environ.get(ENV_POLL_SECONDS, "5")):
+            return last[1]
         try:
-            return observe(self.client, handle, self._status_reader(handle))
+            obs = observe(self.client, handle, self._status_reader(handle))
         except RunPodError as e:  # RunPod not answering for a while: the pod is presumed alive, look again
             return Observation("running", detail=f"RunPod not answering: {e}")
+        if obs.state == "running":
+            self._looked[handle["pod_id"]] = (time.monotonic(), obs)
+        else:
+            self._looked.pop(handle["pod_id"], None)
+        return obs
 
     def _status_reader(self, handle: dict[str, Any]) -> Callable[[], contract.Status | None]:
         def read() -> contract.Status | None:

@@ -112,7 +112,8 @@ class Runner:
 def runner(tmp_path: Path, runpod_project: Path, emulator: RunPodEmulator, s3_bucket: S3Server) -> Iterator[Runner]:
     home = tmp_path / "runner-home"
     env = trainer_env(**{k: v for k, v in s3_bucket.env().items() if k.startswith("AWS_")}, **emulator.env(),
-                      RUNNER_HOME=str(home), RUNNER_POLL_SECONDS="0.2", RUNNER_STOP_GRACE_SECONDS="30")
+                      RUNNER_HOME=str(home), RUNNER_POLL_SECONDS="0.2", RUNNER_STOP_GRACE_SECONDS="30",
+                      RUNNER_RUNPOD_POLL_SECONDS="1")
     env["PYTHONPATH"] = str(runpod_project)
     logs = tmp_path / "runner-logs"
     logs.mkdir()

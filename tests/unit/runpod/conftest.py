@@ -59,6 +59,7 @@ def runner_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The runner's state (and its pod owner id) in this test's folder, never the user's."""
     home = tmp_path / "runner-home"
     monkeypatch.setenv("RUNNER_HOME", str(home))
+    monkeypatch.setenv("RUNNER_RUNPOD_POLL_SECONDS", "0")  # every poll asks the emulator
     return home
 
 

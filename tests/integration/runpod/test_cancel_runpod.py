@@ -1,5 +1,5 @@
 """Cancelling a RunPod job: its trainer gets SIGTERM through RunPod's stop (an emergency checkpoint),
-then the pod is terminated; nothing is left billing."""
+then the pod is terminated; nothing is left billing. Meanwhile `logs --follow` streams the pod's output."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def test_cancel_stops_the_trainer_with_a_checkpoint_and_terminates_the_pod(runne
     run_uri = f"s3://{s3_bucket.bucket}/runs/{job_id}"
     wait_for(lambda: (s := bucket.status(run_uri)) is not None and s.state == contract.RUNNING and s.step >= 5,
              timeout=120, what="the trainer at step 5")
+    follow = runner.start("logs", job_id, "--follow")
+    wait_for(lambda: "trainer starting" in follow.log_path.read_text(errors="replace"), timeout=60,
+             what="the pod's output streamed by logs --follow")
     cancelled = runner.run("cancel", job_id, timeout=180)
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     record = runner.record(job_id)
@@ -30,3 +33,5 @@ def test_cancel_stops_the_trainer_with_a_checkpoint_and_terminates_the_pod(runne
     [pod] = emulator.pods.values()
     assert [(a, who) for p, a, who in emulator.actions] == [("stop", "account"), ("terminate", "account")]
     assert pod.status == "TERMINATED" and emulator.live_pods() == []
+    assert follow.wait(timeout=60) == 0  # --follow ends with the job
+    assert "interrupted" in follow.log_path.read_text(errors="replace")  # it streamed up to the stop

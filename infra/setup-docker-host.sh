@@ -176,6 +176,11 @@ build_base_image() {
     docker tag "$tag_hash" "$BASE_IMAGE"
     cleanup
     trap - EXIT
+    # Superseded bases: untagged (their layers go once no image built on them is left).
+    local old
+    for old in $(docker image ls --format '{{.Repository}}:{{.Tag}}' "${BASE_IMAGE%%:*}"); do
+        case "$old" in "${BASE_IMAGE}"-*) [ "$old" = "$tag_hash" ] || docker rmi "$old" >/dev/null 2>&1 || true ;; esac
+    done
     say "built $BASE_IMAGE ($tag_hash) in $((SECONDS - started))s: $(docker image inspect -f '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 

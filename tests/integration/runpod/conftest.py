@@ -28,11 +28,13 @@ from tests.fixtures.s3 import S3Server
 IMAGE = "registry.example/spot-runner:emulated"
 PROJECT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "runner", "trainer", "jobs/quickstart.yaml",
                  "jobs/data")
-#: Long enough to be preempted twice, checkpoints often, heartbeats often; one thread, so that a
-#: reference run beside it does not halve its speed on a 2-core machine.
+#: Long enough to be preempted twice (a test sees the step within ~0.1 s: the heartbeat), checkpoints
+#: often; one thread, so that a reference run beside it does not halve its speed on a 2-core machine.
 SHORT = {"max_steps": 60, "batch_size": 8, "threads": 1, "eval": {"every_steps": 30, "batches": 2},
          "checkpoint": {"every_steps": 10},
-         "logging": {"every_steps": 5, "heartbeat_seconds": 0.5, "sync_seconds": 2, "progress_bar": False}}
+         "logging": {"every_steps": 5, "heartbeat_seconds": 0.1, "sync_seconds": 2, "progress_bar": False}}
+#: A run that would go on for a long time: for tests that stop it themselves.
+ENDLESS = {"train": {"max_steps": 1_000_000, "eval": {"every_steps": 1_000_000}}}
 
 
 def write_job(project: Path, s3: S3Server, overrides: dict | None = None, name: str = "quickstart") -> Path:

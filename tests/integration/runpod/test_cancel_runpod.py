@@ -4,14 +4,14 @@ then the pod is terminated; nothing is left billing. Meanwhile `logs --follow` s
 from __future__ import annotations
 
 from tests.fixtures.jobs import wait_for
-from tests.integration.runpod.conftest import write_job
+from tests.integration.runpod.conftest import ENDLESS, write_job
 from tests.integration.runpod.test_quickstart_runpod import Bucket
 from trainer import contract
 
 
 def test_cancel_stops_the_trainer_with_a_checkpoint_and_terminates_the_pod(runner, emulator, s3_bucket,
                                                                            runpod_project):
-    write_job(runpod_project, s3_bucket)
+    write_job(runpod_project, s3_bucket, ENDLESS)
     detached = runner.run("submit", "jobs/quickstart.yaml", "--backend", "runpod", "--gpu", "rtx3090", "--detach")
     assert detached.returncode == 0, detached.stderr
     [job_id] = runner.job_ids()
@@ -35,3 +35,16 @@ def test_cancel_stops_the_trainer_with_a_checkpoint_and_terminates_the_pod(runne
     assert pod.status == "TERMINATED" and emulator.live_pods() == []
     assert follow.wait(timeout=60) == 0  # --follow ends with the job
     assert "interrupted" in follow.log_path.read_text(errors="replace")  # it streamed up to the stop
+
+
+def test_a_job_out_of_budget_is_stopped_and_its_pod_terminated(runner, emulator, s3_bucket, runpod_project):
+    write_job(runpod_project, s3_bucket, {**ENDLESS, "budget": {"max_usd": 0.001}})  # about 10 s of an RTX 3090 spot pod
+    done = runner.run("submit", "jobs/quickstart.yaml", "--backend", "runpod", "--gpu", "rtx3090", timeout=240)
+    assert done.returncode == 1, done.stdout + done.stderr
+    [job_id] = runner.job_ids()
+    record = runner.record(job_id)
+    assert record["state"] == "over_budget" and "budget" in record["reason"]
+    assert [a["outcome"] for a in record["attempts"]] == ["stopped"]
+    [pod] = emulator.pods.values()
+    assert ("stop", "account") in [(a, who) for _p, a, who in emulator.actions]
+    assert pod.status == "TERMINATED" and emulator.live_pods() == []

@@ -34,7 +34,8 @@ class Bucket:
 
 def test_quickstart_on_runpod_survives_preemptions_429s_500_after_create_and_no_capacity(
         runner, emulator, s3_bucket, runpod_project, tmp_path):
-    write_job(runpod_project, s3_bucket)
+    # Twice the usual short run: room for two preemptions at steps seen within ~0.1 s, however fast it trains.
+    write_job(runpod_project, s3_bucket, {"train": {"max_steps": 120, "eval": {"every_steps": 40}}})
     bucket = Bucket(s3_bucket)
     # The reference: the same trainer, never interrupted (started now, it runs beside the job).
     reference = subprocess.Popen(
@@ -55,11 +56,11 @@ def test_quickstart_on_runpod_survives_preemptions_429s_500_after_create_and_no_
         pods = emulator.pods_named(pod_name_for(runner, f"{job_id}-{attempt}"))
         return pods[0] if pods else None
 
-    wait_for(lambda: training(1, 15), timeout=180, what="attempt 1 at step 15")
+    wait_for(lambda: training(1, 20), timeout=180, what="attempt 1 at step 20")
     emulator.fail_after_create(1)  # attempt 2's create makes its pod, then answers 500
     emulator.preempt(pod_of(1).id)
 
-    wait_for(lambda: training(2, 35), timeout=180, what="attempt 2 at step 35")
+    wait_for(lambda: training(2, 60), timeout=180, what="attempt 2 at step 60")
     emulator.exhaust(RTX3090, cloud="SECURE", spot=True, times=1)  # attempt 3: no capacity there, once
     emulator.preempt(pod_of(2).id)
 

@@ -2,7 +2,7 @@
 
 The Docker SDK reads the standard variables (``DOCKER_HOST``, ``DOCKER_TLS_VERIFY``,
 ``DOCKER_CERT_PATH``). ``DOCKER_HOST=ssh://user@gpu-host`` runs everything on that host over SSH;
-the ``ssh`` client of this machine is used when there is one, so ``~/.ssh/config``, the agent and
+the ``ssh`` client of this machine is used when there is one, so ``~/.ssh/config``, ssh-agent and
 ``known_hosts`` apply exactly as for the ``docker`` command line."""
 
 from __future__ import annotations

@@ -56,6 +56,8 @@ def _loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: int, back
         started = time.time()
         child = subprocess.Popen(cmd)
         code = child.wait()
+        if code < 0:  # killed by signal N: report it as a shell would (128+N), not as 256-N
+            code = 128 - code
         if nproc > 1 and code != contract.EXIT_DONE:
             code = _code_of_group(code, run_uri, cache_dir, started)
         if code == contract.EXIT_DONE:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.fixtures.faultproxy import FaultProxy, no_faults, once
+from tests.fixtures.jobs import wait_for
 from tests.fixtures.s3 import S3Server
 from trainer import contract
 from trainer.checkpoint import CheckpointManager
@@ -50,6 +51,10 @@ def test_a_newer_checkpoint_supersedes_one_still_waiting(env: S3Server, proxy: F
     proxy.plan = once("stall", lambda method, path: method == "PUT" and "step-000000001.pt" in path)
     mgr = manager(env, tmp_path / "cache", read_timeout=2.0)
     stalls = [mgr.save(1, state(1))]
+    # Only once the writer is stuck in step 1's upload is "newer wins" what decides 2, 3 and 4;
+    # before that, step 1 itself could be superseded on a busy machine.
+    wait_for(lambda: any(m == "PUT" and "step-000000001.pt" in t for _, m, t in list(proxy.seen)),
+             timeout=30, what="step 1's upload to start")
     for step in (2, 3, 4):
         stalls.append(mgr.save(step, state(step)))
     assert mgr.flush(timeout=60), mgr.last_error

@@ -14,6 +14,7 @@ owns that policy; a backend only starts, watches and ends one attempt at a time.
 from __future__ import annotations
 
 import abc
+import queue
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,3 +136,18 @@ class Backend(abc.ABC):
              until: Callable[[], bool] | None = None) -> Iterator[str]:
         """The attempt's output, line by line; with ``follow``, keep yielding new lines until the
         attempt ends (or ``until()`` says to stop)."""
+
+
+def drain_lines(lines: queue.Queue, until: Callable[[], bool] | None = None) -> Iterator[str]:
+    """Yield what a log-pumping thread puts on ``lines`` until it puts None, or until ``until()``
+    says to stop (checked every half second while no line arrives)."""
+    while True:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            if until and until():
+                return
+            continue
+        if line is None:
+            return
+        yield line

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends import docker_client
-from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation
+from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation, drain_lines
 from runner.backends.docker_image import ensure_image
 from runner.backends.local import local_rate_per_hour
 from trainer.contract import ENV_ATTEMPT_ID
@@ -260,13 +260,4 @@ class DockerBackend(Backend):
                 lines.put(None)
 
         threading.Thread(target=pump, daemon=True, name=f"logs-{handle.get('container')}").start()
-        while True:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                if until and until():
-                    return
-                continue
-            if line is None:
-                return
-            yield line
+        yield from drain_lines(lines, until)

@@ -34,6 +34,7 @@ from runner.backends.base import (
     Launched,
     LaunchRequest,
     Observation,
+    drain_lines,
 )
 from runner.runpod import DEFAULT_BASE_URL, ENV_BASE_URL, POD_NAME_PREFIX
 from trainer import contract
@@ -263,16 +264,7 @@ class RunPodBackend(Backend):
 
         threading.Thread(target=pump, daemon=True, name=f"logs-{pod_id}").start()
         try:
-            while True:
-                try:
-                    line = lines.get(timeout=0.5)
-                except queue.Empty:
-                    if until and until():
-                        return
-                    continue
-                if line is None:
-                    return
-                yield line
+            yield from drain_lines(lines, until)
         finally:
             stop.set()
 

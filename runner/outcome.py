@@ -3,7 +3,10 @@
 Done: status.json says done (the trainer writes ``done`` last, after ``final/``) and the trainer
 exited 0. Interrupted: the trainer exited 75 after an emergency checkpoint, was killed by a
 signal, or its process or machine vanished: a relaunch continues from the last checkpoint.
-Failed: anything else; permanently when the exit code says a rerun cannot help."""
+Failed: anything else; permanently when the exit code says a rerun cannot help.
+
+torchrun (a job on more than one GPU) exits 1 whenever a rank exits non-zero; the ranks' own code is
+then read from this attempt's status.json, which rank 0 writes last."""
 
 from __future__ import annotations
 
@@ -44,6 +47,12 @@ def classify(obs: Observation, status: contract.Status | None, attempt_id: str) 
     if obs.signal:  # SIGSEGV, SIGABRT, SIGBUS...: the trainer crashed by itself
         return Verdict(FAILED, f"the trainer crashed ({obs.signal})")
     code = obs.exit_code
+    if status is not None and status.attempt == attempt_id and code is not None:
+        # Under torchrun every rank's failure reads as exit 1; rank 0's status.json says what it was.
+        code = contract.exit_code_of_group(code, status)
+        if code == contract.EXIT_INTERRUPTED:
+            return Verdict(INTERRUPTED, f"stopped with an emergency checkpoint (exit {obs.exit_code} from torchrun, "
+                                        f"75 from the ranks)")
     meaning = contract.EXIT_MEANING.get(code, "failed")
     error = ""
     if status is not None and status.error and status.attempt in ("", attempt_id):

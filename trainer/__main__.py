@@ -43,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
 def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
     from trainer.config import load_train_config
     from trainer.jobfile import JobFileError
-    from trainer.signals import StopRequest
+    from trainer.signals import StopRequest, die_with_launcher
     from trainer.storage import StorageError, open_storage
 
     # Signals first: a SIGTERM during the (slow) start must still end in a clean exit.
     stop = StopRequest()
     stop.install()
+    die_with_launcher()
     _console_logging()
     log = logging.getLogger("trainer")
     try:

@@ -110,3 +110,30 @@ AWS_ENV = (
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
 )
+
+
+# --- how a run is started -------------------------------------------------------------------------
+def trainer_command(job: str, run_uri: str, nproc: int | str = 1, python: str = "python",
+                    cache_dir: str | None = None) -> list[str]:
+    """The command that trains ``job`` into ``run_uri``: the trainer itself for one process, and
+    PyTorch's own launcher (torchrun, as ``python -m torch.distributed.run``) for more. ``nproc`` is a
+    number, or ``"gpu"`` for one process per visible GPU."""
+    if nproc == 1 or nproc == "1":
+        head = [python, "-m", "trainer"]
+    else:
+        head = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "trainer"]
+    return [*head, "run", job, "--run-uri", run_uri, *(["--cache-dir", cache_dir] if cache_dir else [])]
+
+
+def exit_code_of_group(launcher_code: int, status: Status | None) -> int:
+    """The exit code of a torchrun launch as the trainer meant it. torchrun exits 1 whenever any rank
+    exits non-zero, so "interrupted" (75) or "bad config" (2) would read as a plain crash; rank 0
+    writes status.json last, and its verdict stands instead. ``status`` must be this launch's own
+    (the caller checks its attempt or heartbeat), else it says nothing about this exit."""
+    if launcher_code == EXIT_DONE or status is None:
+        return launcher_code
+    if status.state == INTERRUPTED:
+        return EXIT_INTERRUPTED
+    if status.state == FAILED and status.exit_code:
+        return status.exit_code
+    return launcher_code

@@ -15,15 +15,6 @@ from trainer import contract
 log = logging.getLogger("trainer.restart")
 
 
-def trainer_command(job: str, run_uri: str, cache_dir: str | None, nproc: int = 1) -> list[str]:
-    if nproc > 1:
-        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "trainer"]
-    else:
-        head = [sys.executable, "-m", "trainer"]
-    cmd = [*head, "run", job, "--run-uri", run_uri]
-    return cmd + (["--cache-dir", cache_dir] if cache_dir else [])
-
-
 def restart_loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: int, backoff: float, nproc: int = 1) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s restart-loop: %(message)s", datefmt="%H:%M:%S")
     code = _loop(job, run_uri, cache_dir, max_restarts, backoff, nproc)
@@ -38,7 +29,7 @@ def restart_loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: in
 
 
 def _loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: int, backoff: float, nproc: int) -> int:
-    cmd = trainer_command(job, run_uri, cache_dir, nproc)
+    cmd = contract.trainer_command(job, run_uri, nproc, python=sys.executable, cache_dir=cache_dir)
     child: subprocess.Popen | None = None
     stopping = False
 
@@ -83,8 +74,7 @@ def _loop(job: str, run_uri: str, cache_dir: str | None, max_restarts: int, back
 
 
 def _code_of_group(torchrun_code: int, run_uri: str, cache_dir: str | None, started: float) -> int:
-    """torchrun exits 1 whenever a rank exits non-zero, so the ranks' own verdict is read back from
-    status.json, which rank 0 wrote last: interrupted (75), or the failure's own exit code."""
+    """torchrun's exit code read together with this launch's status.json (see the contract)."""
     from trainer.storage import open_storage
 
     try:
@@ -93,10 +83,6 @@ def _code_of_group(torchrun_code: int, run_uri: str, cache_dir: str | None, star
     except Exception as e:  # storage trouble: judge by torchrun's code alone
         log.warning("could not read status.json to classify the exit: %s", e)
         return torchrun_code
-    if status is None or status.heartbeat < started:  # written by an earlier launch: says nothing of this one
-        return torchrun_code
-    if status.state == contract.INTERRUPTED:
-        return contract.EXIT_INTERRUPTED
-    if status.state == contract.FAILED and status.exit_code:
-        return status.exit_code
-    return torchrun_code
+    if status is not None and status.heartbeat < started:  # written by an earlier launch: says nothing of this one
+        status = None
+    return contract.exit_code_of_group(torchrun_code, status)

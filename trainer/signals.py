@@ -4,7 +4,9 @@ optimizer step), where the loop writes an emergency checkpoint and exits with EX
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import time
 
 log = logging.getLogger("trainer")
@@ -35,3 +37,19 @@ class StopRequest:
                         name, self.steps_done)
         else:
             log.warning("%s received again: already stopping", name)
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, end this rank when torchrun itself dies (Linux). torchrun starts each rank in a
+    session of its own, so a SIGKILL to torchrun, or to the process group of whoever started it,
+    would leave the ranks training on unsupervised, writing into a run that is being relaunched."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    launcher = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() != launcher or launcher == 1:  # torchrun was gone before the line above took effect
+        log.error("torchrun, which started this rank, is gone: exiting")
+        os._exit(128 + int(signal.SIGKILL))

@@ -31,7 +31,7 @@ from runner.backends import docker_client
 from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation, drain_lines
 from runner.backends.docker_image import ensure_image
 from runner.backends.local import local_rate_per_hour
-from trainer.contract import ENV_ATTEMPT_ID
+from trainer.contract import ENV_ATTEMPT_ID, trainer_command
 
 LABEL_JOB = "org.spot-runner.job"
 LABEL_ATTEMPT = "org.spot-runner.attempt"
@@ -44,15 +44,6 @@ SHM_SIZE = "2g"
 
 def container_name(attempt_id: str) -> str:
     return f"spot-runner-{attempt_id}"
-
-
-def trainer_command(job_path: str, run_uri: str, nproc: int | str) -> list[str]:
-    """What the container runs: the trainer itself (one attempt is one run; the supervisor relaunches)."""
-    if nproc == 1:
-        head = ["python", "-m", "trainer"]
-    else:
-        head = ["python", "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "trainer"]
-    return [*head, "run", job_path, "--run-uri", run_uri]
 
 
 def _signal_of(exit_code: int | None) -> str | None:
@@ -97,7 +88,7 @@ class DockerBackend(Backend):
         kwargs = self._run_options(request)  # before the build: a job that cannot run here fails at once
         image = ensure_image(self.client, request.job_file, request.image, out=self._out)
         try:
-            command = trainer_command(image.job_path, request.run_uri, kwargs.pop("nproc"))
+            command = trainer_command(image.job_path, request.run_uri, kwargs.pop("nproc"))  # one attempt, one run: the supervisor relaunches
             # The image's entrypoint (the restart loop) is replaced: one attempt is one run. Both
             # parts are given, so none of the image's CMD is appended.
             container = self.client.containers.create(

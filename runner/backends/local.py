@@ -1,7 +1,8 @@
 """The local backend: each attempt is the trainer as a subprocess of this machine.
 
 The embedded default: no Docker, no GPU, no account. Each attempt runs as
-``python -m trainer run JOB --run-uri URI`` (not the trainer's restart-loop: the runner's
+``python -m trainer run JOB --run-uri URI`` (through torchrun with one process per GPU when the job
+asks for more than one; not the trainer's restart-loop: the runner's
 supervisor owns the relaunch policy and records every attempt) under a small parent
 (:mod:`runner.backends.local_attempt`) in a session of its own, so it survives the runner. Its pid
 and start time are recorded, so a restarted runner adopts it, and pid reuse is told apart.
@@ -13,6 +14,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from typing import Any
 from runner import paths, proc
 from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation
 from runner.backends.local_attempt import EXIT_RECORD, TRAINER_RECORD, WRAPPER_RECORD, write_json
-from trainer.contract import ENV_ATTEMPT_ID
+from trainer.contract import ENV_ATTEMPT_ID, trainer_command
 
 LAUNCH_RECORD = "launch.json"
 LOCK_FILE = "attempt.lock"
@@ -47,6 +49,23 @@ def local_rate_per_hour() -> float:
         return max(0.0, float(os.environ.get(ENV_LOCAL_RATE, "0") or 0))
     except ValueError:
         raise BackendError(f"{ENV_LOCAL_RATE}={os.environ[ENV_LOCAL_RATE]!r} is not a number of dollars per hour") from None
+
+
+def nvidia_gpu_count() -> int | None:
+    """The NVIDIA GPUs this machine shows (``nvidia-smi -L``, honouring CUDA_VISIBLE_DEVICES), or None
+    when it has no NVIDIA driver."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = min(count, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    return count
 
 
 def _handle(pid: int, ident: str | None, adir: Path) -> dict[str, Any]:
@@ -87,9 +106,10 @@ class LocalBackend(Backend):
             found = self._find(adir)  # launched before and ended (or lost) since
             if found is not None:
                 return Launched(found, None, False, rate, rate, adopted=True)
+            nproc = self._processes(request)
             command = [sys.executable, "-m", "runner.backends.local_attempt", "--attempt-dir", str(adir),
-                       "--lock-fd", str(lock), "--", sys.executable, "-m", "trainer", "run", str(request.job_file),
-                       "--run-uri", request.run_uri]
+                       "--lock-fd", str(lock), "--",
+                       *trainer_command(str(request.job_file), request.run_uri, nproc, python=sys.executable)]
             with open(adir / OUTPUT_LOG, "ab") as log:
                 child = subprocess.Popen(command, cwd=request.workdir, env=self._env(request), stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock,))
@@ -106,6 +126,21 @@ class LocalBackend(Backend):
                 raise BackendError(f"the local attempt did not start within {timeout_s:.0f}s; see {adir / OUTPUT_LOG}")
             time.sleep(0.02)
         return Launched(handle, None, False, rate, rate)
+
+    def _processes(self, request: LaunchRequest) -> int:
+        """One trainer process per GPU the job asks for (torchrun for more than one). A machine with
+        fewer NVIDIA GPUs than that is refused; one with none runs the ranks on CPU (gloo)."""
+        wanted = request.gpu_count
+        if wanted <= 1:
+            return 1
+        found = nvidia_gpu_count()
+        if found is not None and found < wanted:
+            raise BackendError(f"the job asks for {wanted} GPUs (resources.gpu_count) and this machine has {found}; "
+                               f"lower gpu_count or use the runpod backend")
+        if request.report is not None:
+            where = f"one per GPU of {found}" if found else "on CPU with gloo: this machine shows no NVIDIA GPU"
+            request.report("launch", f"torchrun with {wanted} processes ({where})")
+        return wanted
 
     def _find(self, adir: Path) -> dict[str, Any] | None:
         """The handle of an attempt that was launched before: the runner's record, else the wrapper's own

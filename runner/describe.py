@@ -37,7 +37,8 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         record["cost"] = job_cost(state, job, now).to_dict()
         record["attempts"] = [
             {"id": a.id, "number": a.number, "state": a.state, "outcome": a.outcome, "exit_code": a.exit_code,
-             "detail": a.detail, "gpu": a.gpu, "spot": bool(a.spot), "rate_per_hour": a.rate_per_hour,
+             "detail": a.detail, "gpu": a.gpu, "gpu_count": a.gpu_count, "spot": bool(a.spot),
+             "rate_per_hour": a.rate_per_hour,
              "started": a.started, "ended": a.ended, "start_step": a.start_step, "end_step": a.end_step,
              "handle": a.handle}
             for a in state.attempts(job.id)

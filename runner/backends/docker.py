@@ -122,8 +122,9 @@ class DockerBackend(Backend):
         env[ENV_ATTEMPT_ID] = request.attempt_id
         env["PYTHONUNBUFFERED"] = "1"
         options: dict[str, Any] = {
-            "environment": env, "network_mode": "host", "shm_size": SHM_SIZE, "init": True, "nproc": 1,
-            "detach": True,
+            "environment": env, "network_mode": "host", "shm_size": SHM_SIZE, "init": True,
+            # One process per GPU asked for; without GPUs (a CPU engine) as many ranks on CPU with gloo.
+            "nproc": request.gpu_count, "detach": True,
         }
         if request.gpus:
             wanted = os.environ.get(ENV_GPUS, "").strip().lower() or str(request.gpu_count)

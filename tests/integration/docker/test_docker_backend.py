@@ -109,6 +109,31 @@ def test_quickstart_survives_docker_kill_and_docker_stop(docker_engine, docker_p
             remove_containers(docker_engine, tmp_path / "containers", label=f"{LABEL_JOB}={job_id}")
 
 
+def test_a_job_on_two_gpus_runs_torchrun_with_two_processes_in_its_container(docker_engine, docker_project,
+                                                                              project_image, tmp_path: Path):
+    """resources.gpu_count: 2 on an engine without GPUs: one container, torchrun, two gloo ranks."""
+    s3 = docker_project.s3
+    home = tmp_path / "runner-home"
+    env = runner_env(home, s3)
+    job_id = None
+    try:
+        done = subprocess.run([sys.executable, "-m", "runner", "submit", str(docker_project.jobs["docker-two-process"])],
+                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+        job_id = next(iter(_job_ids(home)), None)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        record = json.loads(_cli(env, "status", job_id, "--json").stdout)
+        assert record["state"] == "done" and [a["outcome"] for a in record["attempts"]] == ["done"]
+        container = docker_engine.containers.get(container_name(f"{job_id}-1"))
+        command = [*(container.attrs["Config"]["Entrypoint"] or []), *container.attrs["Config"]["Cmd"]]
+        assert command[:5] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"], command
+        log = Run(s3, record["run_uri"]).get(contract.TRAINER_LOG).decode()
+        assert "batch 16 per process x 2 process(es)" in log and "done at step 80" in log
+        assert "process group up: rank 0 of 2 (gloo)" in log
+    finally:
+        if job_id:
+            remove_containers(docker_engine, tmp_path / "containers", label=f"{LABEL_JOB}={job_id}")
+
+
 def _job_ids(home: Path) -> list[str]:
     if not (home / "state.db").exists():
         return []

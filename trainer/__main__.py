@@ -120,6 +120,8 @@ def _sync_log(storage) -> None:
 
 
 def _record_failure(storage, reporter_cls, error: str, code: int) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 alone writes status.json: its verdict is the one torchrun's exit is read with
     try:
         raw = storage.get_bytes(contract.STATUS)
         status = contract.Status.from_json(raw) if raw else contract.Status(contract.FAILED)

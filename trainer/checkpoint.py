@@ -30,7 +30,7 @@ import torch
 
 from trainer import contract
 from trainer.config import Checkpoint as CheckpointPolicy
-from trainer.storage import Storage, remove_stale_temp_files
+from trainer.storage import Storage, StorageError, remove_stale_temp_files
 
 log = logging.getLogger("trainer")
 
@@ -128,6 +128,12 @@ class CheckpointManager:
         self._last_save_time = time.monotonic()
         self.last_stall_s = time.perf_counter() - t0
         return self.last_stall_s
+
+    @property
+    def permanent_error(self) -> BaseException | None:
+        """The last write's error when no later write can succeed either (the bucket is gone, the
+        keys were revoked): training on would spend money on steps that can never be saved."""
+        return self.last_error if isinstance(self.last_error, StorageError) else None
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued is written. False on timeout or if the last write failed."""

@@ -322,6 +322,11 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     outcome: Outcome | None = None
     try:
         while step < max_steps and not progress.early_stopped:  # early_stopped: a resume after an early stop
+            # Storage that refuses for good (rank 0's writers; the other ranks stop with it): steps
+            # that can never be saved or reported are money spent for nothing.
+            refused = checkpoints.permanent_error or reporter.permanent_error
+            if refused is not None:
+                raise refused
             lr = lr_at(step, cfg, max_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -435,6 +440,8 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 checkpoints.save(step, snapshot)
         if world.is_main:
             if not checkpoints.flush():
+                if checkpoints.permanent_error is not None:
+                    raise checkpoints.permanent_error
                 raise RuntimeError(f"the last checkpoint could not be written: {checkpoints.last_error}")
             _write_final(recipe, model, ema, storage)
             reporter.finish(contract.DONE, step=step, exit_code=contract.EXIT_DONE)
@@ -500,6 +507,8 @@ def _fixed_val_batches(recipe: Recipe, cfg: TrainConfig, batch_size: int) -> lis
 
 class _Silent:
     """Stands in for the TensorBoard writer and the status reporter on ranks other than 0."""
+
+    permanent_error = None
 
     def __getattr__(self, _name: str):
         return lambda *args, **kwargs: None

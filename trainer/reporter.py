@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 
 from trainer import contract
-from trainer.storage import Storage
+from trainer.storage import Storage, StorageError
 
 log = logging.getLogger("trainer")
 
@@ -30,6 +30,8 @@ class Reporter:
         self._stop = threading.Event()
         self._last_sync = 0.0
         self._thread: threading.Thread | None = None
+        #: A refusal no retry can fix (keys revoked, bucket deleted): the loop stops on it.
+        self.permanent_error: StorageError | None = None
 
     def start(self) -> None:
         self.write()
@@ -63,6 +65,11 @@ class Reporter:
                 self.write()
                 if time.monotonic() - self._last_sync >= self.sync_s:
                     self.sync_files()
+            except StorageError as e:
+                # No later heartbeat can succeed either; the loop sees this and stops the run.
+                if self.permanent_error is None:
+                    log.error("status heartbeat refused: %s", e)
+                self.permanent_error = e
             except Exception as e:  # a missed heartbeat is not worth killing the run for
                 log.warning("status heartbeat failed: %s", e)
 

@@ -265,3 +265,36 @@ def test_misconfigured_storage_fails_fast_and_says_which(s3_bucket: S3Server, jo
     assert keys(s3.client(), s3.bucket, "run/") == []
     secrets_absent(s3, done.stdout, done.stderr)
     assert "x" * 40 not in done.stderr and "AKNOTAKEY0000000" not in done.stderr
+
+
+def test_keys_revoked_mid_run_stop_the_run_as_misconfigured_storage(s3_bucket: S3Server, job: Path,
+                                                                    tmp_path: Path) -> None:
+    """Training on when no checkpoint can ever be saved again only spends money: once S3 answers
+    InvalidAccessKeyId (the key was deleted), the trainer stops at the next step with exit 3, which
+    the runner does not retry, and says what to fix."""
+    s3 = s3_bucket
+    client = s3.client()
+    revoked = threading.Event()
+    with FaultProxy(s3.endpoint, lambda _n, _m, _p: "revoked" if revoked.is_set() else None) as proxy:
+        log = tmp_path / "trainer.log"
+        trainer = start_trainer(job, f"s3://{s3.bucket}/run", "--cache-dir", str(tmp_path / "cache"),
+                                env=s3.env(endpoint=proxy.url), log_path=log)
+        try:
+            wait_for(lambda: get(client, s3.bucket, "run/" + contract.LATEST + contract.CHECKSUM_SUFFIX)
+                     or trainer.poll() is not None, timeout=180, what="a checkpoint in the bucket")
+            revoked.set()
+            code = trainer.wait(timeout=120)
+        finally:
+            if trainer.poll() is None:
+                trainer.kill()
+        denied = proxy.counts().get("revoked", 0)
+    output = log.read_text()
+    assert code == contract.EXIT_STORAGE, output[-4000:]
+    assert denied >= 1
+    assert "wrong credentials" in output
+    assert not re.search(r"S3 retry: .*InvalidAccessKeyId", output), "a refusal is not worth retrying"
+    assert output.count("status heartbeat refused") == 1, "said once, not on every heartbeat"
+    steps = [int(s) for s in re.findall(r"step (\d+)/\d+", output)]
+    assert steps and max(steps) < FINAL_STEP, "it stopped instead of training on unsaved"
+    assert get(client, s3.bucket, "run/final/model.safetensors") is None
+    secrets_absent(s3, output)

@@ -84,12 +84,12 @@ class Commands:
         if dry_run:
             return _print_plan(spec_job, json)
 
-        from runner.backends import BackendUnavailable, get_backend
+        from runner.backends import BackendError, get_backend
 
         try:
-            get_backend(spec_job.backend)
-        except BackendUnavailable as e:
-            _fail(str(e))
+            get_backend(spec_job.backend).preflight(spec_job.spec.resources.gpu_count)
+        except BackendError as e:
+            _fail(f"{e}\nNothing was launched.")
         from runner.secret_guard import forwarded
 
         _values, missing = forwarded(spec_job.spec.secrets, os.environ)

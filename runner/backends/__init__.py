@@ -4,7 +4,9 @@ Backends are imported only when used, so ``python -m runner --help`` stays fast.
 
 from __future__ import annotations
 
-from runner.backends.base import Backend, BackendUnavailable
+from runner.backends.base import Backend, BackendError, BackendUnavailable
+
+__all__ = ["AVAILABLE", "PLANNED", "Backend", "BackendError", "BackendUnavailable", "get_backend"]
 
 #: Backends this version can run jobs on; the others are designed in but not built yet.
 AVAILABLE = ("local", "docker", "runpod")

@@ -112,6 +112,11 @@ class Observation:
 class Backend(abc.ABC):
     name: str
 
+    def preflight(self, gpu_count: int = 1) -> None:
+        """What can be checked before a job is recorded or anything launched (an engine to reach, the
+        GPUs asked for); :class:`BackendError` saying what to do when the job cannot run here."""
+        return None
+
     @abc.abstractmethod
     def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
         """Start the attempt, or find it if this attempt id was launched before. Returns once it

@@ -63,6 +63,9 @@ class DockerBackend(Backend):
         self._client = client
         self._out = out
 
+    def preflight(self, gpu_count: int = 1) -> None:
+        self.client  # noqa: B018 - connecting is the check: no engine, no job
+
     @property
     def client(self) -> Any:
         if self._client is None:

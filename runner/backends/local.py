@@ -68,6 +68,12 @@ def nvidia_gpu_count() -> int | None:
     return count
 
 
+def _check_gpus(wanted: int, found: int | None) -> None:
+    if found is not None and found < wanted:
+        raise BackendError(f"the job asks for {wanted} GPUs (resources.gpu_count) and this machine has {found}; "
+                           f"lower resources.gpu_count, or run it with --backend runpod")
+
+
 def _handle(pid: int, ident: str | None, adir: Path) -> dict[str, Any]:
     return {"pid": pid, "ident": ident, "attempt_dir": str(adir), "where": f"pid {pid} on this machine" if pid else "this machine"}
 
@@ -127,6 +133,10 @@ class LocalBackend(Backend):
             time.sleep(0.02)
         return Launched(handle, None, False, rate, rate)
 
+    def preflight(self, gpu_count: int = 1) -> None:
+        if gpu_count > 1:
+            _check_gpus(gpu_count, nvidia_gpu_count())
+
     def _processes(self, request: LaunchRequest) -> int:
         """One trainer process per GPU the job asks for (torchrun for more than one). A machine with
         fewer NVIDIA GPUs than that is refused; one with none runs the ranks on CPU (gloo)."""
@@ -134,9 +144,7 @@ class LocalBackend(Backend):
         if wanted <= 1:
             return 1
         found = nvidia_gpu_count()
-        if found is not None and found < wanted:
-            raise BackendError(f"the job asks for {wanted} GPUs (resources.gpu_count) and this machine has {found}; "
-                               f"lower gpu_count or use the runpod backend")
+        _check_gpus(wanted, found)
         if request.report is not None:
             where = f"one per GPU of {found}" if found else "on CPU with gloo: this machine shows no NVIDIA GPU"
             request.report("launch", f"torchrun with {wanted} processes ({where})")

@@ -332,6 +332,39 @@ class Commands:
         _print_cost_report(rep)
         return None
 
+    def curves(self, job: str, out: str | None = None, json: bool = False) -> None:
+        """Draw a job's loss curves (train and validation) from its run, one colour per attempt, with
+        the steps a preemption made it train twice shaded.
+
+        Args:
+            job: a job id, a unique prefix of one, or a job name (its newest job).
+            out: the picture to write (PNG, or any format matplotlib knows from the suffix);
+                default: <job id>-curves.png here.
+            json: also print the curves as JSON on stdout.
+        """
+        from runner.curves import plot_curves, read_segments, redone_steps
+
+        state = _open_state()
+        row = _find(state, job)
+        try:
+            segments = read_segments(row.run_uri, state.attempts(row.id))
+        except Exception as e:  # storage errors: which run, and why
+            _fail(f"cannot read the TensorBoard events of {row.id} under {row.run_uri}: {e}", code=1)
+        if not segments:
+            _fail(f"{row.id} has logged no loss yet (nothing under {row.run_uri}/tensorboard); try again once it "
+                  f"has trained a few steps", code=1)
+        try:
+            path = plot_curves(segments, out or f"{row.id}-curves.png", f"{row.name} ({row.id}): loss by step")
+        except ImportError:
+            _fail("curves needs matplotlib: pip install matplotlib (or the project's `plot` extra)")
+        redone = redone_steps(segments)
+        if json:
+            return _print_json({"job_id": row.id, "run_uri": row.run_uri, "plot": str(path),
+                                "segments": [s.to_dict(r) for s, r in zip(segments, redone, strict=True)]})
+        print(f"{path}: {len(segments)} attempt(s), steps {segments[0].first_step}–{max(s.last_step for s in segments)}"
+              + (f", {sum(redone)} steps trained twice after preemptions" if sum(redone) else ""))
+        return None
+
     def resume(self, job: str, budget: float | None = None, detach: bool = False, json: bool = False) -> None:
         """Go on with an ended job from its last checkpoint: one stopped over budget, cancelled or failed.
 

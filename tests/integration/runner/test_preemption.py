@@ -4,6 +4,7 @@ never interrupted."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -50,6 +51,19 @@ def test_killed_twice_relaunched_and_byte_identical(runner, tmp_path: Path):
     assert sha256_of(final) == sha256_of(tmp_path / "reference" / "final" / "model.safetensors")
     output = runner.output(submit)
     assert "preempted" in output and "relaunched" in output and f"{job_id} done" in output
+
+    # The loss curves, one segment per attempt, drawn: what was trained twice is what the SIGKILL
+    # lost (back to attempt 1's last checkpoint); after SIGTERM's emergency checkpoint, nothing.
+    picture = tmp_path / "curves.png"
+    curves = runner.run("curves", job_id, "--out", str(picture), "--json", timeout=120)
+    assert curves.returncode == 0, curves.stderr
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    segments = json.loads(curves.stdout)["segments"]
+    assert [s["label"] for s in segments] == ["attempt 1", "attempt 2", "attempt 3"]
+    assert segments[-1]["last_step"] == 300 and all(s["val"] for s in segments[1:])
+    a1, a2, _ = runner.state().attempts(job_id)
+    assert segments[1]["redone_steps"] == segments[0]["last_step"] - a1.last_checkpoint_step
+    assert a2.last_checkpoint_step == a2.end_step and segments[2]["redone_steps"] == 0
 
 
 def test_a_hung_trainer_is_noticed_by_its_stale_heartbeat_and_relaunched(runner, tmp_path: Path):

@@ -24,7 +24,7 @@ DDP_JOB = {
         "threads": 1,  # two processes on two cores
         "checkpoint": {"every_steps": 10, "keep_last": 2},
         "eval": {"every_steps": 20, "batches": 4},
-        "logging": {"heartbeat_seconds": 0.5},
+        "logging": {"heartbeat_seconds": 0.1, "every_steps": 2},
     }
 }
 
@@ -91,12 +91,16 @@ def test_sigkill_of_the_whole_group_then_resume_is_bit_exact(ddp_job, reference,
     log = tmp_path / "torchrun.out"
     rng = random.Random(8)
     for round_no in range(3):
+        # A random step of each round's stretch, each past the one before (so every round resumes and
+        # trains on) and short of the end: on an idle machine a round trains 20 steps a second, too
+        # fast for a random delay to land before the run is done.
+        target = 12 + 20 * round_no + rng.randint(0, 8)
         proc = torchrun(ddp_job, run, log=log)
         try:
-            wait_for(lambda p=proc: _status(run).get("pid") in _ranks(p.pid) or p.poll() is not None,
-                     timeout=90, what="rank 0 of this launch to start training")
+            wait_for(lambda p=proc, t=target: (_status(run).get("pid") in _ranks(p.pid)
+                                               and _status(run).get("step", 0) >= t) or p.poll() is not None,
+                     timeout=90, interval=0.01, what=f"rank 0 of this launch at step {target}")
             assert proc.poll() is None, f"round {round_no}: torchrun ended early: {log.read_text()[-2000:]}"
-            time.sleep(rng.uniform(0.3, 2.5))  # a random moment is the point of this round
         finally:
             ranks = _ranks(proc.pid)
             kill_all(proc)

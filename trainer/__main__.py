@@ -6,9 +6,11 @@ emergency checkpoint, 2 invalid job file, 3 storage misconfigured, 4 diverged, 1
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
 
 from trainer import contract
 
@@ -120,8 +122,21 @@ def _sync_log(storage) -> None:
 
 
 def _record_failure(storage, reporter_cls, error: str, code: int) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # rank 0 alone writes status.json: its verdict is the one torchrun's exit is read with
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if rank != 0:
+        # Rank 0 alone writes status.json (its verdict is what torchrun's exit is read with); this
+        # rank's error goes beside the log, for rank 0 to name in it.
+        record = {"rank": rank, "attempt": os.environ.get(contract.ENV_ATTEMPT_ID, ""), "time": time.time(),
+                  "error": error}
+        try:
+            storage.put_bytes(contract.RANK_ERROR.format(rank=rank), json.dumps(record).encode())
+        except Exception as e:
+            logging.getLogger("trainer").warning("could not record rank %d's failure: %s", rank, e)
+        return
+    if world > 1:
+        first = _peer_error(storage, world, before=time.time())
+        if first:
+            error = f"rank 0: {error}\n{first}"  # the cause last: the runner shows the last line
     try:
         raw = storage.get_bytes(contract.STATUS)
         status = contract.Status.from_json(raw) if raw else contract.Status(contract.FAILED)
@@ -130,6 +145,29 @@ def _record_failure(storage, reporter_cls, error: str, code: int) -> None:
         logging.getLogger("trainer").warning("could not record the failure in status.json: %s", e)
 
 
+def _peer_error(storage, world: int, before: float) -> str | None:
+    """The error of another rank that failed in this launch before ``before``, as one line.
+
+    A rank that crashes records its error before it exits, and its exit is what breaks rank 0's
+    next collective: by the time rank 0 fails with "connection closed by peer", the cause is there.
+    One that failed after rank 0 (broken by rank 0's own failure) is not the cause."""
+    found = []
+    for rank in range(1, world):
+        try:
+            raw = storage.get_bytes(contract.RANK_ERROR.format(rank=rank))
+            record = json.loads(raw) if raw else None
+        except Exception:
+            record = None
+        if record and _STARTED - 1 <= record.get("time", 0) <= before:  # this launch's, and first
+            found.append(record)
+    if not found:
+        return None
+    first = min(found, key=lambda r: r["time"])
+    lines = str(first["error"]).strip().splitlines() or ["?"]
+    return f"rank {first['rank']} failed first: {lines[-1][:500]}"
+
+
+_STARTED = time.time()
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 

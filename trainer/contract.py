@@ -49,6 +49,9 @@ LOGS_DIR = "logs"
 TRAINER_LOG = "logs/trainer.log"
 #: Sidecar written after each checkpoint: ``{"sha256": ..., "size": ..., "step": ...}``.
 CHECKSUM_SUFFIX = ".sha256"
+#: Under torchrun, what a rank other than 0 failed with (JSON: rank, attempt, time, error). Only rank 0
+#: writes status.json; it reads these back so the failure it records names the rank that failed first.
+RANK_ERROR = "logs/rank-{rank}.error.json"
 
 _STEP_RE = re.compile(r"^checkpoints/step-(\d+)\.pt$")
 

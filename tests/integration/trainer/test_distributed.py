@@ -167,3 +167,26 @@ def test_two_processes_and_one_with_the_same_global_batch_train_alike(tmp_path):
         assert abs(x - y) / x < 0.03, (a, b)
     assert "batch 32 per process x 1 process(es)" in (one / contract.TRAINER_LOG).read_text()
     assert "batch 16 per process x 2 process(es)" in (two / contract.TRAINER_LOG).read_text()
+
+
+def test_a_crash_on_one_rank_is_recorded_by_rank_0_naming_that_rank(tmp_path):
+    """Rank 1 raises; rank 0 then fails only with gloo's "connection closed by peer". status.json,
+    written by rank 0 alone, still ends with rank 1's own error, which is what the runner shows."""
+    job = make_job(tmp_path, {"train": {**DDP_JOB["train"], "model": {
+        "recipe": "tests.fixtures.crash_once:build", "n_embd": None, "n_layer": None, "n_head": None, "dropout": None,
+        "options": {"crash_at_call": 15, "rank": 1, "model": {"n_embd": 64, "n_layer": 2, "n_head": 4}},
+    }}})
+    run, log = tmp_path / "run", tmp_path / "torchrun.out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "trainer", "run",
+         str(job), "--run-uri", str(run)], stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT,  # noqa: SIM115
+        env=trainer_env(OMP_NUM_THREADS="1", CRASH_ONCE_MARKER=str(tmp_path / "crashed")))
+    try:
+        assert proc.wait(timeout=180) == 1, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill_all(proc)
+    status = contract.Status.from_json((run / contract.STATUS).read_bytes())
+    assert status.state == contract.FAILED and status.exit_code == contract.EXIT_FAILED
+    assert status.pid != 0 and "rank 0:" in status.error, status.error
+    assert status.error.strip().splitlines()[-1] == "rank 1 failed first: RuntimeError: simulated transient crash"

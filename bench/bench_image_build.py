@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import io
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from rich.console import Console  # noqa: E402
 
 from runner.backends.docker_client import connect  # noqa: E402
 from runner.backends.docker_image import ImageSettings, build, plan_build  # noqa: E402
+from tests.fixtures.jobs import copy_project  # noqa: E402
 
 BASE = "spot-runner-base:cpu"
 BENCH_BASE = "spot-runner-bench-base"
@@ -63,17 +63,6 @@ print(len(gone))
 
 def console() -> Console:
     return Console(stderr=True, highlight=False)
-
-
-def copy_project(dest: Path) -> Path:
-    for rel in PROJECT:
-        src, dst = ROOT / rel, dest / rel
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-    return dest
 
 
 def requirements() -> list[str]:
@@ -138,7 +127,7 @@ def main() -> None:
     base = bench_base(client, log)
     built: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        project = copy_project(Path(tmp) / "project")
+        project = copy_project(Path(tmp) / "project", PROJECT)
         job = project / "jobs" / "quickstart.yaml"
         logs = Path(tmp) / "logs"
         logs.mkdir()

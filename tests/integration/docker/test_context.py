@@ -11,7 +11,7 @@ import pytest
 
 from runner.backends.base import BackendError
 from runner.backends.docker_image import context_files, context_tar, job_path_in_image
-from tests.fixtures.docker import copy_project
+from tests.fixtures.jobs import copy_project
 
 CODE = ("Dockerfile", ".dockerignore", "pyproject.toml", "runner", "trainer", "infra/image_requirements.py",
         "jobs/quickstart.yaml", "jobs/data")

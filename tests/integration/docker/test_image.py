@@ -11,8 +11,9 @@ from pathlib import Path
 from rich.console import Console
 
 from runner.backends.docker_image import LABEL_INPUTS, ImageSettings, ensure_image, plan_build
-from tests.fixtures.docker import BASE_IMAGE, copy_project, write_job
+from tests.fixtures.docker import BASE_IMAGE, PROJECT_FILES, write_job
 from tests.fixtures.docker_registry import registry
+from tests.fixtures.jobs import copy_project
 
 
 def quiet(path: Path) -> Console:
@@ -63,7 +64,7 @@ def test_the_built_image_holds_none_of_the_secrets_around_its_build(docker_engin
     for name in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "RUNPOD_API_KEY"):
         monkeypatch.setenv(name, values[name])
     # ...and in files of the project, where people keep them.
-    project = copy_project(tmp_path / "project")
+    project = copy_project(tmp_path / "project", PROJECT_FILES)
     planted = {
         ".env": f"AWS_SECRET_ACCESS_KEY={values['dotenv']}\n",
         "jobs/.env": f"HF_TOKEN={values['nested_dotenv']}\n",

@@ -9,7 +9,6 @@ S3 credentials forwarded by name) and a shorter run."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from runner.state import State
-from tests.fixtures.jobs import QUICKSTART, ROOT, deep_merge, trainer_env
+from tests.fixtures.jobs import copy_project, trainer_env, write_s3_job
 from tests.fixtures.runpod_emulator import RunPodEmulator
 from tests.fixtures.runpod_pods import Image
 from tests.fixtures.s3 import S3Server
@@ -38,33 +36,13 @@ ENDLESS = {"train": {"max_steps": 1_000_000, "eval": {"every_steps": 1_000_000}}
 
 
 def write_job(project: Path, s3: S3Server, overrides: dict | None = None, name: str = "quickstart") -> Path:
-    doc = yaml.safe_load(QUICKSTART.read_text())
-    doc = deep_merge(doc, {
-        "image": {"name": IMAGE},
-        "storage": f"s3://{s3.bucket}/runs",
-        "env": {"AWS_ENDPOINT_URL_S3": s3.endpoint, "AWS_REGION": s3.region},
-        "secrets": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
-        "retry": {"backoff_seconds": 1},
-        "train": SHORT,
-    })
-    doc = deep_merge(doc, overrides or {})
-    path = project / "jobs" / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return write_s3_job(project / "jobs" / f"{name}.yaml", s3, f"s3://{s3.bucket}/runs",
+                        {"image": {"name": IMAGE}, "train": SHORT}, overrides or {})
 
 
 @pytest.fixture
 def runpod_project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for rel in PROJECT_FILES:
-        src, dst = ROOT / rel, root / rel
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=ignore)
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-    return root
+    return copy_project(tmp_path / "project", PROJECT_FILES)
 
 
 @pytest.fixture

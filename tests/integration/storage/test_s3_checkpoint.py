@@ -22,14 +22,6 @@ POLICY = Checkpoint(every_steps=1, every_minutes=None, keep_last=2)
 
 
 @pytest.fixture
-def env(s3_bucket: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    for name, value in s3_bucket.env().items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
-    return s3_bucket
-
-
-@pytest.fixture
 def proxy(env: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
     with FaultProxy(env.endpoint, stall_s=60) as p:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", p.url)

@@ -18,14 +18,6 @@ from trainer.storage_s3 import MiB, S3Storage, StorageUnavailable
 
 
 @pytest.fixture
-def env(s3_bucket: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    for name, value in s3_bucket.env().items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
-    return s3_bucket
-
-
-@pytest.fixture
 def proxy(env: S3Server) -> Iterator[FaultProxy]:
     with FaultProxy(env.endpoint, stall_s=30) as p:
         yield p

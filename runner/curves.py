@@ -32,6 +32,11 @@ class Segment:
         steps = [s for s, _ in self.train + self.val]
         return max(steps) if steps else None
 
+    @property
+    def resume_step(self) -> int:
+        """The step it resumed from: its attempt's checkpoint; else (about) its first logged step."""
+        return self.resumed_from if self.resumed_from is not None else (self.first_step or 1) - 1
+
     def to_dict(self, redone: int) -> dict:
         return {"label": self.label, "created": self.created, "first_step": self.first_step,
                 "last_step": self.last_step, "train": self.train, "val": self.val, "redone_steps": redone}
@@ -64,10 +69,8 @@ def redone_steps(segments: list[Segment]) -> list[int]:
     """Per segment: the steps it trained again that the one before had already done."""
     out, reached = [], None
     for seg in segments:
-        # Where it resumed: its attempt's start step; else (approximately) its first logged step.
-        start = seg.resumed_from if seg.resumed_from is not None else (seg.first_step or 1) - 1
         # The previous segments' last logged step: what they reached, to within a logging interval.
-        out.append(max(0, reached - start) if reached is not None else 0)
+        out.append(max(0, reached - seg.resume_step) if reached is not None else 0)
         if seg.last_step is not None:
             reached = max(reached or 0, seg.last_step)
     return out
@@ -90,7 +93,6 @@ def plot_curves(segments: list[Segment], path: str | Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
     colors = plt.get_cmap("tab10").colors
-    reached = None
     for i, (seg, redone) in enumerate(zip(segments, redone_steps(segments), strict=True)):
         color = colors[i % len(colors)]
         if seg.train:
@@ -102,12 +104,11 @@ def plot_curves(segments: list[Segment], path: str | Path, title: str) -> Path:
             ax.annotate(f"{seg.label} resumes at step {resumed}", (resumed, 0.0), xycoords=("data", "axes fraction"),
                         xytext=(3, 4), textcoords="offset points", rotation=90, fontsize=8, color=color,
                         va="bottom")
-        if redone and reached is not None:
-            ax.axvspan(reached - redone + 1, reached, color="#d62728", alpha=0.12, linewidth=0)
+        if redone:  # steps resume_step+1 .. what the attempts before had reached
+            reached = seg.resume_step + redone
+            ax.axvspan(seg.resume_step + 1, reached, color="#d62728", alpha=0.12, linewidth=0)
             ax.annotate(f"{redone} steps redone", (reached, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(-4, -14), textcoords="offset points", ha="right", fontsize=8, color="#d62728")
-        if seg.last_step is not None:
-            reached = max(reached or 0, seg.last_step)
     # Validation is one curve across attempts: every attempt evaluates the same held-out batches.
     val = sorted({s: v for seg in segments for s, v in seg.val}.items())
     if val:

@@ -859,26 +859,46 @@ def _print_simulation(scenario, notes: list[str], results, lines: list[str]) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    import contextlib
-
     import fire
+
+    from runner import cli_args
 
     # fire reads docstrings through IPython when it is installed: 0.3 s of imports for every --help.
     # Its own fallback reads the same docstrings; the runner never needs IPython.
     sys.modules.setdefault("IPython", None)  # type: ignore[arg-type]
     args = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in args and any(a in ("-h", "--help") for a in args):
-        # Help is output the user asked for: print it on stdout (fire writes it to stderr).
-        args = [a for a in args if a not in ("-h", "--help")] + ["--", "--help"]
-        with contextlib.redirect_stderr(sys.stdout):
-            fire.Fire(Commands(), command=args, name="runner")
+    commands = Commands()
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(cli_args.main_help(commands))
         return
-    if args and os.environ.get("RUNPOD_API_KEY"):  # pods left behind are terminated before anything else
+    if args[0] in ("--version", "-V", "version"):
+        print(f"runner {_version()}")
+        return
+    if args[0] in cli_args.commands(commands) and any(a in ("-h", "--help") for a in args[1:]):
+        print(cli_args.command_help(commands, args[0]))
+        return
+    # The whole line is checked before anything runs: fire would run the command with what it could
+    # match and only then complain, so a misspelled --dryrun used to launch the job.
+    try:
+        name, _words, options = cli_args.parse(commands, args)
+    except cli_args.UsageError as e:
+        _fail(str(e))
+    if os.environ.get("RUNPOD_API_KEY"):  # pods left behind are terminated before anything else
         from runner.runpod.commands import RECONCILING, reconcile_pods
 
-        if args[0] in RECONCILING:
+        if name in RECONCILING:
             reconcile_pods()
-    fire.Fire(Commands(), command=args, name="runner")
+    spec = cli_args.params(cli_args.commands(commands)[name])
+    fire.Fire(commands, command=cli_args.canonical(name, spec, options), name="runner")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spot-runner")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0.1.0 (not installed)"
 
 
 if __name__ == "__main__":

@@ -49,6 +49,13 @@ class Image(_Section):
     push_to: str | None = Field(None, min_length=1)
 
 
+def _volume_size(value: int) -> int:
+    # RunPod's PersistentMount.size has "a 10 GB floor" (tests/fixtures/runpod_openapi/create-a-pod.yaml)
+    if 0 < value < 10:
+        raise ValueError(f"RunPod's smallest volume is 10 GB; give 10 or more, or 0 for none (got {value})")
+    return value
+
+
 class Resources(_Section):
     #: A GPU alias (``rtx3090``), a RunPod GPU type id, or a list of them to fail over through.
     gpu: str | list[str] | None = None
@@ -61,7 +68,8 @@ class Resources(_Section):
     #: a little over the minimum keeps a pod from being outbid at the first change in price.
     bid_margin_per_gpu: float = Field(0.01, ge=0)
     container_disk_gb: int = Field(50, ge=1)
-    volume_gb: int = Field(0, ge=0)
+    #: A volume disk kept across stops (mounted at /workspace); 0 for none.
+    volume_gb: Annotated[int, AfterValidator(_volume_size)] = Field(0, ge=0)
 
 
 class Budget(_Section):

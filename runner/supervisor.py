@@ -338,6 +338,8 @@ class JobSupervisor:
         if billed is not None:
             self.state.settle_segment(attempt.id, started=billed.started, ended=billed.ended, usd=billed.usd,
                                       storage_usd=billed.storage_usd)
+            if billed.note:
+                self._event("billing_mismatch", billed.note, attempt.id)
 
     def _over_budget(self, attempt: st.AttemptRow) -> bool:
         budget = (self.spec.get("budget") or {}).get("max_usd")

@@ -70,12 +70,15 @@ class LaunchRequest:
 
 @dataclass(frozen=True)
 class Billed:
-    """What the provider says it billed for an attempt: its own start and end, and the amount."""
+    """What an attempt's machine cost: when it ran (its own timeline: None when unknown) and what the
+    provider billed for it. ``note`` says where the two disagree (dollars that the running time at
+    the machine's rate does not explain), so a mismatch is shown, not hidden."""
 
-    started: float  # unix seconds
-    ended: float
+    started: float | None  # unix seconds
+    ended: float | None
     usd: float  # compute (GPU and CPU)
     storage_usd: float = 0.0  # disks
+    note: str | None = None
 
 
 @dataclass(frozen=True)

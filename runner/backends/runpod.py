@@ -21,7 +21,6 @@ import secrets as token
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -138,12 +137,13 @@ class RunPodBackend(Backend):
     def poll(self, handle: dict[str, Any]) -> Observation:
         from runner.runpod.errors import RunPodError
         from runner.runpod.observe import observe
+        from runner.runpod.timeline import PodTimeline
 
         last = self._looked.get(handle["pod_id"])
         if last is not None and time.monotonic() - last[0] < float(os.environ.get(ENV_POLL_SECONDS, "5")):
             return last[1]
         try:
-            obs = observe(self.client, handle, self._status_reader(handle))
+            obs = observe(self.client, handle, self._status_reader(handle), PodTimeline.load(handle["pod_id"]))
         except RunPodError as e:  # RunPod not answering for a while: the pod is presumed alive, look again
             return Observation("running", detail=f"RunPod not answering: {e}")
         if obs.state == "running":
@@ -173,23 +173,37 @@ class RunPodBackend(Backend):
     def stop(self, handle: dict[str, Any], grace_s: float = 60.0, timeout_s: float = 30.0) -> Observation:
         """Stop the pod (RunPod sends SIGTERM: an emergency checkpoint), wait up to ``grace_s`` for it
         to exit, then terminate it, so it bills nothing more. Returns how the attempt ended."""
-        from runner.runpod.client import ALIVE
+        from runner.runpod.client import ALIVE, RUNNING
         from runner.runpod.errors import Conflict, NotFound, RunPodError
         from runner.runpod.observe import observe
+        from runner.runpod.timeline import PodTimeline
 
         pod_id = handle["pod_id"]
-        try:
+        timeline = PodTimeline.load(pod_id)
+
+        def look() -> Any:
+            seen_at = time.time()
             pod = self.client.get_pod(pod_id)
+            if pod is not None and pod.status == RUNNING:
+                timeline.running(pod.started_at, seen_at, pod.cost_per_hour)
+                timeline.save()
+            return pod
+
+        try:
+            pod = look()
             if pod is not None and pod.status in ALIVE and grace_s > 0:
                 with contextlib.suppress(Conflict, NotFound):
                     self.client.action(pod_id, "stop")
                 deadline = time.monotonic() + grace_s
-                while (pod := self.client.get_pod(pod_id)) is not None and pod.status in ALIVE:
+                while (pod := look()) is not None and pod.status in ALIVE:
                     if time.monotonic() > deadline:
                         break
                     time.sleep(STOP_POLL_SECONDS)
-            obs = observe(self.client, handle, self._status_reader(handle))
+            obs = observe(self.client, handle, self._status_reader(handle), timeline)
+            before = time.time()
             self.client.terminate(pod_id)
+            timeline.terminated((before + time.time()) / 2)  # ends a still-running interval, exactly
+            timeline.save()
             deadline = time.monotonic() + timeout_s
             while (pod := self.client.get_pod(pod_id)) is not None and pod.status != "TERMINATED":
                 if time.monotonic() > deadline:
@@ -205,23 +219,26 @@ class RunPodBackend(Backend):
 
     # --- billing ----------------------------------------------------------------------------------
     def billed(self, handle: dict[str, Any]) -> Billed | None:
-        """RunPod's billing records of the attempt's pod (None when it has none yet)."""
+        """When the attempt's pod ran, from its own timeline (:mod:`runner.runpod.timeline`), and what
+        RunPod billed for it, from its billing buckets (None when it has billed nothing yet)."""
         from runner.runpod.errors import RunPodError
+        from runner.runpod.timeline import PodTimeline
 
+        pod_id = handle["pod_id"]
+        timeline = PodTimeline.load(pod_id)
+        since = timeline.started or float(handle.get("created") or time.time())
         try:
-            records = self.client.billing(pod_id=handle["pod_id"])
+            # hour buckets from the hour the pod started: RunPod snaps the window to bucket edges, so
+            # the records cover the whole pod; only their amounts matter, never their edges
+            records = [r for r in self.client.billing(pod_id=pod_id, since=since - 1, bucket_size="hour")
+                       if r.pod_id == pod_id]
         except RunPodError:
             return None
-        records = [r for r in records if r.pod_id == handle["pod_id"]]
         if not records:
             return None
-        try:
-            started = min(_unix(r.start) for r in records)
-            ended = max(_unix(r.end) for r in records)
-        except ValueError:
-            return None
+        usd = sum(r.gpu_usd + r.cpu_usd for r in records)
         disk = sum(r.disk_usd for r in records)
-        return Billed(started, ended, sum(r.total_usd for r in records) - disk, disk)
+        return Billed(timeline.started, timeline.ended, usd, disk, note=_mismatch(timeline, usd))
 
     # --- logs -------------------------------------------------------------------------------------
     def logs(self, handle: dict[str, Any], follow: bool = False,
@@ -246,10 +263,12 @@ class RunPodBackend(Backend):
         stop = threading.Event()
 
         def pump() -> None:
+            last_id = None  # a reopened stream resumes after the last line shown (Last-Event-ID)
             try:
                 while not stop.is_set():
-                    for line in self.client.log_lines(pod_id, follow=True):
-                        lines.put(line)
+                    for event in self.client.logs(pod_id, follow=True, last_event_id=last_id):
+                        lines.put(event.line)
+                        last_id = event.event_id or last_id
                         if stop.is_set():
                             return
                     pod = self.client.get_pod(pod_id)
@@ -269,7 +288,21 @@ class RunPodBackend(Backend):
             stop.set()
 
 
-def _unix(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+#: Billed compute dollars may differ from running time × rate by this much before it is reported:
+#: per-second billing and the runner's view of a pod's end (to about a second) differ a little.
+MISMATCH_TOLERANCE = 0.02
+
+
+def _mismatch(timeline: Any, usd: float) -> str | None:
+    """A sentence when RunPod billed a pod differently from its running time at its rate."""
+    if not timeline.cost_per_hour or timeline.ended is None:
+        return None
+    seconds = timeline.running_seconds()
+    expected = seconds * timeline.cost_per_hour / 3600
+    if abs(usd - expected) <= max(0.01, MISMATCH_TOLERANCE * expected):
+        return None
+    return (f"RunPod billed ${usd:.4f} of compute for pod {timeline.pod_id}, but it ran {seconds / 3600:.3f} h at "
+            f"${timeline.cost_per_hour:.3f}/h = ${expected:.4f} as the runner saw it; the cost report uses RunPod's "
+            f"dollars and the pod's own running time")
 
 

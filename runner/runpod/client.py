@@ -8,19 +8,40 @@ runner needs, and no pod object is ever stored or printed whole."""
 from __future__ import annotations
 
 import contextlib
+import json
+import re
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
 from runner.runpod import graphql as gql
-from runner.runpod.errors import NotFound
+from runner.runpod.errors import NotFound, RunPodError
 from runner.runpod.http import Transport
+
+#: The most lines RunPod backfills from a pod's log (``tail``, 0–5000).
+LOG_BACKFILL_MAX = 5000
 
 # Pod statuses (REST v2).
 PROVISIONING, STARTING, RUNNING, EXITED, ERROR, TERMINATED = (
     "PROVISIONING", "STARTING", "RUNNING", "EXITED", "ERROR", "TERMINATED")
 ALIVE = (PROVISIONING, STARTING, RUNNING)
+
+
+def parse_time(text: Any) -> float | None:
+    """Unix seconds of an RFC 3339 time as RunPod writes it (``2026-12-01T12:00:00.123Z``), or None."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -32,18 +53,21 @@ class Pod:
     gpu_id: str | None
     gpu_count: int
     cloud: str | None
-    uptime_seconds: float | None
+    uptime_seconds: float | None  # runtime.uptime: seconds since the *container* started (RUNNING only)
+    started_at: float | None = None  # startedAt: when the pod last went to RUNNING
+    created_at: float | None = None
 
     @classmethod
     def from_rest(cls, raw: dict[str, Any]) -> Pod:
+        """A v2 ``Pod`` (tests/fixtures/runpod_openapi/get-a-pod.yaml)."""
         gpu = raw.get("gpu") or {}
         runtime = raw.get("runtime") or {}
-        return cls(id=str(raw["id"]), name=str(raw.get("name") or ""),
-                   status=str(raw.get("status") or raw.get("desiredStatus") or "").upper(),
-                   cost_per_hour=float(raw.get("cost") or raw.get("costPerHr") or 0.0),
+        return cls(id=str(raw["id"]), name=str(raw.get("name") or ""), status=str(raw.get("status") or "").upper(),
+                   cost_per_hour=float(raw.get("cost") or 0.0),
                    gpu_id=gpu.get("id") if isinstance(gpu, dict) else None,
                    gpu_count=int(gpu.get("count") or 1) if isinstance(gpu, dict) else 1,
-                   cloud=raw.get("cloud"), uptime_seconds=runtime.get("uptime") if isinstance(runtime, dict) else None)
+                   cloud=raw.get("cloud"), uptime_seconds=runtime.get("uptime") if isinstance(runtime, dict) else None,
+                   started_at=parse_time(raw.get("startedAt")), created_at=parse_time(raw.get("createdAt")))
 
 
 @dataclass(frozen=True)
@@ -61,52 +85,115 @@ class PodDetails:
         """An interrupted spot pod reads "Exited by Runpod…"; a stop by its owner "Exited by user"."""
         return self.desired_status == EXITED and "by runpod" in self.last_status_change.lower()
 
+    @property
+    def changed_at(self) -> float | None:
+        """When the last change happened: RunPod appends a JavaScript ``Date.toString()`` to the reason
+        ("Exited by Runpod: Tue Dec 01 2026 12:31:47 GMT+0000 (Coordinated Universal Time)"); to the second."""
+        m = _JS_DATE.search(self.last_status_change)
+        if not m:
+            return None
+        try:
+            return datetime.strptime(f"{m.group(1)} {m.group(2)}", "%b %d %Y %H:%M:%S %z").timestamp()
+        except ValueError:
+            return None
+
+
+_JS_DATE = re.compile(r"\w{3} (\w{3} \d{1,2} \d{4} \d{2}:\d{2}:\d{2}) GMT([+-]\d{4})")
+
+
+@dataclass(frozen=True)
+class CloudPrice:
+    """One GPU type in one cloud, USD per GPU-hour."""
+
+    on_demand: float | None = None
+    spot: float | None = None  # the listed spot price (secureSpotPrice / communitySpotPrice)
+    minimum_bid: float | None = None  # lowestPrice(secureCloud: …).minimumBidPrice, live
+    stock: str | None = None
+
 
 @dataclass(frozen=True)
 class GpuOffer:
-    """One GPU type's live prices (USD per GPU-hour) and stock."""
+    """One GPU type's live prices per cloud, and its stock. On-demand prices and stock come from the
+    REST v2 catalog (``price: {secure, community}``, ``availability``); v2 has no spot prices, so those
+    and the minimum bids come from GraphQL ``gpuTypes`` while RunPod still offers spot."""
 
     id: str
     display_name: str
     memory_gb: int
-    secure_price: float | None
-    community_price: float | None
-    secure_spot_price: float | None
-    community_spot_price: float | None
-    minimum_bid: float | None = None
-    on_demand_price: float | None = None  # lowestPrice.uninterruptablePrice
-    stock: str | None = None
+    secure: CloudPrice = field(default_factory=CloudPrice)
+    community: CloudPrice = field(default_factory=CloudPrice)
+    stock: str | None = None  # v2 availability: NONE, LOW, MEDIUM, HIGH
 
-    def price(self, cloud: str, spot: bool) -> float | None:
-        if cloud == "SECURE":
-            return self.secure_spot_price if spot else self.secure_price
-        return self.community_spot_price if spot else self.community_price
+    def cloud(self, cloud: str) -> CloudPrice:
+        return self.secure if cloud == "SECURE" else self.community
+
+    def lowest(self, attr: str) -> float | None:
+        return min((v for v in (getattr(self.secure, attr), getattr(self.community, attr)) if v), default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def from_raw(cls, raw: dict[str, Any]) -> GpuOffer:
-        lowest = raw.get("lowestPrice") or {}
+    def from_dict(cls, raw: dict[str, Any]) -> GpuOffer:
+        return cls(**{**raw, "secure": CloudPrice(**raw["secure"]), "community": CloudPrice(**raw["community"])})
 
-        def num(value: Any) -> float | None:
-            return None if value in (None, "") else float(value)
+    @classmethod
+    def from_catalog(cls, raw: dict[str, Any]) -> GpuOffer:
+        """A v2 ``GpuType`` (tests/fixtures/runpod_openapi/list-gpus.yaml)."""
+        price = raw.get("price") or {}
+        return cls(id=str(raw["id"]), display_name=str(raw.get("name") or ""), memory_gb=int(raw.get("memory") or 0),
+                   secure=CloudPrice(on_demand=_num(price.get("secure")) if raw.get("secure", True) else None),
+                   community=CloudPrice(on_demand=_num(price.get("community")) if raw.get("community", True) else None),
+                   stock=raw.get("availability"))
 
-        return cls(id=str(raw.get("id") or raw.get("gpuId")), display_name=str(raw.get("displayName") or ""),
-                   memory_gb=int(raw.get("memoryInGb") or 0), secure_price=num(raw.get("securePrice")),
-                   community_price=num(raw.get("communityPrice")), secure_spot_price=num(raw.get("secureSpotPrice")),
-                   community_spot_price=num(raw.get("communitySpotPrice")),
-                   minimum_bid=num(lowest.get("minimumBidPrice", raw.get("minimumBidPrice"))),
-                   on_demand_price=num(lowest.get("uninterruptablePrice", raw.get("uninterruptablePrice"))),
-                   stock=lowest.get("stockStatus") or raw.get("stockStatus"))
+    def with_spot(self, raw: dict[str, Any]) -> GpuOffer:
+        """Spot prices and per-cloud minimum bids from a GraphQL ``gpuTypes`` entry (:data:`gql.GPU_PRICES`)."""
+
+        def cloud(old: CloudPrice, listed: Any, lowest: Any) -> CloudPrice:
+            lowest = lowest or {}
+            return CloudPrice(on_demand=old.on_demand if old.on_demand is not None
+                              else _num(lowest.get("uninterruptablePrice")),
+                              spot=_num(listed), minimum_bid=_num(lowest.get("minimumBidPrice")),
+                              stock=lowest.get("stockStatus"))
+
+        return replace(self, display_name=self.display_name or str(raw.get("displayName") or ""),
+                       memory_gb=self.memory_gb or int(raw.get("memoryInGb") or 0),
+                       secure=cloud(self.secure, raw.get("secureSpotPrice"), raw.get("secure")),
+                       community=cloud(self.community, raw.get("communitySpotPrice"), raw.get("community")))
+
+    @classmethod
+    def from_graphql(cls, raw: dict[str, Any]) -> GpuOffer:
+        base = cls(id=str(raw["id"]), display_name=str(raw.get("displayName") or ""),
+                   memory_gb=int(raw.get("memoryInGb") or 0),
+                   secure=CloudPrice(on_demand=_num(raw.get("securePrice"))),
+                   community=CloudPrice(on_demand=_num(raw.get("communityPrice"))))
+        return base.with_spot(raw)
+
+
+def _num(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
 
 
 @dataclass(frozen=True)
 class BillingRecord:
+    """One time bucket of a pod's bill (``GET /v2/billing/pods``): ``start``/``end`` are the
+    *bucket's* edges (an hour, a day, …), not when the pod ran; only the amounts say what it cost."""
+
     pod_id: str
-    start: str  # ISO 8601, as RunPod gives it
-    end: str
+    bucket_start: float
+    bucket_end: float
     total_usd: float
     gpu_usd: float
     cpu_usd: float = 0.0
     disk_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class LogLine:
+    event_id: str  # the SSE id: a resume cursor for Last-Event-ID
+    ts: str
+    source: str  # container or system
+    line: str
 
 
 class RunPodClient:
@@ -143,14 +230,37 @@ class RunPodClient:
         with contextlib.suppress(NotFound):
             self.action(pod_id, "terminate")
 
+    def logs(self, pod_id: str, follow: bool, last_event_id: str | None = None,
+             idle_seconds: float = 2.0) -> Iterator[LogLine]:
+        """The pod's container output from ``GET /v2/pods/{id}/logs`` (Server-Sent Events: ``id:`` and a
+        JSON ``data: {ts, source, line}``). RunPod's stream has no end while the pod runs, so without
+        ``follow`` it is read for what is there (up to the 5,000 lines RunPod backfills) and closed at the
+        first line written after the call or after ``idle_seconds`` of silence. ``last_event_id``
+        resumes after that event (a reopened stream does not repeat lines)."""
+        params: dict[str, Any] = {"source": "container"}
+        headers = {}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        else:
+            params["tail"] = LOG_BACKFILL_MAX
+        asked = time.time()
+        for event in self.transport.stream_events(f"/v2/pods/{quote(pod_id, safe='')}/logs", params, headers=headers,
+                                                  read_timeout=3600 if follow else idle_seconds):
+            try:
+                data = json.loads(event.get("data") or "")
+            except ValueError:  # not RunPod's documented payload: show it as it came
+                data = {"line": event.get("data", ""), "ts": "", "source": "container"}
+            if not isinstance(data, dict):
+                continue
+            line = LogLine(event.get("id", ""), str(data.get("ts") or ""), str(data.get("source") or "container"),
+                           str(data.get("line") or ""))
+            if not follow and (parse_time(line.ts) or 0) > asked:
+                return
+            yield line
+
     def log_lines(self, pod_id: str, follow: bool) -> Iterator[str]:
-        """The pod's output from its event stream (``data:`` lines); with ``follow`` the stream stays
-        open for new output until the pod ends."""
-        params = {"follow": "true" if follow else "false"}
-        for line in self.transport.stream_lines(f"/v2/pods/{quote(pod_id, safe='')}/logs", params,
-                                                read_timeout=3600 if follow else 60):
-            if line.startswith("data:"):
-                yield line[5:].removeprefix(" ")
+        for event in self.logs(pod_id, follow):
+            yield event.line
 
     # --- spot pods (GraphQL) --------------------------------------------------------------------------
     def create_spot_pod(self, spec: dict[str, Any]) -> Pod:
@@ -178,22 +288,43 @@ class RunPodClient:
 
     # --- catalog and billing --------------------------------------------------------------------------
     def gpu_catalog(self) -> list[GpuOffer]:
-        """Every GPU type with prices and stock (REST v2 catalog)."""
-        answer = self.transport.request("GET", "/v2/catalog/gpus")
-        items = answer.get("gpus", []) if isinstance(answer, dict) else answer or []
-        return [GpuOffer.from_raw(g) for g in items]
+        """Every GPU type with on-demand prices per cloud and pod stock (REST v2 catalog), and spot prices
+        with per-cloud minimum bids (GraphQL) while RunPod answers them."""
+        answer = self.transport.request("GET", "/v2/catalog/gpus", params={"include": "AVAILABILITY",
+                                                                           "product": "POD"}) or {}
+        offers = {g["id"]: GpuOffer.from_catalog(g) for g in answer.get("gpus", []) if isinstance(g, dict)}
+        try:
+            data = self.graphql.run(gql.ALL_GPU_PRICES, {"gpuCount": 1}, operation="gpuTypes")
+        except RunPodError:  # spot prices are a GraphQL extra: the on-demand table stands without them
+            data = {}
+        for raw in data.get("gpuTypes") or []:
+            if raw.get("id") in offers:
+                offers[raw["id"]] = offers[raw["id"]].with_spot(raw)
+        return list(offers.values())
 
     def gpu_prices(self, gpu_id: str, gpu_count: int = 1) -> GpuOffer | None:
-        """One GPU type's live prices with its current minimum spot bid (GraphQL ``lowestPrice``)."""
+        """One GPU type's live prices in both clouds, with each cloud's minimum spot bid (GraphQL)."""
         data = self.graphql.run(gql.GPU_PRICES, {"gpuTypeId": gpu_id, "gpuCount": gpu_count}, operation="gpuTypes")
         found = [g for g in data.get("gpuTypes") or [] if g.get("id") == gpu_id]
-        return GpuOffer.from_raw(found[0]) if found else None
+        return GpuOffer.from_graphql(found[0]) if found else None
 
-    def billing(self, pod_id: str | None = None, start: str | None = None, end: str | None = None) -> list[BillingRecord]:
-        params = {k: v for k, v in (("podId", pod_id), ("startTime", start), ("endTime", end)) if v}
-        answer = self.transport.request("GET", "/v2/billing/pods", params=params)
-        items = answer.get("records", answer.get("billing", [])) if isinstance(answer, dict) else answer or []
-        return [BillingRecord(pod_id=str(r.get("podId")), start=str(r.get("startTime")), end=str(r.get("endTime")),
-                              total_usd=float(r.get("totalAmount") or 0.0), gpu_usd=float(r.get("gpuAmount") or 0.0),
-                              cpu_usd=float(r.get("cpuAmount") or 0.0), disk_usd=float(r.get("diskAmount") or 0.0))
-                for r in items]
+    def billing(self, pod_id: str | None = None, since: float | None = None,
+                bucket_size: str = "hour") -> list[BillingRecord]:
+        """Billing buckets (``bucket_size`` wide) from ``since`` (snapped down to a bucket edge by RunPod)
+        until now; one record per pod per bucket."""
+        params: dict[str, Any] = {"bucketSize": bucket_size}
+        if pod_id:
+            params["podId"] = pod_id
+        if since is not None:
+            params["startTime"] = rfc3339(since)
+        answer = self.transport.request("GET", "/v2/billing/pods", params=params) or {}
+        out = []
+        for r in answer.get("records", []) if isinstance(answer, dict) else []:
+            start, end = parse_time(r.get("startTime")), parse_time(r.get("endTime"))
+            if start is None or end is None:
+                continue
+            out.append(BillingRecord(pod_id=str(r.get("podId")), bucket_start=start, bucket_end=end,
+                                     total_usd=float(r.get("totalAmount") or 0.0),
+                                     gpu_usd=float(r.get("gpuAmount") or 0.0), cpu_usd=float(r.get("cpuAmount") or 0.0),
+                                     disk_usd=float(r.get("diskAmount") or 0.0)))
+        return out

@@ -7,9 +7,14 @@ import re
 
 from runner.backends.base import BackendError
 
-#: RunPod answers "no capacity" as a 400 (REST) or a GraphQL error; only the text tells it apart.
-_CAPACITY = re.compile(r"no longer any instances available|no instances currently available|"
-                       r"not enough (free )?gpus|insufficient capacity|out of stock", re.I)
+#: RunPod answers "no capacity" as a 400 (REST) or a GraphQL error; only the text tells it apart, and
+#: the wording changes. Seen (RUNPOD.md): "There are no longer any instances available with the
+#: requested specifications. Please refresh and try again.", "There are no instances currently
+#: available", "There are no instances available with the request specifications". Matched loosely:
+#: "no" ... "instance(s)" ... "available", in any of those orders and tenses.
+_CAPACITY = re.compile(r"\bno\s+(longer\s+)?(any\s+)?(more\s+)?instances?\b[^.]{0,40}\bavailable|"
+                       r"\binstances?\b[^.]{0,30}\b(un|not\s+)available|"
+                       r"not\s+enough\s+(free\s+)?gpus|insufficient\s+capacity|out\s+of\s+stock|no\s+capacity", re.I)
 
 
 def is_capacity_message(text: str) -> bool:

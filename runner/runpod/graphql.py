@@ -3,8 +3,12 @@ document plus ``variables``, never with values put into the text (a quote or a n
 value would break or inject the query, as runpod-python's f-string mutations do).
 
 GraphQL is used only for what REST v2 cannot do: spot ("interruptible") pods, their resume with a
-bid, live minimum bids, and why a pod exited. RunPod answers client errors in GraphQL with HTTP 200
-and ``{"errors": [...]}``; those become exceptions here."""
+bid, live spot prices and minimum bids (per cloud: secure and community differ), and why a pod
+exited. RunPod answers errors in GraphQL with HTTP 200 and ``{"data": null, "errors": [{"message",
+"extensions": {"code"}}]}``, client errors and its own faults alike (RUNPOD.md). A fault
+(``INTERNAL_SERVER_ERROR``, "Something went wrong...") is a :class:`ServerError`: it may come after
+the pod was in fact created, so a create that meets one is looked up by name, never taken as a
+refusal."""
 
 from __future__ import annotations
 
@@ -14,17 +18,39 @@ from runner.runpod.errors import (
     AuthError,
     InvalidRequest,
     NoCapacity,
+    RateLimited,
     RunPodError,
+    ServerError,
     SpotRefused,
     is_capacity_message,
 )
 from runner.runpod.http import Transport
 
+#: Prices per cloud: ``lowestPrice`` takes ``secureCloud``; the two clouds have their own minimum bid.
 GPU_PRICES = """
-query GpuPrices($gpuTypeId: String, $gpuCount: Int) {
+query GpuPrices($gpuTypeId: String, $gpuCount: Int!) {
   gpuTypes(input: {id: $gpuTypeId}) {
     id displayName memoryInGb securePrice communityPrice secureSpotPrice communitySpotPrice
-    lowestPrice(input: {gpuCount: $gpuCount}) { minimumBidPrice uninterruptablePrice stockStatus }
+    secure: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: true}) {
+      minimumBidPrice uninterruptablePrice stockStatus
+    }
+    community: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: false}) {
+      minimumBidPrice uninterruptablePrice stockStatus
+    }
+  }
+}"""
+
+#: The same for every GPU type at once (``runner gpus``).
+ALL_GPU_PRICES = """
+query AllGpuPrices($gpuCount: Int!) {
+  gpuTypes {
+    id displayName memoryInGb securePrice communityPrice secureSpotPrice communitySpotPrice
+    secure: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: true}) {
+      minimumBidPrice uninterruptablePrice stockStatus
+    }
+    community: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: false}) {
+      minimumBidPrice uninterruptablePrice stockStatus
+    }
   }
 }"""
 
@@ -49,24 +75,60 @@ class GraphQL:
         self.transport = transport
 
     def run(self, document: str, variables: dict[str, Any], *, operation: str, retry: bool = True) -> dict[str, Any]:
-        """``data`` of the answer; raises on ``errors`` (RunPod's words in the message)."""
+        """``data`` of the answer; raises on ``errors`` (RunPod's words in the message).
+
+        With ``retry``, a GraphQL-level fault or rate limit (HTTP 200 with errors) is retried like an
+        HTTP one; a create is sent with ``retry=False`` and its caller looks the pod up by name."""
+        if not retry:
+            return self._once(document, variables, operation, retry=False)
+        from runner.runpod.http import retrying
+
+        for attempt in retrying():
+            with attempt:
+                return self._once(document, variables, operation, retry=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _once(self, document: str, variables: dict[str, Any], operation: str, *, retry: bool) -> dict[str, Any]:
         answer = self.transport.request("POST", "/graphql", json={"query": document, "variables": variables},
                                         retry=retry)
         if not isinstance(answer, dict):
-            raise RunPodError(f"RunPod's GraphQL answered {operation} with no data")
+            raise ServerError(f"RunPod's GraphQL answered {operation} with no data")
         errors = answer.get("errors") or []
         if errors:
-            said = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)[:600]
-            raise classify_error(operation, said)
+            raise classify_error(operation, errors)
         return answer.get("data") or {}
 
 
-def classify_error(operation: str, said: str) -> RunPodError:
+def _said(errors: list[Any]) -> str:
+    return "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)[:600]
+
+
+def _codes(errors: list[Any]) -> set[str]:
+    return {str((e.get("extensions") or {}).get("code") or "").upper() for e in errors if isinstance(e, dict)}
+
+
+def classify_error(operation: str, errors: list[Any] | str) -> RunPodError:
+    """The exception for GraphQL ``errors``: by ``extensions.code`` first, then by RunPod's words."""
+    if isinstance(errors, str):
+        errors = [{"message": errors}]
+    said, codes = _said(errors), _codes(errors)
+    lowered = said.lower()
+    if codes & {"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE"} or "something went wrong" in lowered:
+        return ServerError(f"RunPod failed {operation} (GraphQL {'/'.join(sorted(codes - {''})) or 'error'}: {said}); "
+                           f"it may have taken effect", said=said)
+    if codes & {"RATE_LIMITED", "TOO_MANY_REQUESTS"} or "rate limit" in lowered:
+        return RateLimited(f"RunPod rate-limited {operation}: {said}", said=said)
     if is_capacity_message(said):
         return NoCapacity(f"RunPod has no capacity for {operation}: {said}", said=said)
-    lowered = said.lower()
-    if "unauthorized" in lowered or "api key" in lowered or "not authorized" in lowered:
+    if operation == "podRentInterruptable" and "bid" in lowered and "minimum" in lowered:
+        # the minimum bid rose between the price query and the create: no machine at our bid
+        return NoCapacity(f"RunPod has no spot machine at the bid offered: {said}", said=said)
+    if codes & {"UNAUTHENTICATED", "FORBIDDEN"} or "unauthorized" in lowered or "api key" in lowered \
+            or "not authorized" in lowered:
         return AuthError(f"RunPod refused the API key for {operation}: {said}", said=said)
+    if codes & {"GRAPHQL_VALIDATION_FAILED", "GRAPHQL_PARSE_FAILED"}:
+        return InvalidRequest(f"RunPod's GraphQL rejected the {operation} query itself ({said}); this is a bug in "
+                              f"the runner, please report it", said=said)
     if operation == "podRentInterruptable":
         return SpotRefused(f"RunPod refused the spot pod: {said}", said=said)
     return InvalidRequest(f"RunPod rejected {operation}: {said}", said=said)

@@ -121,35 +121,49 @@ class Transport:
                               f"({response.headers.get('Content-Type', 'no content type')})",
                               status=response.status_code) from None
 
-    def stream_lines(self, path: str, params: dict[str, Any] | None = None, *,
-                     read_timeout: float = READ_TIMEOUT) -> Iterator[str]:
-        """A streamed answer, line by line (for the pod log's event stream). Retried only before
-        the first byte."""
+    def stream_events(self, path: str, params: dict[str, Any] | None = None, *, headers: dict[str, str] | None = None,
+                      read_timeout: float = READ_TIMEOUT) -> Iterator[dict[str, str]]:
+        """A Server-Sent Events answer (the pod log), event by event: ``{"id": …, "data": …}`` (multi-line
+        ``data`` joined with newlines). Retried only before the first byte; ends quietly when the stream
+        is closed or stays silent for ``read_timeout`` seconds."""
         import requests
         import urllib3
 
         for attempt in retrying(4):
             with attempt:
                 try:
-                    response = self._session.get(self.base_url + path, params=params, stream=True,
-                                                 timeout=(CONNECT_TIMEOUT, read_timeout))
+                    response = self._session.get(self.base_url + path, params=params, headers=headers or {},
+                                                 stream=True, timeout=(CONNECT_TIMEOUT, read_timeout))
                 except requests.RequestException as e:
                     raise Unreachable(f"RunPod did not answer GET {path}: {_short(e)}") from None
                 if response.status_code >= 400:
                     raise error_for(f"GET {path}", response.status_code, response.headers, response.content)
         # read1: whatever has arrived, at once (iter_lines would wait for a whole chunk of bytes, so a
         # quiet trainer's last line would show only after the next ones).
-        pending = b""
+        pending, event = b"", {}
         try:
             while chunk := response.raw.read1(1 << 16):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line.rstrip(b"\r").decode("utf-8", "replace")
-            if pending:
-                yield pending.decode("utf-8", "replace")
+                for raw in lines:
+                    line = raw.rstrip(b"\r").decode("utf-8", "replace")
+                    if not line:  # a blank line ends an event
+                        if "data" in event:
+                            yield event
+                        event = {}
+                        continue
+                    if line.startswith(":"):  # a comment (keep-alive)
+                        continue
+                    name, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    if name == "data":
+                        event["data"] = f"{event['data']}\n{value}" if "data" in event else value
+                    elif name in ("id", "event"):
+                        event[name] = value
+            if "data" in event:
+                yield event
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
-            return  # the stream ended under us: the caller decides whether to reopen it
+            return  # the stream ended under us (or went quiet): the caller decides whether to reopen it
         finally:
             response.close()
 
@@ -195,10 +209,10 @@ def _problem_text(body: bytes) -> str:
     parts = [str(problem[k]) for k in ("detail",) if problem.get(k)] or [str(problem.get("title") or "")]
     errors = problem.get("errors") or []
     for err in errors[:5] if isinstance(errors, list) else []:
-        if isinstance(err, dict):
+        if isinstance(err, dict):  # not RunPod's documented shape (a list of strings), read all the same
             field = err.get("field") or err.get("path") or ""
             parts.append(f"{field}: {err.get('message') or err.get('detail') or ''}".strip(": "))
-        else:
+        else:  # "$.args: ['a'] is not of type 'string'"
             parts.append(str(err))
     return "; ".join(p for p in parts if p)[:600]
 

@@ -1,12 +1,15 @@
 """One attempt's pod: find it if it exists, else walk the capacity options and create it once.
 
 The options are the job's GPU failover list × RunPod's clouds (SECURE, then COMMUNITY), spot or
-on-demand as the supervisor decided for this attempt. A spot bid is the live minimum bid plus the
-job's margin, capped by ``max_bid_per_gpu`` (default: the catalog's spot price).
+on-demand as the supervisor decided for this attempt. A spot bid is that cloud's live minimum bid
+(the two clouds have their own) plus the job's margin, capped by ``max_bid_per_gpu`` (default: the
+catalog's spot price) in both.
 
 Create at most once: the pod is named after the attempt, and a create that failed in a way that
-may have taken effect (5xx, a dropped connection, a timeout) is followed by a listing of pods by
-that name before anything is sent again. RunPod is known to answer 5xx after creating the pod."""
+may have taken effect (a REST 5xx, a GraphQL ``INTERNAL_SERVER_ERROR``, a dropped connection, a
+timeout) is followed by lookups by that name, with backoff, for :data:`AMBIGUOUS_LOOKUP_SECONDS`
+before anything is sent again: RunPod is known to answer so after creating the pod, and its pod
+list lags, so one miss proves nothing."""
 
 from __future__ import annotations
 
@@ -19,12 +22,15 @@ from typing import Any
 from runner.backends.base import BackendError, NoCapacityError, SpotUnavailableError
 from runner.catalog import GpuType, load_catalog
 from runner.runpod import CLOUDS
-from runner.runpod.client import GpuOffer, Pod, RunPodClient
+from runner.runpod.client import CloudPrice, Pod, RunPodClient
 from runner.runpod.errors import NoCapacity, RateLimited, RunPodError, SpotRefused
 from runner.runpod.http import RETRY_AFTER_CAP_SECONDS, backoff_seconds
 
 #: Creates tried per option before giving up on RunPod for now (each after a check by name).
 CREATE_TRIES = 6
+#: After a create that may have taken effect, how long the pod is looked for by name before the
+#: runner concludes that nothing was created (RunPod's pod list lags behind a create).
+AMBIGUOUS_LOOKUP_SECONDS = 60.0
 #: RunPod's limit on a pod's environment, less the variables RunPod adds itself (RUNPOD_POD_ID, …).
 MAX_POD_ENV = 50 - 8
 VOLUME_PATH = "/workspace"
@@ -78,16 +84,17 @@ def obtain_pod(client: RunPodClient, plan: PodPlan, gpus: tuple[GpuType, ...], *
         return adopt(client, existing[0])
     shortfalls: list[str] = []
     for gpu in gpus:
-        bid, offer = None, None
-        if spot:
-            offer = client.gpu_prices(gpu.id, plan.gpu_count)
-            bid, why_not = spot_bid(gpu, offer, max_bid_per_gpu, bid_margin_per_gpu)
-            if bid is None:
-                shortfalls.append(f"{gpu.alias}: {why_not}")
-                report("no_capacity", f"no spot pod for {gpu.alias}: {why_not}")
-                continue
+        offer = client.gpu_prices(gpu.id, plan.gpu_count) if spot else None
         for cloud in CLOUDS:
             option = Option(gpu, cloud, spot)
+            bid = None
+            if spot:
+                bid, why_not = spot_bid(gpu, offer.cloud(cloud) if offer else None, max_bid_per_gpu,
+                                        bid_margin_per_gpu)
+                if bid is None:
+                    shortfalls.append(f"{option.describe()}: {why_not}")
+                    report("no_capacity", f"no {option.describe()}: {why_not}")
+                    continue
             try:
                 pod, adopted = create_once(client, plan, option, bid, report)
             except SpotRefused as e:
@@ -96,7 +103,7 @@ def obtain_pod(client: RunPodClient, plan: PodPlan, gpus: tuple[GpuType, ...], *
                 shortfalls.append(f"{option.describe()}: {e.said or e}")
                 report("no_capacity", f"no capacity for {option.describe()}: RunPod said {e.said or e}")
                 continue
-            on_demand = _price(offer, cloud, spot=False)
+            on_demand = offer.cloud(cloud).on_demand if offer else None
             if on_demand is None:
                 on_demand = gpu.on_demand
             rate = pod.cost_per_hour or ((bid if spot else on_demand) * plan.gpu_count)
@@ -108,14 +115,15 @@ def obtain_pod(client: RunPodClient, plan: PodPlan, gpus: tuple[GpuType, ...], *
                           f"the job retries after its backoff", spot=spot)
 
 
-def spot_bid(gpu: GpuType, offer: GpuOffer | None, max_bid: float | None, margin: float) -> tuple[float | None, str]:
-    """(bid per GPU-hour, '') or (None, why not)."""
+def spot_bid(gpu: GpuType, price: CloudPrice | None, max_bid: float | None,
+             margin: float) -> tuple[float | None, str]:
+    """(bid per GPU-hour in this cloud, '') or (None, why not)."""
     cap = max_bid if max_bid is not None else gpu.spot
-    minimum = offer.minimum_bid if offer else None
-    if minimum is None and offer is not None:
-        minimum = min((p for p in (offer.secure_spot_price, offer.community_spot_price) if p), default=None)
+    minimum = price.minimum_bid if price else None
+    if minimum is None and price is not None:
+        minimum = price.spot
     if minimum is None:
-        return None, "RunPod gives no spot price for it right now"
+        return None, "RunPod gives no spot price for it in this cloud right now"
     if minimum > cap:
         return None, (f"the minimum bid is ${minimum:.3f}/GPU-hour, above your cap of ${cap:.3f} "
                       f"(resources.max_bid_per_gpu{'' if max_bid is not None else ', default: the catalog spot price'})")
@@ -129,10 +137,14 @@ def spot_refused_message(said: str) -> str:
 
 def create_once(client: RunPodClient, plan: PodPlan, option: Option, bid: float | None,
                 report: Report) -> tuple[Pod, bool]:
-    """Create the pod; after a failure that may have created it anyway, look it up by name before
-    sending the create again. Returns (pod, found_by_name)."""
+    """Create the pod; after a failure that may have created it anyway, look it up by name (with
+    backoff, for :data:`AMBIGUOUS_LOOKUP_SECONDS`) before sending the create again, and never send it
+    while a pod of that name exists. Returns (pod, found_by_name)."""
     last: RunPodError | None = None
     for tries in range(1, CREATE_TRIES + 1):
+        found = client.pods_named(plan.name) if tries > 1 else []
+        if found:
+            return _found(found[0], plan, report), True
         try:
             if option.spot:
                 return client.create_spot_pod(spot_input(plan, option, bid)), False
@@ -141,18 +153,46 @@ def create_once(client: RunPodClient, plan: PodPlan, option: Option, bid: float 
             if not e.retryable:
                 raise
             last = e
-        wait = min(RETRY_AFTER_CAP_SECONDS, last.retry_after) if isinstance(last, RateLimited) and \
-            last.retry_after is not None else backoff_seconds(tries)
-        report("create_retry", f"creating {plan.name} ({option.describe()}): {last}; checking by name whether "
-                               f"RunPod created it anyway")
-        time.sleep(wait)
-        found = client.pods_named(plan.name)
-        if found:
-            report("create_found", f"RunPod did create {plan.name} (pod {found[0].id}) although the create failed; "
-                                   f"using it, no second pod")
-            return found[0], True
+        if isinstance(last, RateLimited):  # refused before it was acted on: wait as told, send again
+            wait = min(RETRY_AFTER_CAP_SECONDS, last.retry_after) if last.retry_after is not None \
+                else backoff_seconds(tries)
+            report("create_retry", f"creating {plan.name} ({option.describe()}): {last}; waiting {wait:.0f}s")
+            time.sleep(wait)
+            continue
+        report("create_retry", f"creating {plan.name} ({option.describe()}): {last}; looking for it by name for "
+                               f"{AMBIGUOUS_LOOKUP_SECONDS:.0f}s, as RunPod may have created it anyway")
+        pod = look_up_by_name(client, plan.name, AMBIGUOUS_LOOKUP_SECONDS)
+        if pod is not None:
+            return _found(pod, plan, report), True
     assert last is not None
     raise last
+
+
+def look_up_by_name(client: RunPodClient, name: str, seconds: float) -> Pod | None:
+    """The pod of that name, looked for with backoff until ``seconds`` have passed; None if it never
+    showed up (and so, as far as can be known, was never created)."""
+    deadline = time.monotonic() + seconds
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            found = client.pods_named(name)
+        except RunPodError as e:
+            if not e.retryable:
+                raise
+            found = []
+        if found:
+            return found[0]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(left, backoff_seconds(tries)))
+
+
+def _found(pod: Pod, plan: PodPlan, report: Report) -> Pod:
+    report("create_found", f"RunPod did create {plan.name} (pod {pod.id}) although the create failed; using it, "
+                           f"no second pod")
+    return pod
 
 
 def adopt(client: RunPodClient, pod: Pod) -> Obtained:
@@ -169,7 +209,10 @@ def rest_body(plan: PodPlan, option: Option) -> dict[str, Any]:
     """``POST /v2/pods`` body for an on-demand pod."""
     body: dict[str, Any] = {
         "name": plan.name, "image": plan.image, "gpu": {"id": option.gpu.id, "count": plan.gpu_count},
-        "cloud": option.cloud, "disk": plan.container_disk_gb, "env": dict(plan.env), "args": list(plan.args),
+        "cloud": option.cloud, "disk": plan.container_disk_gb, "env": dict(plan.env),
+        # CreatePodRequest.args is one string, "arguments passed to the container entrypoint"
+        # (tests/fixtures/runpod_openapi/create-a-pod.yaml); a list is refused with 422
+        "args": shlex.join(plan.args),
     }
     if plan.volume_gb:
         body["mounts"] = {"persistent": {"size": plan.volume_gb, "path": VOLUME_PATH}}
@@ -184,10 +227,3 @@ def spot_input(plan: PodPlan, option: Option, bid: float | None) -> dict[str, An
         "volumeInGb": plan.volume_gb, "volumeMountPath": VOLUME_PATH,
         "env": [{"key": k, "value": v} for k, v in plan.env.items()], "dockerArgs": shlex.join(plan.args),
     }
-
-
-def _price(offer: GpuOffer | None, cloud: str, spot: bool) -> float | None:
-    if offer is None:
-        return None
-    price = offer.price(cloud, spot)
-    return price if price is not None else (offer.on_demand_price if not spot else None)

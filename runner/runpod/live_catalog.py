@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,14 @@ def live_offers(client: RunPodClient | None = None, now: float | None = None) ->
     try:
         cached = json.loads(path.read_text())
         if now - float(cached["fetched"]) < CACHE_SECONDS and cached.get("base_url") == _base_url(client):
-            return [GpuOffer(**o) for o in cached["offers"]], float(cached["fetched"])
+            return [GpuOffer.from_dict(o) for o in cached["offers"]], float(cached["fetched"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         pass
     client = client or RunPodClient()
     offers = client.gpu_catalog()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"fetched": now, "base_url": _base_url(client), "offers": [asdict(o) for o in offers]}))
+    tmp.write_text(json.dumps({"fetched": now, "base_url": _base_url(client), "offers": [o.to_dict() for o in offers]}))
     os.replace(tmp, path)
     return offers, now
 
@@ -49,15 +48,13 @@ def _base_url(client: RunPodClient | None) -> str:
 
 def rows(offers: list[GpuOffer]) -> list[dict[str, Any]]:
     """One row per GPU type for ``runner gpus``: the alias a job can use, memory, prices per GPU-hour
-    (the lower of the two clouds), the spot minimum bid and the stock."""
+    and the spot minimum bid (each the lower of the two clouds), and the pod stock."""
     catalog = load_catalog()
     out = []
     for o in offers:
         known = catalog.resolve(o.id)
-        on_demand = min((p for p in (o.secure_price, o.community_price) if p), default=None)
-        spot = min((p for p in (o.secure_spot_price, o.community_spot_price) if p), default=None)
         out.append({"alias": known.alias if known else None, "id": o.id, "vram_gb": o.memory_gb,
-                    "on_demand_per_hour": on_demand, "spot_per_hour": spot, "minimum_bid_per_hour": o.minimum_bid,
-                    "stock": o.stock, "source": "runpod"})
+                    "on_demand_per_hour": o.lowest("on_demand"), "spot_per_hour": o.lowest("spot"),
+                    "minimum_bid_per_hour": o.lowest("minimum_bid"), "stock": o.stock, "source": "runpod"})
     order = {g.id: i for i, g in enumerate(catalog.gpus)}
     return sorted(out, key=lambda r: (order.get(r["id"], len(order)), r["id"]))

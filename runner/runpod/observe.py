@@ -24,6 +24,7 @@ from typing import Any
 
 from runner.backends.base import Observation
 from runner.runpod.client import ALIVE, ERROR, EXITED, RUNNING, TERMINATED, RunPodClient
+from runner.runpod.timeline import PodTimeline
 from trainer import contract
 
 #: A pod that has not reached RUNNING after this long is given up (image pulls can be slow).
@@ -32,11 +33,17 @@ START_TIMEOUT_SECONDS = float(os.environ.get("RUNNER_RUNPOD_START_TIMEOUT", "120
 StatusReader = Callable[[], "contract.Status | None"]
 
 
-def observe(client: RunPodClient, handle: dict[str, Any], read_status: StatusReader) -> Observation:
+def observe(client: RunPodClient, handle: dict[str, Any], read_status: StatusReader,
+            timeline: PodTimeline | None = None) -> Observation:
+    """What the attempt's pod is doing; each look is also noted in the pod's ``timeline``."""
     pod_id = handle["pod_id"]
+    seen_at = time.time()
     pod = client.get_pod(pod_id)
     if pod is None or pod.status == TERMINATED:
+        _note(timeline, lambda t: t.stopped(seen_at))
         return Observation("vanished", detail=f"pod {pod_id} is gone (terminated by RunPod or outside the runner)")
+    if pod.status == RUNNING:
+        _note(timeline, lambda t: t.running(pod.started_at, seen_at, pod.cost_per_hour))
     status = _mine(read_status(), handle)
     if pod.status in ALIVE:
         if status is not None and status.state == contract.DONE:
@@ -48,9 +55,11 @@ def observe(client: RunPodClient, handle: dict[str, Any], read_status: StatusRea
                                                   f"(still {pod.status})")
         return Observation("running")
     if pod.status == ERROR:
+        _note(timeline, lambda t: t.stopped(seen_at))
         return Observation("exited", contract.EXIT_FAILED, detail=f"RunPod reports pod {pod_id} in ERROR (often an "
                                                                   f"image that cannot be pulled)")
     details = client.pod_details(pod_id) if pod.status == EXITED else None
+    _note(timeline, lambda t: t.stopped(seen_at, details.changed_at if details else None))
     if details is not None and details.interrupted_by_runpod:
         return Observation("vanished", detail=f"RunPod interrupted pod {pod_id} ({details.last_status_change})")
     why = details.last_status_change if details and details.last_status_change else pod.status
@@ -62,6 +71,12 @@ def observe(client: RunPodClient, handle: dict[str, Any], read_status: StatusRea
     if status is not None and status.state == contract.INTERRUPTED:
         return Observation("exited", contract.EXIT_INTERRUPTED, detail=f"pod {pod_id} stopped ({why})")
     return Observation("vanished", detail=f"pod {pod_id} stopped ({why}) without a word from its trainer")
+
+
+def _note(timeline: PodTimeline | None, change: Callable[[PodTimeline], None]) -> None:
+    if timeline is not None:
+        change(timeline)
+        timeline.save()
 
 
 def _mine(status: contract.Status | None, handle: dict[str, Any]) -> contract.Status | None:

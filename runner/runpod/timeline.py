@@ -1,0 +1,110 @@
+"""When a pod was running, from the pod's own timeline: what GPU-hours are counted from.
+
+RunPod's billing (``GET /v2/billing/pods``) gives dollars per time *bucket* (an hour, a day, …): the
+bucket's edges say nothing of when the pod ran, so hours cannot be read from it. The pod itself can
+tell: ``startedAt`` (when it went RUNNING, RunPod's clock), its status at each look, and for a pod
+that exited, GraphQL's ``lastStatusChange`` ("Exited by Runpod: Tue Dec 01 2026 12:31:47 GMT+0000
+…", to the second). The runner keeps what it saw of each pod in a small file in its state folder,
+so a runner that restarts still knows, and a pod that is terminated (and so gone from the API)
+can still be accounted for.
+
+The end of a running interval is known exactly when the runner terminated the pod itself; when
+the pod exited on its own (a preemption, the trainer stopping its own pod) it lies between the
+last look that saw it RUNNING and the first that did not, narrowed by ``lastStatusChange``'s second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import paths
+
+_FOLDER = "runpod-pods"
+
+
+@dataclass
+class PodTimeline:
+    pod_id: str
+    #: [start, end] of each time the pod was RUNNING (end None while it runs)
+    intervals: list[list[float | None]] = field(default_factory=list)
+    last_running_seen: float | None = None
+    cost_per_hour: float | None = None  # the pod's `cost` while RUNNING: $/h for the whole pod
+
+    # --- what the runner saw -----------------------------------------------------------------------
+    def running(self, started_at: float | None, seen_at: float, cost_per_hour: float | None) -> None:
+        """A look that found the pod RUNNING since ``started_at`` (RunPod's ``startedAt``)."""
+        start = started_at if started_at is not None else seen_at
+        current = self._open()
+        if current is not None and abs(float(current[0]) - start) > 1.0:  # started again since: a new interval
+            current[1] = self.last_running_seen or seen_at
+            current = None
+        if current is None:
+            self.intervals.append([start, None])
+        self.last_running_seen = seen_at
+        if cost_per_hour:
+            self.cost_per_hour = cost_per_hour
+
+    def stopped(self, seen_at: float, changed_at: float | None = None) -> None:
+        """A look that found the pod no longer running (EXITED, ERROR, TERMINATED or gone);
+        ``changed_at`` is when RunPod says its status last changed, to the second."""
+        current = self._open()
+        if current is None:
+            return
+        lo = max(float(current[0]), self.last_running_seen or float(current[0]))
+        hi = seen_at
+        if changed_at is not None and lo - 1.0 <= changed_at <= hi:
+            lo, hi = max(lo, changed_at), min(hi, changed_at + 1.0)  # the second it happened in
+        current[1] = (lo + hi) / 2 if hi >= lo else lo
+
+    def terminated(self, at: float) -> None:
+        """The runner terminated (or stopped) the pod at ``at``: the interval ends then, exactly."""
+        current = self._open()
+        if current is not None:
+            current[1] = max(float(current[0]), at)
+
+    # --- what it adds up to -----------------------------------------------------------------------
+    def _open(self) -> list[float | None] | None:
+        return self.intervals[-1] if self.intervals and self.intervals[-1][1] is None else None
+
+    @property
+    def started(self) -> float | None:
+        return float(self.intervals[0][0]) if self.intervals else None
+
+    @property
+    def ended(self) -> float | None:
+        if not self.intervals or self._open() is not None:
+            return None
+        return float(self.intervals[-1][1])  # type: ignore[arg-type]
+
+    def running_seconds(self, now: float | None = None) -> float:
+        total = 0.0
+        for start, end in self.intervals:
+            stop = end if end is not None else (now if now is not None else self.last_running_seen or start)
+            total += max(0.0, float(stop) - float(start))  # type: ignore[arg-type]
+        return total
+
+    # --- kept in the state folder -------------------------------------------------------------------
+    @staticmethod
+    def path(pod_id: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in pod_id)
+        return paths.state_dir() / _FOLDER / f"{safe}.json"
+
+    @classmethod
+    def load(cls, pod_id: str) -> PodTimeline:
+        try:
+            raw = json.loads(cls.path(pod_id).read_text())
+            return cls(pod_id=pod_id, intervals=raw.get("intervals", []), last_running_seen=raw.get("last_running_seen"),
+                       cost_per_hour=raw.get("cost_per_hour"))
+        except (FileNotFoundError, ValueError, TypeError):
+            return cls(pod_id=pod_id)
+
+    def save(self) -> None:
+        path = self.path(self.pod_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"intervals": self.intervals, "last_running_seen": self.last_running_seen,
+                                   "cost_per_hour": self.cost_per_hour}))
+        os.replace(tmp, path)

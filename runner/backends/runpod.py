@@ -187,6 +187,9 @@ class RunPodBackend(Backend):
             if pod is not None and pod.status == RUNNING:
                 timeline.running(pod.started_at, seen_at, pod.cost_per_hour)
                 timeline.save()
+            elif pod is not None and pod.status in ALIVE:
+                timeline.booting(seen_at)
+                timeline.save()
             return pod
 
         try:
@@ -299,7 +302,7 @@ def _mismatch(timeline: Any, usd: float) -> str | None:
         return None
     seconds = timeline.running_seconds()
     expected = seconds * timeline.cost_per_hour / 3600
-    if abs(usd - expected) <= max(0.01, MISMATCH_TOLERANCE * expected):
+    if abs(usd - expected) <= max(0.0001, MISMATCH_TOLERANCE * expected):
         return None
     return (f"RunPod billed ${usd:.4f} of compute for pod {timeline.pod_id}, but it ran {seconds / 3600:.3f} h at "
             f"${timeline.cost_per_hour:.3f}/h = ${expected:.4f} as the runner saw it; the cost report uses RunPod's "

@@ -31,21 +31,39 @@ class PodTimeline:
     #: [start, end] of each time the pod was RUNNING (end None while it runs)
     intervals: list[list[float | None]] = field(default_factory=list)
     last_running_seen: float | None = None
+    last_booting_seen: float | None = None  # the last look that found it PROVISIONING or STARTING
     cost_per_hour: float | None = None  # the pod's `cost` while RUNNING: $/h for the whole pod
 
     # --- what the runner saw -----------------------------------------------------------------------
+    def booting(self, seen_at: float) -> None:
+        """A look that found the pod PROVISIONING or STARTING (not billed as running yet)."""
+        if self._open() is None:
+            self.last_booting_seen = seen_at
+
     def running(self, started_at: float | None, seen_at: float, cost_per_hour: float | None) -> None:
         """A look that found the pod RUNNING since ``started_at`` (RunPod's ``startedAt``)."""
         start = started_at if started_at is not None else seen_at
         current = self._open()
-        if current is not None and abs(float(current[0]) - start) > 1.0:  # started again since: a new interval
+        if current is not None and abs(float(current[0]) - start) > 1.5:  # started again since: a new interval
             current[1] = self.last_running_seen or seen_at
             current = None
         if current is None:
-            self.intervals.append([start, None])
+            self.intervals.append([self._start(started_at, seen_at), None])
         self.last_running_seen = seen_at
         if cost_per_hour:
             self.cost_per_hour = cost_per_hour
+
+    def _start(self, started_at: float | None, seen_at: float) -> float:
+        """When it went RUNNING: ``startedAt``, which RunPod gives to the whole second (the published
+        examples), narrowed by the looks around it: after the last that saw it booting, no later than
+        the first that saw it running."""
+        if started_at is None:
+            return (self.last_booting_seen + seen_at) / 2 if self.last_booting_seen else seen_at
+        lo, hi = started_at, started_at + (1.0 if started_at == int(started_at) else 0.0)
+        if self.last_booting_seen is not None and lo <= self.last_booting_seen <= hi:
+            lo = self.last_booting_seen
+        hi = max(lo, min(hi, seen_at))
+        return (lo + hi) / 2
 
     def stopped(self, seen_at: float, changed_at: float | None = None) -> None:
         """A look that found the pod no longer running (EXITED, ERROR, TERMINATED or gone);
@@ -97,7 +115,7 @@ class PodTimeline:
         try:
             raw = json.loads(cls.path(pod_id).read_text())
             return cls(pod_id=pod_id, intervals=raw.get("intervals", []), last_running_seen=raw.get("last_running_seen"),
-                       cost_per_hour=raw.get("cost_per_hour"))
+                       last_booting_seen=raw.get("last_booting_seen"), cost_per_hour=raw.get("cost_per_hour"))
         except (FileNotFoundError, ValueError, TypeError):
             return cls(pod_id=pod_id)
 
@@ -106,5 +124,5 @@ class PodTimeline:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps({"intervals": self.intervals, "last_running_seen": self.last_running_seen,
-                                   "cost_per_hour": self.cost_per_hour}))
+                                   "last_booting_seen": self.last_booting_seen, "cost_per_hour": self.cost_per_hour}))
         os.replace(tmp, path)

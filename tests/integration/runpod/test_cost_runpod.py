@@ -28,7 +28,7 @@ def test_report_dollars_are_the_emulators_bill_to_the_cent(runner, emulator, s3_
     assert "on_demand: 0.44, spot: 0.34" in text
     catalog.write_text(text.replace("on_demand: 0.44, spot: 0.34", f"on_demand: {ON_DEMAND}, spot: {SPOT}"))
     emulator.set_price(RTX3090, securePrice=ON_DEMAND, communityPrice=ON_DEMAND, secureSpotPrice=SPOT,
-                       communitySpotPrice=SPOT, minimumBidPrice=SPOT)
+                       communitySpotPrice=SPOT, secureMinimumBidPrice=SPOT, communityMinimumBidPrice=SPOT)
     write_job(runpod_project, s3_bucket)
     bucket = Bucket(s3_bucket)
 

@@ -31,7 +31,7 @@ def test_runner_killed_mid_create_then_watch_adopts_the_one_pod(runner, emulator
     wait_for(lambda: (bucket.status(f"s3://{s3_bucket.bucket}/runs/{job_id}") or contract.Status("x")).state
              == contract.DONE, timeout=180, what="the run to be done")
     emulator.wait_until(lambda: pod.status == "EXITED", 60, "the pod to stop itself")
-    assert (pod.id, "stop", pod.id) in emulator.actions and pod.last_status_change == "Exited by user"
+    assert (pod.id, "stop", pod.id) in emulator.actions and pod.last_status_change.startswith("Exited by user:")
     assert pod.billing[-1].end is not None  # a stopped pod bills no GPU time
 
     watch = runner.run("watch", timeout=180)

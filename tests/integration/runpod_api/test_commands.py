@@ -11,7 +11,7 @@ import sys
 from runner.backends.runpod import RunPodBackend
 from runner.state import State
 from tests.fixtures.jobs import ROOT, trainer_env
-from tests.unit.runpod.conftest import launch_request
+from tests.integration.runpod_api.conftest import launch_request
 
 RTX3090 = "NVIDIA GeForce RTX 3090"
 
@@ -26,13 +26,14 @@ def catalog_calls(emulator) -> int:
 
 
 def test_gpus_lists_the_live_catalog_and_caches_it_briefly(emulator):
-    emulator.set_price(RTX3090, securePrice=0.46, communityPrice=0.41, communitySpotPrice=0.19, minimumBidPrice=0.17)
+    emulator.set_price(RTX3090, securePrice=0.46, communityPrice=0.41, secureSpotPrice=0.25, communitySpotPrice=0.19,
+                       secureMinimumBidPrice=0.2, communityMinimumBidPrice=0.17)
     emulator.exhaust(RTX3090)
     done = cli(emulator, "gpus", "--json")
     assert done.returncode == 0, done.stderr
     row = next(r for r in json.loads(done.stdout) if r["id"] == RTX3090)
     assert row == {"alias": "rtx3090", "id": RTX3090, "vram_gb": 24, "on_demand_per_hour": 0.41,
-                   "spot_per_hour": 0.19, "minimum_bid_per_hour": 0.17, "stock": "None", "source": "runpod"}
+                   "spot_per_hour": 0.19, "minimum_bid_per_hour": 0.17, "stock": "NONE", "source": "runpod"}
     emulator.set_price(RTX3090, communityPrice=0.39)
     assert json.loads(cli(emulator, "gpus", "--json").stdout)[0]["on_demand_per_hour"] == 0.41  # cached
     assert catalog_calls(emulator) == 1

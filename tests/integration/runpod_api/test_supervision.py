@@ -9,7 +9,7 @@ import time
 from runner import state as st
 from runner.backends.runpod import RunPodBackend
 from runner.supervisor import JobSupervisor
-from tests.unit.runpod.conftest import IMAGE
+from tests.integration.runpod_api.conftest import IMAGE
 
 RTX3090 = "NVIDIA GeForce RTX 3090"
 

@@ -185,7 +185,7 @@ class RunPodBackend(Backend):
             seen_at = time.time()
             pod = self.client.get_pod(pod_id)
             if pod is not None and pod.status == RUNNING:
-                timeline.running(pod.started_at, seen_at, pod.cost_per_hour)
+                timeline.running(pod.started_at, seen_at, pod.cost_per_hour, pod.uptime_seconds)
                 timeline.save()
             elif pod is not None and pod.status in ALIVE:
                 timeline.booting(seen_at)

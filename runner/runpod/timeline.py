@@ -33,6 +33,7 @@ class PodTimeline:
     last_running_seen: float | None = None
     last_booting_seen: float | None = None  # the last look that found it PROVISIONING or STARTING
     cost_per_hour: float | None = None  # the pod's `cost` while RUNNING: $/h for the whole pod
+    start_window: list[float] | None = None  # [earliest, latest] the open interval can have started
 
     # --- what the runner saw -----------------------------------------------------------------------
     def booting(self, seen_at: float) -> None:
@@ -40,30 +41,40 @@ class PodTimeline:
         if self._open() is None:
             self.last_booting_seen = seen_at
 
-    def running(self, started_at: float | None, seen_at: float, cost_per_hour: float | None) -> None:
-        """A look that found the pod RUNNING since ``started_at`` (RunPod's ``startedAt``)."""
-        start = started_at if started_at is not None else seen_at
+    def running(self, started_at: float | None, seen_at: float, cost_per_hour: float | None,
+                uptime: float | None = None) -> None:
+        """A look that found the pod RUNNING since ``started_at`` (RunPod's ``startedAt``), its container
+        up for ``uptime`` whole seconds (``runtime.uptime``)."""
         current = self._open()
-        if current is not None and abs(float(current[0]) - start) > 1.5:  # started again since: a new interval
-            current[1] = self.last_running_seen or seen_at
+        if current is not None and started_at is not None and started_at > float(current[0]) + 1.5:
+            current[1] = self.last_running_seen or seen_at  # started again since: a new interval
             current = None
         if current is None:
-            self.intervals.append([self._start(started_at, seen_at), None])
+            self.start_window = self._first_window(started_at, seen_at)
+            self.intervals.append([sum(self.start_window) / 2, None])
+            current = self.intervals[-1]
+        if uptime is not None and self.start_window is not None:
+            # Each look narrows when it started: ``uptime`` whole seconds before the answer (which came a
+            # moment after ``seen_at``). A look that disagrees saw a restarted container: ignored.
+            lo, hi = max(self.start_window[0], seen_at - float(uptime) - 1.0), \
+                min(self.start_window[1], seen_at - float(uptime) + 0.05)
+            if lo <= hi:
+                self.start_window = [lo, hi]
+                current[0] = (lo + hi) / 2
         self.last_running_seen = seen_at
         if cost_per_hour:
             self.cost_per_hour = cost_per_hour
 
-    def _start(self, started_at: float | None, seen_at: float) -> float:
-        """When it went RUNNING: ``startedAt``, which RunPod gives to the whole second (the published
-        examples), narrowed by the looks around it: after the last that saw it booting, no later than
-        the first that saw it running."""
+    def _first_window(self, started_at: float | None, seen_at: float) -> list[float]:
+        """Where the start can lie: in ``startedAt``'s second (RunPod gives whole seconds, as in its
+        published examples), after the last look that saw the pod booting, before this look."""
+        lo = started_at if started_at is not None else (self.last_booting_seen or seen_at)
+        hi = lo + 1.0 if started_at is not None and started_at == int(started_at) else lo
         if started_at is None:
-            return (self.last_booting_seen + seen_at) / 2 if self.last_booting_seen else seen_at
-        lo, hi = started_at, started_at + (1.0 if started_at == int(started_at) else 0.0)
+            hi = seen_at
         if self.last_booting_seen is not None and lo <= self.last_booting_seen <= hi:
             lo = self.last_booting_seen
-        hi = max(lo, min(hi, seen_at))
-        return (lo + hi) / 2
+        return [lo, max(lo, min(hi, seen_at))]
 
     def stopped(self, seen_at: float, changed_at: float | None = None) -> None:
         """A look that found the pod no longer running (EXITED, ERROR, TERMINATED or gone);
@@ -115,7 +126,8 @@ class PodTimeline:
         try:
             raw = json.loads(cls.path(pod_id).read_text())
             return cls(pod_id=pod_id, intervals=raw.get("intervals", []), last_running_seen=raw.get("last_running_seen"),
-                       last_booting_seen=raw.get("last_booting_seen"), cost_per_hour=raw.get("cost_per_hour"))
+                       last_booting_seen=raw.get("last_booting_seen"), cost_per_hour=raw.get("cost_per_hour"),
+                       start_window=raw.get("start_window"))
         except (FileNotFoundError, ValueError, TypeError):
             return cls(pod_id=pod_id)
 
@@ -124,5 +136,6 @@ class PodTimeline:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps({"intervals": self.intervals, "last_running_seen": self.last_running_seen,
-                                   "last_booting_seen": self.last_booting_seen, "cost_per_hour": self.cost_per_hour}))
+                                   "last_booting_seen": self.last_booting_seen, "cost_per_hour": self.cost_per_hour,
+                                   "start_window": self.start_window}))
         os.replace(tmp, path)

@@ -361,10 +361,7 @@ def restart_minutes(state: st.State | None, backend: str, gpu: str | None) -> tu
     """Billed minutes from launch to training, the median over earlier attempts on this backend and GPU."""
     rows = []
     if state is not None:
-        rows = [r[0] for r in state.db.execute(
-            "SELECT a.train_started - b.started FROM attempts a JOIN billing_segments b ON b.attempt_id = a.id"
-            " WHERE a.backend = ? AND a.gpu IS ? AND a.train_started IS NOT NULL", (backend, gpu))
-            if r[0] is not None and r[0] >= 0]
+        rows = state.launch_delays(backend, gpu)
     if rows:
         import statistics
 

@@ -59,11 +59,8 @@ def preemption_rate(state: st.State | None, gpu: str | None, spot: bool, backend
     now = now or time.time()
     n, hours = 0, 0.0
     if state is not None:
-        sql = ("SELECT COUNT(CASE WHEN a.outcome = 'interrupted' THEN 1 END),"
-               " SUM(MAX(0, COALESCE(b.ended, ?) - b.started)) FROM billing_segments b JOIN attempts a ON a.id = b.attempt_id"
-               " WHERE b.gpu IS ? AND b.spot = ? AND (? IS NULL OR a.backend = ?)")
-        row = state.db.execute(sql, (now, gpu, int(spot), backend, backend)).fetchone()
-        n, hours = int(row[0] or 0), float(row[1] or 0.0) / 3600.0
+        n, seconds = state.preemption_exposure(gpu, spot, backend, now)
+        hours = seconds / 3600.0
     where = gpu or "this machine"
     kind = "spot" if spot else "on-demand" if gpu else "local"
     seen = f"{n} preemption{'s' if n != 1 else ''} in {hours:.1f} {kind} hours on {where}"
@@ -92,9 +89,7 @@ def checkpoint_cost(state: st.State | None, job_name: str, gpu: str | None = Non
     measured, on the same GPU type when there are any, else on any."""
     rows = []
     if state is not None:
-        rows = state.db.execute(
-            "SELECT a.gpu, a.checkpoint_seconds, a.checkpoints FROM attempts a JOIN jobs j ON j.id = a.job_id"
-            " WHERE j.name = ? AND a.checkpoint_seconds IS NOT NULL AND a.checkpoints > 0", (job_name,)).fetchall()
+        rows = state.checkpoint_stalls_of(job_name)
     same = [r for r in rows if r[0] == gpu] or rows
     if not same:
         return CheckpointCost(DEFAULT_CHECKPOINT_SECONDS, 0,
@@ -109,14 +104,11 @@ def checkpoint_cost(state: st.State | None, job_name: str, gpu: str | None = Non
 def seconds_per_step(state: st.State, name: str, backend: str, gpu: str | None) -> tuple[float, int] | None:
     """Seconds per training step of earlier attempts of the job ``name`` on this backend and GPU:
     (seconds, steps measured). Training time when the trainer reported it, else the attempt's time."""
-    row = state.db.execute(
-        "SELECT SUM(COALESCE(a.train_ended - a.train_started, a.ended - a.started)), SUM(a.end_step - a.start_step)"
-        " FROM attempts a JOIN jobs j ON j.id = a.job_id"
-        " WHERE j.name = ? AND a.backend = ? AND a.gpu IS ? AND a.ended IS NOT NULL AND a.started IS NOT NULL"
-        " AND a.end_step > a.start_step", (name, backend, gpu)).fetchone()
-    if not row or not row[1]:
+    pace = state.training_pace(name, backend, gpu)
+    if pace is None:
         return None
-    return row[0] / row[1], int(row[1])
+    seconds, steps = pace
+    return seconds / steps, steps
 
 
 def checkpoint_stalls(run_uri: str, since: float, until: float | None = None) -> list[float]:

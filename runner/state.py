@@ -556,3 +556,45 @@ class State:
     def spent(self, job_id: str, now: float | None = None) -> float:
         """Dollars billed so far for the job: compute and disk."""
         return sum(s.total_cost(now) for s in self.segments(job_id))
+
+    # --- what earlier attempts measured (estimates, cost advice, reconciling pods) -----------------------
+    def preemption_exposure(self, gpu: str | None, spot: bool, backend: str | None, now: float) -> tuple[int, float]:
+        """(preemptions, machine seconds) of every attempt on ``gpu``, spot or not (on ``backend``)."""
+        row = self.db.execute(
+            "SELECT COUNT(CASE WHEN a.outcome = 'interrupted' THEN 1 END),"
+            " SUM(MAX(0, COALESCE(b.ended, ?) - b.started)) FROM billing_segments b JOIN attempts a ON a.id = b.attempt_id"
+            " WHERE b.gpu IS ? AND b.spot = ? AND (? IS NULL OR a.backend = ?)",
+            (now, gpu, int(spot), backend, backend)).fetchone()
+        return int(row[0] or 0), float(row[1] or 0.0)
+
+    def checkpoint_stalls_of(self, job_name: str) -> list[tuple[str | None, float, int]]:
+        """(gpu, median checkpoint seconds, checkpoints) of each earlier attempt of jobs named ``job_name``."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT a.gpu, a.checkpoint_seconds, a.checkpoints FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            " WHERE j.name = ? AND a.checkpoint_seconds IS NOT NULL AND a.checkpoints > 0", (job_name,))]
+
+    def training_pace(self, job_name: str, backend: str, gpu: str | None) -> tuple[float, int] | None:
+        """(seconds, steps) trained by earlier attempts of jobs named ``job_name`` on this backend and GPU:
+        training time when the trainer reported it, else the attempt's time. None when none trained."""
+        row = self.db.execute(
+            "SELECT SUM(COALESCE(a.train_ended - a.train_started, a.ended - a.started)), SUM(a.end_step - a.start_step)"
+            " FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            " WHERE j.name = ? AND a.backend = ? AND a.gpu IS ? AND a.ended IS NOT NULL AND a.started IS NOT NULL"
+            " AND a.end_step > a.start_step", (job_name, backend, gpu)).fetchone()
+        if not row or not row[1]:
+            return None
+        return float(row[0]), int(row[1])
+
+    def launch_delays(self, backend: str, gpu: str | None) -> list[float]:
+        """Billed seconds from launch to training of every earlier attempt on this backend and GPU."""
+        return [r[0] for r in self.db.execute(
+            "SELECT a.train_started - b.started FROM attempts a JOIN billing_segments b ON b.attempt_id = a.id"
+            " WHERE a.backend = ? AND a.gpu IS ? AND a.train_started IS NOT NULL", (backend, gpu))
+            if r[0] is not None and r[0] >= 0]
+
+    def attempt_and_job_state(self, attempt_id: str) -> tuple[str, str | None, str, str] | None:
+        """(attempt state, its outcome, its job's state, the job id), or None for no such attempt."""
+        row = self.db.execute("SELECT a.state AS attempt_state, a.outcome, j.state AS job_state, j.id AS job_id"
+                              " FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
+        return None if row is None else (row["attempt_state"], row["outcome"], row["job_state"], row["job_id"])
+

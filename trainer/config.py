@@ -169,7 +169,9 @@ class Checkpoint(_Section):
 
     every_steps: int | None = Field(1000, ge=1)
     every_minutes: float | None = Field(10.0, gt=0)
-    keep_last: int = Field(3, ge=1)
+    #: History checkpoints kept besides latest.pt and best.pt. At least 2: with one, a torn write of
+    #: that one leaves nothing to fall back to.
+    keep_last: int = Field(3, ge=2)
 
     @field_validator("every_minutes", mode="before")
     @classmethod

@@ -33,6 +33,14 @@ log = logging.getLogger("trainer")
 CHECKPOINT_FORMAT = 1
 
 
+def check_format(payload: dict, key: str) -> None:
+    """Refuse a checkpoint of another layout with both versions named, before any of it is applied."""
+    found = payload.get("format")
+    if found != CHECKPOINT_FORMAT:
+        raise RuntimeError(f"{key} is checkpoint format {found}, this trainer reads format {CHECKPOINT_FORMAT}: resume "
+                           f"it with the trainer version that wrote it, or start the job on a new run URI")
+
+
 class Diverged(RuntimeError):
     """Too many steps in a row with a non-finite loss or gradient."""
 
@@ -255,6 +263,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
         raise RuntimeError(f"rank {world.rank} found checkpoint {resumed and resumed[1]!r}, rank 0 found {chosen!r}")
     if resumed:
         payload, key = resumed
+        check_format(payload, key)
         _load_model_state(model, payload["model"], key)
         optimizer.load_state_dict(payload["optimizer"])
         if scaler is not None and payload.get("scaler"):

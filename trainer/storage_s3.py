@@ -58,7 +58,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from trainer.storage import Storage, StorageError
+from trainer.storage_api import Storage, StorageError
 
 log = logging.getLogger("trainer")
 

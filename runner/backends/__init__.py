@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from runner.backends.base import Backend, BackendError, BackendUnavailable
 
-__all__ = ["AVAILABLE", "PLANNED", "Backend", "BackendError", "BackendUnavailable", "get_backend"]
+__all__ = ["AVAILABLE", "Backend", "BackendError", "BackendUnavailable", "get_backend"]
 
-#: Backends this version can run jobs on; the others are designed in but not built yet.
+#: Backends this version can run jobs on.
 AVAILABLE = ("local", "docker", "runpod")
-PLANNED: tuple[str, ...] = ()
 
 
 def get_backend(name: str) -> Backend:
@@ -27,10 +26,4 @@ def get_backend(name: str) -> Backend:
         from runner.backends.runpod import RunPodBackend
 
         return RunPodBackend()
-    if name in PLANNED:
-        raise BackendUnavailable(
-            f"the {name} backend is not available in this version yet; nothing was launched. "
-            f"Run the job on this machine with --backend local (or `backend: local` in the job file), "
-            f"or check the dry run with --dry-run."
-        )
-    raise BackendUnavailable(f"unknown backend {name!r}; expected one of: {', '.join(AVAILABLE + PLANNED)}")
+    raise BackendUnavailable(f"unknown backend {name!r}; expected one of: {', '.join(AVAILABLE)}")

@@ -17,14 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import secrets as token
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
-from runner import paths
 from runner.backends.base import (
     Backend,
     BackendError,
@@ -32,10 +30,13 @@ from runner.backends.base import (
     Billed,
     Launched,
     LaunchRequest,
+    NoCapacityError,
     Observation,
+    SpotUnavailableError,
     drain_lines,
 )
-from runner.runpod import DEFAULT_BASE_URL, ENV_BASE_URL, POD_NAME_PREFIX
+from runner.runpod import DEFAULT_BASE_URL, ENV_BASE_URL
+from runner.runpod.names import pod_name
 from trainer import contract
 
 #: Seconds between two looks at a pod that is being stopped.
@@ -43,31 +44,6 @@ STOP_POLL_SECONDS = 1.0
 #: Seconds between two looks at a running pod: the supervisor polls often, RunPod rate-limits, and a
 #: preemption noticed a few seconds later costs nothing (read at each poll, so tests can lower it).
 ENV_POLL_SECONDS = "RUNNER_RUNPOD_POLL_SECONDS"
-_OWNER_FILE = "runpod-owner"
-
-
-def owner_id() -> str:
-    """A random id of this runner's state, in every pod name: pods of another machine's runner
-    (same account, other state) are never taken for ours."""
-    path = paths.state_dir() / _OWNER_FILE
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = token.token_hex(4)
-    try:
-        with open(path, "x") as f:  # two runners at once: the first one's id wins
-            f.write(fresh)
-    except FileExistsError:
-        return path.read_text().strip()
-    return fresh
-
-
-def pod_name(attempt_id: str) -> str:
-    return f"{POD_NAME_PREFIX}{owner_id()}-{attempt_id}"
-
-
 class RunPodBackend(Backend):
     name = "runpod"
 
@@ -91,16 +67,25 @@ class RunPodBackend(Backend):
 
     # --- launch -----------------------------------------------------------------------------------
     def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
+        from runner.runpod.errors import NoCapacity, RunPodError, SpotRefused
         from runner.runpod.launch import PodPlan, obtain_pod
 
         report = request.report or (lambda kind, message: None)
         name = pod_name(request.attempt_id)
         image, job_path = self._image(request)
-        plan = PodPlan(name=name, image=image, args=(job_path, "--run-uri", request.run_uri), env=self._env(request),
-                       gpu_count=request.gpu_count, container_disk_gb=request.container_disk_gb,
-                       volume_gb=request.volume_gb)
-        got = obtain_pod(self.client, plan, request.gpus, spot=request.spot, max_bid_per_gpu=request.max_bid_per_gpu,
-                         bid_margin_per_gpu=request.bid_margin_per_gpu, report=report)
+        try:
+            plan = PodPlan(name=name, image=image, args=(job_path, "--run-uri", request.run_uri),
+                           env=self._env(request), gpu_count=request.gpu_count,
+                           container_disk_gb=request.container_disk_gb, volume_gb=request.volume_gb)
+            got = obtain_pod(self.client, plan, request.gpus, spot=request.spot,
+                             max_bid_per_gpu=request.max_bid_per_gpu, bid_margin_per_gpu=request.bid_margin_per_gpu,
+                             report=report)
+        except SpotRefused as e:  # the client's words, in the backend interface's terms
+            raise SpotUnavailableError(str(e)) from None
+        except NoCapacity as e:
+            raise NoCapacityError(str(e), spot=request.spot) from None
+        except RunPodError as e:
+            raise BackendError(str(e)) from None
         kind = "spot" if got.spot else "on-demand"
         bid = f", bid ${got.bid_per_gpu:.3f}/GPU-h" if got.bid_per_gpu else ""
         handle = {"pod_id": got.pod.id, "pod_name": name, "attempt_id": request.attempt_id, "run_uri": request.run_uri,
@@ -135,8 +120,8 @@ class RunPodBackend(Backend):
 
     # --- poll / stop ------------------------------------------------------------------------------
     def poll(self, handle: dict[str, Any]) -> Observation:
+        from runner.backends.runpod_observe import observe
         from runner.runpod.errors import RunPodError
-        from runner.runpod.observe import observe
         from runner.runpod.timeline import PodTimeline
 
         last = self._looked.get(handle["pod_id"])
@@ -173,9 +158,9 @@ class RunPodBackend(Backend):
     def stop(self, handle: dict[str, Any], grace_s: float = 60.0, timeout_s: float = 30.0) -> Observation:
         """Stop the pod (RunPod sends SIGTERM: an emergency checkpoint), wait up to ``grace_s`` for it
         to exit, then terminate it, so it bills nothing more. Returns how the attempt ended."""
+        from runner.backends.runpod_observe import observe
         from runner.runpod.client import ALIVE, RUNNING
         from runner.runpod.errors import Conflict, NotFound, RunPodError
-        from runner.runpod.observe import observe
         from runner.runpod.timeline import PodTimeline
 
         pod_id = handle["pod_id"]

@@ -54,9 +54,9 @@ def reconcile_pods() -> None:
 
     if not configured() or not paths.db_path().exists() or not (paths.state_dir() / "runpod-owner").exists():
         return
-    from runner.backends.runpod import owner_id
     from runner.runpod.client import RunPodClient
     from runner.runpod.errors import RunPodError
+    from runner.runpod.names import owner_id
     from runner.runpod.reconcile import reconcile
     from runner.state import State
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-from runner.backends.base import BackendError
-
 #: RunPod answers "no capacity" as a 400 (REST) or a GraphQL error; only the text tells it apart, and
 #: the wording changes. Seen (RUNPOD.md): "There are no longer any instances available with the
 #: requested specifications. Please refresh and try again.", "There are no instances currently
@@ -21,8 +19,9 @@ def is_capacity_message(text: str) -> bool:
     return bool(_CAPACITY.search(text or ""))
 
 
-class RunPodError(BackendError):
-    """An answer from RunPod that is not what was asked for."""
+class RunPodError(Exception):
+    """An answer from RunPod that is not what was asked for. The RunPod client knows nothing of the
+    runner's backends: :mod:`runner.backends.runpod` turns these into backend errors."""
 
     retryable = False
 

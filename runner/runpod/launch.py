@@ -19,11 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.backends.base import BackendError, NoCapacityError, SpotUnavailableError
 from runner.catalog import GpuType, load_catalog
 from runner.runpod import CLOUDS
 from runner.runpod.client import CloudPrice, Pod, RunPodClient
-from runner.runpod.errors import NoCapacity, RateLimited, RunPodError, SpotRefused
+from runner.runpod.errors import InvalidRequest, NoCapacity, RateLimited, RunPodError, SpotRefused
 from runner.runpod.http import RETRY_AFTER_CAP_SECONDS, backoff_seconds
 
 #: Creates tried per option before giving up on RunPod for now (each after a check by name).
@@ -77,7 +76,7 @@ def obtain_pod(client: RunPodClient, plan: PodPlan, gpus: tuple[GpuType, ...], *
                max_bid_per_gpu: float | None, bid_margin_per_gpu: float, report: Report) -> Obtained:
     """The attempt's pod: the one already named after it, or a new one from the first option with capacity."""
     if len(plan.env) > MAX_POD_ENV:
-        raise BackendError(f"the pod would get {len(plan.env)} environment variables; RunPod allows 50 per pod, "
+        raise InvalidRequest(f"the pod would get {len(plan.env)} environment variables; RunPod allows 50 per pod, "
                            f"{MAX_POD_ENV} of them for the job: trim env: and secrets: in the job file")
     existing = client.pods_named(plan.name)
     if existing:
@@ -98,7 +97,7 @@ def obtain_pod(client: RunPodClient, plan: PodPlan, gpus: tuple[GpuType, ...], *
             try:
                 pod, adopted = create_once(client, plan, option, bid, report)
             except SpotRefused as e:
-                raise SpotUnavailableError(spot_refused_message(e.said)) from None
+                raise SpotRefused(spot_refused_message(e.said), said=e.said) from None
             except NoCapacity as e:
                 shortfalls.append(f"{option.describe()}: {e.said or e}")
                 report("no_capacity", f"no capacity for {option.describe()}: RunPod said {e.said or e}")
@@ -110,9 +109,9 @@ def obtain_pod(client: RunPodClient, plan: PodPlan, gpus: tuple[GpuType, ...], *
             return Obtained(pod, gpu.alias, cloud, spot, bid, rate, on_demand * plan.gpu_count, adopted)
     kind = "spot" if spot else "on-demand"
     listed = "; ".join(shortfalls) or "the job names no GPU"
-    raise NoCapacityError(f"RunPod has no {kind} capacity for any GPU in the job's list right now ({listed}). "
-                          f"Add GPUs to resources.gpu (a failover list), raise resources.max_bid_per_gpu, or wait: "
-                          f"the job retries after its backoff", spot=spot)
+    raise NoCapacity(f"RunPod has no {kind} capacity for any GPU in the job's list right now ({listed}). "
+                     f"Add GPUs to resources.gpu (a failover list), raise resources.max_bid_per_gpu, or wait: "
+                     f"the job retries after its backoff", said=listed)
 
 
 def spot_bid(gpu: GpuType, price: CloudPrice | None, max_bid: float | None,

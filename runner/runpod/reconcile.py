@@ -31,17 +31,17 @@ def decide(state: st.State, pods: list, owner: str) -> list[Decision]:
         if not pod.name.startswith(mine) or pod.status == TERMINATED:
             continue
         attempt_id = pod.name[len(mine):]
-        row = state.db.execute("SELECT a.state AS attempt_state, a.outcome, j.state AS job_state FROM attempts a "
-                               "JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
-        if row is None:
+        found = state.attempt_and_job_state(attempt_id)
+        if found is None:
             decisions.append(Decision(pod.id, pod.name, attempt_id, "terminate", "no attempt of that name in this state"))
-        elif row["job_state"] not in st.ACTIVE_STATES:
-            decisions.append(Decision(pod.id, pod.name, attempt_id, "terminate", f"its job is {row['job_state']}"))
-        elif row["attempt_state"] == st.ENDED:
-            decisions.append(Decision(pod.id, pod.name, attempt_id, "terminate",
-                                      f"its attempt ended ({row['outcome'] or 'ended'})"))
+            continue
+        attempt_state, outcome, job_state, _job_id = found
+        if job_state not in st.ACTIVE_STATES:
+            decisions.append(Decision(pod.id, pod.name, attempt_id, "terminate", f"its job is {job_state}"))
+        elif attempt_state == st.ENDED:
+            decisions.append(Decision(pod.id, pod.name, attempt_id, "terminate", f"its attempt ended ({outcome or 'ended'})"))
         else:
-            decisions.append(Decision(pod.id, pod.name, attempt_id, "keep", f"attempt {row['attempt_state']}"))
+            decisions.append(Decision(pod.id, pod.name, attempt_id, "keep", f"attempt {attempt_state}"))
     return decisions
 
 
@@ -54,7 +54,7 @@ def reconcile(state: st.State, client: RunPodClient, owner: str, say) -> list[De
         client.terminate(d.pod_id)
         message = f"terminated RunPod pod {d.pod_id} ({d.pod_name}): {d.why}, so nothing would ever stop its billing"
         say(message)
-        job = state.db.execute("SELECT job_id FROM attempts WHERE id = ?", (d.attempt_id,)).fetchone()
-        if job is not None:
-            state.add_event(job["job_id"], "pod_terminated", message, d.attempt_id)
+        found = state.attempt_and_job_state(d.attempt_id)
+        if found is not None:
+            state.add_event(found[3], "pod_terminated", message, d.attempt_id)
     return decisions

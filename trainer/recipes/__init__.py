@@ -10,37 +10,12 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import torch
-from torch import nn
 
 from trainer.config import CausalLMLoRA, CustomRecipe, TinyGPT, TrainConfig
+from trainer.recipes.base import LossOutput, Recipe, check_vocab, token_loss
 
-
-class LossOutput(NamedTuple):
-    """What a forward pass returns. ``logits``/``targets`` (aligned, -100 = ignore) feed the
-    perplexity and token-accuracy metrics; leave them None when they make no sense."""
-
-    loss: torch.Tensor
-    logits: torch.Tensor | None = None
-    targets: torch.Tensor | None = None
-
-
-@dataclass
-class Recipe:
-    model: nn.Module
-    train_set: Sequence[Any]
-    val_set: Sequence[Any] | None
-    #: Turns a list of dataset items into a batch (anything ``forward`` accepts; tensors are moved to the device).
-    collate: Callable[[list[Any]], dict[str, torch.Tensor]]
-    #: ``forward(model, batch) -> LossOutput``; the loss should be computed in float32.
-    forward: Callable[[nn.Module, dict[str, torch.Tensor]], LossOutput]
-    #: Writes the finished weights into a folder (``final/`` under the run URI).
-    save_final: Callable[[nn.Module, Path], None]
+__all__ = ["LossOutput", "Recipe", "build_recipe", "check_vocab", "token_loss"]
 
 
 def build_recipe(cfg: TrainConfig, job_path: str | Path) -> Recipe:
@@ -84,23 +59,3 @@ def _custom(model_cfg: CustomRecipe, cfg: TrainConfig, job_path: str | Path) -> 
             f"recipe {model_cfg.recipe!r} returned {type(recipe).__name__}; it must return trainer.recipes.Recipe"
         )
     return recipe
-
-
-def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> LossOutput:
-    """Cross-entropy over aligned logits/targets, in float32 whatever the autocast dtype."""
-    loss = nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
-    )
-    return LossOutput(loss, logits, targets)
-
-
-def check_vocab(ids: torch.Tensor, vocab_size: int) -> None:
-    """Fail with a clear message on a token id the model has no embedding for (the embedding's own
-    error, "index out of range in self", does not say which setting is wrong). One max per batch."""
-    top = int(ids.max()) if ids.numel() else -1
-    if top >= vocab_size:
-        raise ValueError(
-            f"the data holds token id {top}, but the model's vocabulary has {vocab_size} entries: set the "
-            f"vocabulary size to the tokenizer's that made the data (data.vocab_size or model.vocab_size; "
-            f"50257 for GPT-2 tokens), or use the model's own tokenizer"
-        )

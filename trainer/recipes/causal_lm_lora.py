@@ -15,7 +15,7 @@ from torch import nn
 
 from trainer.config import CausalLMLoRA, LoRA, TrainConfig
 from trainer.data import load_datasets, load_tokenizer, pad_collate
-from trainer.recipes import LossOutput, Recipe, check_vocab, token_loss
+from trainer.recipes.base import LossOutput, Recipe, check_vocab, token_loss
 
 log = logging.getLogger("trainer")
 

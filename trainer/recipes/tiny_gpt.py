@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from trainer.config import TinyGPT, TrainConfig
 from trainer.data import load_datasets, load_tokenizer, pad_collate
-from trainer.recipes import LossOutput, Recipe, check_vocab, token_loss
+from trainer.recipes.base import LossOutput, Recipe, check_vocab, token_loss
 
 
 class Block(nn.Module):

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from runner.backends.runpod import pod_name
+from runner.runpod.names import pod_name
 from tests.fixtures.jobs import wait_for
 from tests.integration.runpod.conftest import write_job
 from trainer import contract

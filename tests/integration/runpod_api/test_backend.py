@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from runner.backends.base import NoCapacityError, SpotUnavailableError
-from runner.backends.runpod import RunPodBackend, pod_name
+from runner.backends.runpod import RunPodBackend
+from runner.runpod.names import pod_name
 from runner.runpod.reconcile import reconcile
 from runner.state import State
 from tests.integration.runpod_api.conftest import launch_request
@@ -191,7 +192,7 @@ def test_reconcile_terminates_our_pods_that_no_active_attempt_owns(emulator, bac
     foreign = client.create_pod({"name": "spot-runner-someone-else-1", "image": "emu/stand-in:1",
                                  "gpu": {"id": RTX3090, "count": 1}, "args": f"j --run-uri {tmp_path / 'y'}"})
     said: list[str] = []
-    from runner.backends.runpod import owner_id
+    from runner.runpod.names import owner_id
 
     decisions = reconcile(state, client, owner_id(), said.append)
     by_pod = {d.pod_id: d.action for d in decisions}

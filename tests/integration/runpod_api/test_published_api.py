@@ -9,9 +9,10 @@ import time
 import pytest
 
 from runner.backends.base import NoCapacityError
-from runner.backends.runpod import RunPodBackend, pod_name
+from runner.backends.runpod import RunPodBackend
 from runner.runpod import launch
 from runner.runpod.errors import NoCapacity
+from runner.runpod.names import pod_name
 from tests.fixtures.runpod_emulator import CAPACITY_MESSAGES
 from tests.integration.runpod_api.conftest import launch_request
 

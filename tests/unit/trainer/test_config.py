@@ -99,3 +99,18 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)), "monotone decay after warmup"
     assert lrs[10] == pytest.approx(1.0) and lr_at(100, cfg, 100) == pytest.approx(0.1)
     assert lr_at(55, cfg, 100) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_keep_last_of_one_is_refused_since_a_torn_write_would_leave_nothing(tmp_path):
+    msg = _error(tmp_path, BASE + "  checkpoint:\n    keep_last: 1\n")
+    assert ":10: train.checkpoint.keep_last: Input should be greater than or equal to 2" in msg
+
+
+def test_a_checkpoint_of_another_format_is_refused_naming_both_versions():
+    from trainer.loop import CHECKPOINT_FORMAT, check_format
+
+    check_format({"format": CHECKPOINT_FORMAT}, "checkpoints/latest.pt")
+    with pytest.raises(RuntimeError) as info:
+        check_format({"format": CHECKPOINT_FORMAT + 1}, "checkpoints/latest.pt")
+    assert f"checkpoints/latest.pt is checkpoint format {CHECKPOINT_FORMAT + 1}, this trainer reads format " \
+           f"{CHECKPOINT_FORMAT}" in str(info.value)

@@ -32,7 +32,7 @@ CASES = {
 
 def measure(name: str, overrides: dict) -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-emergency-"))
-    overrides["train"]["checkpoint"] = {"every_steps": 5, "every_minutes": None, "keep_last": 1}
+    overrides["train"]["checkpoint"] = {"every_steps": 5, "every_minutes": None, "keep_last": 2}
     job = make_job(folder, overrides)
     run = folder / "run"
     proc = start_trainer(job, str(run), log_path=folder / "out.log")

@@ -41,7 +41,7 @@ from trainer.checkpoint import CheckpointManager  # noqa: E402
 from trainer.config import Checkpoint  # noqa: E402
 from trainer.storage_s3 import S3Storage  # noqa: E402
 
-POLICY = Checkpoint(every_steps=1, every_minutes=None, keep_last=1)
+POLICY = Checkpoint(every_steps=1, every_minutes=None, keep_last=2)
 
 
 def make_model(mb: int) -> nn.Module:

@@ -249,3 +249,104 @@ def trace_from_job(segments: list[Any]) -> tuple[float, ...]:
         if seg.end_reason == "interrupted":
             times.append(t)
     return tuple(times)
+
+
+class ScenarioError(ValueError):
+    """A figure of the scenario that cannot be had: the message says which and what to give."""
+
+
+def build_scenario(state: Any, job: Any, gpu: Any, hours: Any, mtbf_hours: Any, checkpoint_seconds: Any,
+                   restart_minutes: Any, fixed_minutes: Any, wait_minutes: Any, trace: Any,
+                   trace_job: Any) -> tuple[Scenario, list[str]]:
+    """The scenario to replay from ``runner simulate``'s options, every figure not given taken from the
+    job file and earlier runs in ``state``; and, in words, where each figure comes from."""
+    from runner import observed
+    from runner.catalog import load_catalog
+    from runner.cost import estimate, storage_rate
+    from runner.cost import restart_minutes as observed_restart
+    from runner.state import StateError
+
+    notes: list[str] = []
+    count, spec_job, disks = 1, None, 0.0
+    if job is not None:
+        from runner.spec import load_job
+        from trainer.jobfile import JobFileError
+
+        try:
+            spec_job = load_job(str(job), gpu=None if gpu is None else str(gpu))
+        except JobFileError as e:
+            raise ScenarioError(str(e)) from None
+        count = spec_job.spec.resources.gpu_count
+    catalog = load_catalog()
+    alias = str(gpu) if gpu is not None else (spec_job.gpus[0].alias if spec_job and spec_job.gpus else "rtx3090")
+    gpu_type = catalog.resolve(alias)
+    if gpu_type is None:
+        raise ScenarioError(f"unknown GPU {alias!r}; `python -m runner gpus` lists them")
+    notes.append(f"{gpu_type.alias} x {count}: ${gpu_type.spot * count:.2f}/h spot, ${gpu_type.on_demand * count:.2f}/h "
+                 f"on-demand (catalog)")
+    est = estimate(spec_job, state) if spec_job is not None else None
+    if spec_job is not None:
+        disks = storage_rate("runpod", spec_job.spec.resources.container_disk_gb, spec_job.spec.resources.volume_gb)
+        if disks:
+            notes.append(f"disks ${disks:.4f}/h ({spec_job.spec.resources.container_disk_gb} GB container, "
+                         f"{spec_job.spec.resources.volume_gb} GB volume)")
+    if hours is None:
+        if est is None or est.hours is None:
+            raise ScenarioError("give --hours (the hours of training the job needs) or a job file whose length can "
+                                "be estimated")
+        hours = est.hours
+        notes.append(f"{hours:.2f} h of training: {est.steps:,} steps x {est.seconds_per_step:.3f} s ({est.basis})")
+    else:
+        notes.append(f"{float(hours):g} h of training (given)")
+    name = spec_job.name if spec_job else ""
+    if checkpoint_seconds is None:
+        measured = observed.checkpoint_cost(state, name, gpu_type.alias) if name else None
+        checkpoint_seconds = measured.seconds if measured else observed.DEFAULT_CHECKPOINT_SECONDS
+        notes.append(f"a checkpoint costs {checkpoint_seconds:.2f} s ("
+                     f"{measured.basis if measured else 'assumed: give --checkpoint-seconds'})")
+    else:
+        notes.append(f"a checkpoint costs {float(checkpoint_seconds):g} s (given)")
+    if restart_minutes is None:
+        restart_minutes, why = observed_restart(state, "runpod", gpu_type.alias)
+        notes.append(f"{restart_minutes:.1f} min billed per launch before training ({why})")
+    else:
+        notes.append(f"{float(restart_minutes):g} min billed per launch before training (given)")
+    times = None
+    if trace is not None or trace_job is not None:
+        if trace is not None:
+            from pathlib import Path
+
+            try:
+                times = parse_trace(Path(str(trace)).read_text())
+            except (OSError, ValueError) as e:
+                raise ScenarioError(f"--trace {trace}: {e}") from None
+            notes.append(f"preemptions at {len(times)} recorded times ({trace})")
+        else:
+            if state is None:
+                raise ScenarioError(f"--trace-job {trace_job}: no job was ever submitted here")
+            try:
+                recorded = state.find_job(str(trace_job))
+            except StateError as e:
+                raise ScenarioError(str(e)) from None
+            times = trace_from_job(state.segments(recorded.id))
+            notes.append(f"preemptions at the {len(times)} times {recorded.id} was preempted")
+        mtbf_hours = None
+    elif mtbf_hours is None:
+        rate = observed.preemption_rate(state, gpu_type.alias, True)
+        mtbf_hours = rate.mtbf_hours
+        notes.append(f"a preemption every {mtbf_hours:.2f} h of machine time ({rate.basis})")
+    else:
+        notes.append(f"a preemption every {float(mtbf_hours):g} h of machine time on average (Poisson, given)")
+    notes.append(f"{float(wait_minutes):g} min unbilled wait for each new machine")
+    try:
+        scenario = Scenario(work_hours=float(hours), spot_rate=gpu_type.spot * count, on_demand_rate=gpu_type.on_demand * count,
+                            checkpoint_seconds=float(checkpoint_seconds), restart_minutes=float(restart_minutes),
+                            mtbf_hours=None if mtbf_hours is None else float(mtbf_hours), trace=times,
+                            fixed_minutes=float(fixed_minutes), relaunch_wait_minutes=float(wait_minutes),
+                            storage_rate=disks, gpu=gpu_type.alias)
+        if scenario.work_hours <= 0 or scenario.checkpoint_seconds <= 0 or scenario.fixed_minutes <= 0 or (
+                scenario.mtbf_hours is not None and scenario.mtbf_hours <= 0):
+            raise ValueError("hours, mtbf-hours, checkpoint-seconds and fixed-minutes must be positive")
+    except (TypeError, ValueError) as e:
+        raise ScenarioError(str(e)) from None
+    return scenario, notes

@@ -159,7 +159,7 @@ def test_stale_temp_files_from_a_killed_writer_are_removed(tmp_path):
 
 
 def test_due_every_n_steps_or_every_t_minutes(tmp_path):
-    mgr = CheckpointManager(LocalStorage(tmp_path), Checkpoint(every_steps=5, every_minutes=0.001, keep_last=1))
+    mgr = CheckpointManager(LocalStorage(tmp_path), Checkpoint(every_steps=5, every_minutes=0.001, keep_last=2))
     assert mgr.due(5) and mgr.due(10)
     mgr._last_save_time -= 1.0  # 1 s ago is past 0.06 s: due by the clock on a step that is not a multiple
     assert mgr.due(7)

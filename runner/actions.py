@@ -1,0 +1,101 @@
+"""What the commands do to jobs, apart from showing them: record a submitted job, reopen an ended one,
+cancel a running one. Each refuses with an :class:`ActionError` whose message says what to do, and
+nothing is recorded or launched when it does. :mod:`runner.cli` calls these; :mod:`runner.show`
+prints the outcome."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+
+class ActionError(Exception):
+    """The action cannot be done: the message says why and what to do; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
+    from runner.secret_guard import forwarded
+
+    return forwarded(names, environ)[1]
+
+
+def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:
+    """Check that the job can be launched here (its backend, its secrets), then record it: (state, job row)."""
+    from runner.backends import BackendError, get_backend
+
+    try:
+        get_backend(spec_job.backend).preflight(spec_job.spec.resources.gpu_count)
+    except BackendError as e:
+        raise ActionError(f"{e}\nNothing was launched.") from None
+    missing = _missing_secrets(spec_job.spec.secrets, environ)
+    if missing:
+        raise ActionError(f"{spec_job.path}: secrets: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} listed "
+                          f"but not set in this shell; export {'it' if len(missing) == 1 else 'them'} and submit again. "
+                          f"Nothing was launched.")
+    import secrets as token
+
+    from runner import paths
+    from runner.state import State
+
+    state = State.open(create=True)
+    job_id = f"{spec_job.name}-{token.token_hex(3)}"
+    root = spec_job.storage_root or str(paths.default_runs_dir())
+    row = state.create_job(id=job_id, name=spec_job.name, job_file=str(spec_job.path), job_sha256=spec_job.sha256,
+                           spec=spec_job.record(), workdir=os.getcwd(), backend=spec_job.backend,
+                           run_uri=f"{root.rstrip('/')}/{job_id}", max_steps=spec_job.train.max_steps or 0)
+    return state, row
+
+
+def reopen(state: Any, row: Any, budget: Any, environ: Mapping[str, str] = os.environ) -> tuple[str, float]:
+    """Reopen an ended job to relaunch it from its last checkpoint, with a new budget if given:
+    (a note on the budget for messages, dollars spent so far)."""
+    if row.active:
+        raise ActionError(f"{row.id} is {row.state}, not ended: nothing to resume (`python -m runner watch` supervises it)")
+    if row.state == "done":
+        raise ActionError(f"{row.id} is done: its final weights are in {row.run_uri}/final")
+    spent = state.spent(row.id)
+    current = (row.spec.get("budget") or {}).get("max_usd")
+    if budget is not None:
+        try:
+            budget = float(budget)
+        except (TypeError, ValueError):
+            raise ActionError(f"--budget {budget!r}: expected a number of dollars") from None
+        if budget <= spent:
+            raise ActionError(f"{row.id} has spent ${spent:.2f} already: a budget of ${budget:.2f} would stop it at "
+                              f"once; give more than ${spent:.2f}")
+    elif current is not None and spent >= current:
+        raise ActionError(f"{row.id} has spent ${spent:.2f} of its ${current:.2f} budget: resume it with a larger one, "
+                          f"e.g. --budget {max(current * 1.5, spent + 1):.2f}")
+    missing = _missing_secrets(row.spec.get("secrets", []), environ)
+    if missing:
+        raise ActionError(f"{row.id} needs {', '.join(missing)} in the environment to launch; export "
+                          f"{'it' if len(missing) == 1 else 'them'} and resume again. Nothing was launched.")
+    if budget is not None:
+        state.raise_budget(row.id, budget)
+    note = f" with a ${budget:.2f} budget" if budget is not None else ""
+    state.reopen(row.id, f"resumed{note} after it was {row.state}: relaunching from the last checkpoint")
+    return note, spent
+
+
+def cancel(state: Any, row: Any) -> Any:
+    """Ask the job's supervisor to stop it (its trainer writes an emergency checkpoint first), or do it
+    here when nobody supervises it; wait until it has ended. The ended job's row."""
+    from runner.supervisor import STOP_GRACE_SECONDS, Supervisor
+
+    state.request_cancel(row.id)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS + 120
+    while state.job(row.id).active:
+        if not state.job(row.id).supervised():  # nobody supervises it: do it here
+            Supervisor(state).run([row.id])
+            continue
+        if time.monotonic() > deadline:
+            raise ActionError(f"{row.id} is still {state.job(row.id).state}; its supervisor (pid {row.supervisor_pid}) "
+                              f"has not stopped it yet: check `python -m runner status {row.id}`", code=1)
+        time.sleep(0.2)
+    return state.job(row.id)

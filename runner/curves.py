@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import state as st
+from trainer import contract
 
-TRAIN_TAG, VAL_TAG = "train/loss", "val/loss"
+TRAIN_TAG, VAL_TAG = contract.TAG_TRAIN_LOSS, contract.TAG_VAL_LOSS
 
 
 @dataclass

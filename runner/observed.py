@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from runner import state as st
+from trainer import contract
 
 #: Mean spot uptime between preemptions assumed before any has been observed on a GPU type, in hours.
 #: A weak prior: it counts as one preemption in this many hours, so a few hours of real spot time
@@ -23,7 +24,7 @@ PRIOR_MTBF_HOURS = 4.0
 #: What a checkpoint is assumed to cost before one was measured for the job: the loop's stall when a
 #: full training state is copied out of a GPU and written (seconds).
 DEFAULT_CHECKPOINT_SECONDS = 30.0
-STALL_TAG = "checkpoint/stall_seconds"
+STALL_TAG = contract.TAG_CHECKPOINT_STALL
 
 
 @dataclass(frozen=True)

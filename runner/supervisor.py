@@ -110,8 +110,7 @@ class JobSupervisor:
                 from trainer.storage import open_storage
 
                 self._storage = open_storage(self.job.run_uri)
-            raw = self._storage.get_bytes(contract.STATUS)
-            self.status = contract.Status.from_json(raw) if raw else None
+            self.status = contract.Status.read(self._storage)
         except Exception:  # a torn read or a storage hiccup: look again next time
             pass
         return self.status
@@ -298,9 +297,8 @@ class JobSupervisor:
                                                                  bool(attempt.spot), self.job.backend, self.state)
             self._auto_minutes[attempt.id] = minutes
             self._event("checkpoint_interval", f"every {minutes:.1f} min ({why})", attempt.id)
-        from trainer.config import ENV_AUTO_MINUTES  # pydantic: only for jobs that ask for auto
 
-        return {ENV_AUTO_MINUTES: f"{self._auto_minutes[attempt.id]:.3f}"}
+        return {contract.ENV_CHECKPOINT_EVERY_MINUTES: f"{self._auto_minutes[attempt.id]:.3f}"}
 
     def _storage_rate(self) -> float:
         resources = self.spec.get("resources") or {}

@@ -69,15 +69,13 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
         log.error("storage: %s", e)
         return contract.EXIT_FAILED
 
-    raw = storage.get_bytes(contract.STATUS)
-    if raw is not None:
-        try:
-            previous = contract.Status.from_json(raw)
-        except ValueError:
-            previous = None
-        if previous and previous.state == contract.DONE:
-            log.info("%s is already done (step %d): nothing to do", run_uri, previous.step)
-            return contract.EXIT_DONE
+    try:
+        previous = contract.Status.read(storage)
+    except ValueError:  # torn: as good as none
+        previous = None
+    if previous is not None and previous.state == contract.DONE:
+        log.info("%s is already done (step %d): nothing to do", run_uri, previous.step)
+        return contract.EXIT_DONE
 
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 keeps the run's log
         _file_logging(storage)
@@ -138,8 +136,7 @@ def _record_failure(storage, reporter_cls, error: str, code: int) -> None:
         if first:
             error = f"rank 0: {error}\n{first}"  # the cause last: the runner shows the last line
     try:
-        raw = storage.get_bytes(contract.STATUS)
-        status = contract.Status.from_json(raw) if raw else contract.Status(contract.FAILED)
+        status = contract.Status.read(storage) or contract.Status(contract.FAILED)
         reporter_cls(storage, 1, 1, status).finish(contract.FAILED, error=error[:2000], exit_code=code)
     except Exception as e:
         logging.getLogger("trainer").warning("could not record the failure in status.json: %s", e)

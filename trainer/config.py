@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from trainer import contract
 from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, register_tags, validation_problems
 
 
@@ -156,7 +157,7 @@ class Eval(_Section):
 
 #: ``every_minutes: auto``: the runner computes the interval for each launch (from the measured cost of
 #: a checkpoint and the preemption rate seen on the GPU) and passes it in this variable, in minutes.
-ENV_AUTO_MINUTES = "RUNNER_CHECKPOINT_EVERY_MINUTES"
+ENV_AUTO_MINUTES = contract.ENV_CHECKPOINT_EVERY_MINUTES
 #: ``auto`` when nothing passed an interval (the trainer started by hand).
 AUTO_FALLBACK_MINUTES = 10.0
 

@@ -99,10 +99,31 @@ class Status:
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         return cls(**known)
 
+    @classmethod
+    def read(cls, storage: Any) -> Status | None:
+        """The run's ``status.json`` from its storage (anything with ``get_bytes``), or None when it
+        is not there yet. A torn or unreadable one raises: callers decide whether to look again."""
+        raw = storage.get_bytes(STATUS)
+        return cls.from_json(raw) if raw else None
+
+
+# --- TensorBoard tags the runner reads back (``runner curves``, ``runner cost``) ------------------------
+TAG_TRAIN_LOSS = "train/loss"
+TAG_VAL_LOSS = "val/loss"
+#: What one checkpoint stalled the step loop, in seconds (the runner's checkpoint-interval advice).
+TAG_CHECKPOINT_STALL = "checkpoint/stall_seconds"
 
 # --- environment ----------------------------------------------------------------------------------
 #: Set by the runner so status.json and logs can be tied to an attempt.
 ENV_ATTEMPT_ID = "RUNNER_ATTEMPT_ID"
+#: The checkpoint interval in minutes the runner computed for a job that asks for ``every_minutes: auto``.
+ENV_CHECKPOINT_EVERY_MINUTES = "RUNNER_CHECKPOINT_EVERY_MINUTES"
+#: RunPod: the API both halves talk to (the runner to schedule, a pod's trainer to stop its own pod),
+#: the pod's own id and key (set by RunPod in every pod).
+ENV_RUNPOD_BASE_URL = "RUNPOD_API_BASE_URL"
+RUNPOD_DEFAULT_BASE_URL = "https://api.runpod.io"
+ENV_RUNPOD_POD_ID = "RUNPOD_POD_ID"
+ENV_RUNPOD_API_KEY = "RUNPOD_API_KEY"
 #: Standard AWS variables the S3 storage reads; never put them in a job file or an image.
 AWS_ENV = (
     "AWS_ACCESS_KEY_ID",

@@ -434,7 +434,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 snapshot, last_saved_step = state(), step
                 if world.is_main:
                     stall = checkpoints.save(step, snapshot, best=improved)
-                    tb.add_scalar("checkpoint/stall_seconds", stall, step)
+                    tb.add_scalar(contract.TAG_CHECKPOINT_STALL, stall, step)
                     reporter.update(last_checkpoint_step=step)
             if stop_now:
                 outcome = _emergency_exit(checkpoints, stop, step, reporter, world)

@@ -78,8 +78,7 @@ def _code_of_group(torchrun_code: int, run_uri: str, cache_dir: str | None, star
     from trainer.storage import open_storage
 
     try:
-        raw = open_storage(run_uri, cache_dir).get_bytes(contract.STATUS)
-        status = contract.Status.from_json(raw) if raw else None
+        status = contract.Status.read(open_storage(run_uri, cache_dir))
     except Exception as e:  # storage trouble: judge by torchrun's code alone
         log.warning("could not read status.json to classify the exit: %s", e)
         return torchrun_code

@@ -17,15 +17,16 @@ import urllib.error
 import urllib.request
 from urllib.parse import quote
 
+from trainer import contract
+
 log = logging.getLogger("trainer.runpod")
 
-DEFAULT_BASE_URL = "https://api.runpod.io"
 TRIES = 4
 
 
 def in_pod(environ: dict[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
-    return bool(env.get("RUNPOD_POD_ID") and env.get("RUNPOD_API_KEY"))
+    return bool(env.get(contract.ENV_RUNPOD_POD_ID) and env.get(contract.ENV_RUNPOD_API_KEY))
 
 
 def stop_own_pod(reason: str, environ: dict[str, str] | None = None) -> bool:
@@ -33,10 +34,11 @@ def stop_own_pod(reason: str, environ: dict[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     if not in_pod(env):
         return False
-    pod_id = env["RUNPOD_POD_ID"]
-    url = f"{(env.get('RUNPOD_API_BASE_URL') or DEFAULT_BASE_URL).rstrip('/')}/v2/pods/{quote(pod_id, safe='')}/action"
+    pod_id = env[contract.ENV_RUNPOD_POD_ID]
+    base = env.get(contract.ENV_RUNPOD_BASE_URL) or contract.RUNPOD_DEFAULT_BASE_URL
+    url = f"{base.rstrip('/')}/v2/pods/{quote(pod_id, safe='')}/action"
     request = urllib.request.Request(url, data=json.dumps({"action": "stop"}).encode(), method="POST", headers={
-        "Authorization": f"Bearer {env['RUNPOD_API_KEY']}", "Content-Type": "application/json",
+        "Authorization": f"Bearer {env[contract.ENV_RUNPOD_API_KEY]}", "Content-Type": "application/json",
         "User-Agent": "spot-runner-trainer"})
     log.info("%s: stopping this pod (%s) so that it bills no more", reason, pod_id)
     for tries in range(1, TRIES + 1):

@@ -140,9 +140,7 @@ class RunPodBackend(Backend):
     def _status_reader(self, handle: dict[str, Any]) -> Callable[[], contract.Status | None]:
         def read() -> contract.Status | None:
             try:
-                storage = self._storage(handle["run_uri"])
-                raw = storage.get_bytes(contract.STATUS)
-                return contract.Status.from_json(raw) if raw else None
+                return contract.Status.read(self._storage(handle["run_uri"]))
             except Exception:  # a storage hiccup: judge by the pod alone this time
                 return None
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import os
 
+from trainer import contract
+
 #: The API key (Bearer). In a pod, RunPod sets a pod-scoped one under the same name.
-ENV_API_KEY = "RUNPOD_API_KEY"
+ENV_API_KEY = contract.ENV_RUNPOD_API_KEY
 #: Base URL under which /v2/ and /graphql live; runpod-python reads the same variable.
-ENV_BASE_URL = "RUNPOD_API_BASE_URL"
-DEFAULT_BASE_URL = "https://api.runpod.io"
+ENV_BASE_URL = contract.ENV_RUNPOD_BASE_URL
+DEFAULT_BASE_URL = contract.RUNPOD_DEFAULT_BASE_URL
 #: Every pod this project creates is named ``spot-runner-<owner>-<attempt id>``.
 POD_NAME_PREFIX = "spot-runner-"
 #: Clouds walked for capacity, in order.

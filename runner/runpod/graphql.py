@@ -27,32 +27,27 @@ from runner.runpod.errors import (
 from runner.runpod.http import Transport
 
 #: Prices per cloud: ``lowestPrice`` takes ``secureCloud``; the two clouds have their own minimum bid.
-GPU_PRICES = """
-query GpuPrices($gpuTypeId: String, $gpuCount: Int!) {
-  gpuTypes(input: {id: $gpuTypeId}) {
-    id displayName memoryInGb securePrice communityPrice secureSpotPrice communitySpotPrice
-    secure: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: true}) {
-      minimumBidPrice uninterruptablePrice stockStatus
-    }
-    community: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: false}) {
-      minimumBidPrice uninterruptablePrice stockStatus
-    }
+_PRICES = """
+fragment Prices on GpuType {
+  id displayName memoryInGb securePrice communityPrice secureSpotPrice communitySpotPrice
+  secure: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: true}) {
+    minimumBidPrice uninterruptablePrice stockStatus
+  }
+  community: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: false}) {
+    minimumBidPrice uninterruptablePrice stockStatus
   }
 }"""
+
+GPU_PRICES = """
+query GpuPrices($gpuTypeId: String, $gpuCount: Int!) {
+  gpuTypes(input: {id: $gpuTypeId}) { ...Prices }
+}""" + _PRICES
 
 #: The same for every GPU type at once (``runner gpus``).
 ALL_GPU_PRICES = """
 query AllGpuPrices($gpuCount: Int!) {
-  gpuTypes {
-    id displayName memoryInGb securePrice communityPrice secureSpotPrice communitySpotPrice
-    secure: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: true}) {
-      minimumBidPrice uninterruptablePrice stockStatus
-    }
-    community: lowestPrice(input: {gpuCount: $gpuCount, secureCloud: false}) {
-      minimumBidPrice uninterruptablePrice stockStatus
-    }
-  }
-}"""
+  gpuTypes { ...Prices }
+}""" + _PRICES
 
 RENT_SPOT_POD = """
 mutation RentSpotPod($input: PodRentInterruptableInput!) {

@@ -245,8 +245,6 @@ def _launch_detached(state, row, json: bool, default: str, hint: bool) -> None:
     return show.print_launched(state, row, json, default, hint)
 
 def main(argv: list[str] | None = None) -> None:
-    import fire
-
     from runner import cli_args
 
     # fire reads docstrings through IPython when it is installed: 0.3 s of imports for every --help.
@@ -274,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
 
         if name in RECONCILING:
             reconcile_pods()
+    import fire  # after --help and the checks: its imports (asyncio) cost 70 ms
+
     spec = cli_args.params(cli_args.commands(commands)[name])
     fire.Fire(commands, command=cli_args.canonical(name, spec, options), name="runner")
 

@@ -56,8 +56,12 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
     log = logging.getLogger("trainer")
     try:
         cfg, _ = load_train_config(job)
+        cfg.checkpoint.minutes()  # every_minutes: auto is resolved here, where the trainer runs
     except JobFileError as e:
         print(str(e), file=sys.stderr)
+        return contract.EXIT_BAD_CONFIG
+    except ValueError as e:
+        print(f"{job}: train.checkpoint.every_minutes: {e}", file=sys.stderr)
         return contract.EXIT_BAD_CONFIG
     try:
         storage = open_storage(run_uri, cache_dir)

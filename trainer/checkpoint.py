@@ -86,6 +86,7 @@ class _Job:
 class CheckpointManager:
     def __init__(self, storage: Storage, policy: CheckpointPolicy):
         self.storage, self.policy = storage, policy
+        self._every_minutes = policy.minutes()  # `auto` resolved here, where the trainer runs
         self.staging = storage.work_dir / contract.CHECKPOINT_DIR
         self.staging.mkdir(parents=True, exist_ok=True)
         removed = remove_stale_temp_files(self.staging)
@@ -111,7 +112,7 @@ class CheckpointManager:
         p = self.policy
         if p.every_steps and step % p.every_steps == 0:
             return True
-        return bool(p.every_minutes) and time.monotonic() - self._last_save_time >= p.every_minutes * 60
+        return bool(self._every_minutes) and time.monotonic() - self._last_save_time >= self._every_minutes * 60
 
     # --- saving ---------------------------------------------------------------------------------
     def save(self, step: int, state: dict[str, Any], *, best: bool = False) -> float:

@@ -165,23 +165,35 @@ AUTO_FALLBACK_MINUTES = 10.0
 class Checkpoint(_Section):
     """A checkpoint is written every ``every_steps`` steps or every ``every_minutes``, whichever first.
 
-    ``every_minutes: auto`` is resolved when the file is read: the interval the runner passed in
-    ``RUNNER_CHECKPOINT_EVERY_MINUTES``, else 10 minutes."""
+    ``every_minutes: auto`` stays ``auto`` in the parsed file and is resolved where the trainer runs
+    (:meth:`minutes`): the interval the runner passed in ``RUNNER_CHECKPOINT_EVERY_MINUTES``, else
+    10 minutes."""
 
     every_steps: int | None = Field(1000, ge=1)
-    every_minutes: float | None = Field(10.0, gt=0)
+    every_minutes: float | Literal["auto"] | None = Field(10.0)
     #: History checkpoints kept besides latest.pt and best.pt. At least 2: with one, a torn write of
     #: that one leaves nothing to fall back to.
     keep_last: int = Field(3, ge=2)
 
     @field_validator("every_minutes", mode="before")
     @classmethod
-    def _auto_minutes(cls, value: Any) -> Any:
-        if value != "auto":
-            if isinstance(value, str) and not value.strip().replace(".", "", 1).isdigit():
-                raise ValueError(f"expected a number of minutes or auto, got {value!r}")
+    def _number_or_auto(cls, value: Any) -> Any:
+        if value is None or value == "auto":
             return value
-        passed = os.environ.get(ENV_AUTO_MINUTES, "").strip()
+        try:
+            minutes = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number of minutes or auto, got {value!r}") from None
+        if not minutes > 0:
+            raise ValueError(f"expected a number of minutes greater than 0, or auto; got {value!r}")
+        return minutes
+
+    def minutes(self, environ: dict[str, str] | None = None) -> float | None:
+        """The time interval in force here: the file's number, or for ``auto`` the one the runner passed
+        (else :data:`AUTO_FALLBACK_MINUTES`). Raises ValueError for a passed value that is no interval."""
+        if self.every_minutes != "auto":
+            return self.every_minutes
+        passed = (os.environ if environ is None else environ).get(ENV_AUTO_MINUTES, "").strip()
         if not passed:
             return AUTO_FALLBACK_MINUTES
         try:

@@ -49,21 +49,21 @@ def test_a_single_stretch_matches_the_textbook_formula():
 
 
 def test_every_minutes_auto_in_a_job_file(monkeypatch, tmp_path):
-    """The trainer's schema takes ``auto``: the interval the runner passed, else 10 minutes; anything
-    else that is not a number is refused with the file, line and field."""
+    """The trainer's schema takes ``auto``, resolved where the trainer runs: the interval the runner
+    passed, else 10 minutes; anything else that is not a number is refused with the file, line and field."""
     from runner.spec import load_job
     from tests.fixtures.jobs import make_job
     from trainer.config import ENV_AUTO_MINUTES, Checkpoint
     from trainer.jobfile import JobFileError
 
-    monkeypatch.delenv(ENV_AUTO_MINUTES, raising=False)
-    assert Checkpoint(every_minutes="auto").every_minutes == 10.0
     monkeypatch.setenv(ENV_AUTO_MINUTES, "7.250")
-    assert Checkpoint(every_minutes="auto").every_minutes == 7.25
-    assert Checkpoint(every_minutes=3).every_minutes == 3.0  # a number in the file wins over the variable
-    monkeypatch.setenv(ENV_AUTO_MINUTES, "soon")
+    auto = Checkpoint(every_minutes="auto")
+    assert auto.every_minutes == "auto"  # the parsed file keeps what it said: resolved where it runs
+    assert auto.minutes() == 7.25
+    assert auto.minutes({}) == 10.0  # started by hand: nothing passed
+    assert Checkpoint(every_minutes=3).minutes() == 3.0  # a number in the file wins over the variable
     with pytest.raises(ValueError, match="is not a number of minutes"):
-        Checkpoint(every_minutes="auto")
+        auto.minutes({ENV_AUTO_MINUTES: "soon"})
     monkeypatch.delenv(ENV_AUTO_MINUTES)
 
     job = load_job(make_job(tmp_path / "a", {"train": {"checkpoint": {"every_minutes": "auto"}}}))

@@ -157,7 +157,7 @@ class RunPodBackend(Backend):
         """Stop the pod (RunPod sends SIGTERM: an emergency checkpoint), wait up to ``grace_s`` for it
         to exit, then terminate it, so it bills nothing more. Returns how the attempt ended."""
         from runner.backends.runpod_observe import observe
-        from runner.runpod.client import ALIVE, RUNNING
+        from runner.runpod.client import ALIVE
         from runner.runpod.errors import Conflict, NotFound, RunPodError
         from runner.runpod.timeline import PodTimeline
 
@@ -167,12 +167,8 @@ class RunPodBackend(Backend):
         def look() -> Any:
             seen_at = time.time()
             pod = self.client.get_pod(pod_id)
-            if pod is not None and pod.status == RUNNING:
-                timeline.running(pod.started_at, seen_at, pod.cost_per_hour, pod.uptime_seconds)
-                timeline.save()
-            elif pod is not None and pod.status in ALIVE:
-                timeline.booting(seen_at)
-                timeline.save()
+            if pod is not None:
+                timeline.saw(pod, seen_at)
             return pod
 
         try:

@@ -42,10 +42,8 @@ def observe(client: RunPodClient, handle: dict[str, Any], read_status: StatusRea
     if pod is None or pod.status == TERMINATED:
         _note(timeline, lambda t: t.stopped(seen_at))
         return Observation("vanished", detail=f"pod {pod_id} is gone (terminated by RunPod or outside the runner)")
-    if pod.status == RUNNING:
-        _note(timeline, lambda t: t.running(pod.started_at, seen_at, pod.cost_per_hour, pod.uptime_seconds))
-    elif pod.status in ALIVE:
-        _note(timeline, lambda t: t.booting(seen_at))
+    if timeline is not None:
+        timeline.saw(pod, seen_at)
     status = _mine(read_status(), handle)
     if pod.status in ALIVE:
         if status is not None and status.state == contract.DONE:

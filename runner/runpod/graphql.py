@@ -75,17 +75,19 @@ class GraphQL:
         With ``retry``, a GraphQL-level fault or rate limit (HTTP 200 with errors) is retried like an
         HTTP one; a create is sent with ``retry=False`` and its caller looks the pod up by name."""
         if not retry:
-            return self._once(document, variables, operation, retry=False)
+            return self._once(document, variables, operation)
         from runner.runpod.http import retrying
 
+        # One loop retries both kinds: the HTTP request itself is sent once per turn, or the
+        # transport's own retries would run inside these ones (up to 8 x 8 sends for one query).
         for attempt in retrying():
             with attempt:
-                return self._once(document, variables, operation, retry=True)
+                return self._once(document, variables, operation)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _once(self, document: str, variables: dict[str, Any], operation: str, *, retry: bool) -> dict[str, Any]:
+    def _once(self, document: str, variables: dict[str, Any], operation: str) -> dict[str, Any]:
         answer = self.transport.request("POST", "/graphql", json={"query": document, "variables": variables},
-                                        retry=retry)
+                                        retry=False)
         if not isinstance(answer, dict):
             raise ServerError(f"RunPod's GraphQL answered {operation} with no data")
         errors = answer.get("errors") or []

@@ -3,8 +3,9 @@
 RunPod's billing (``GET /v2/billing/pods``) gives dollars per time *bucket* (an hour, a day, …): the
 bucket's edges say nothing of when the pod ran, so hours cannot be read from it. The pod itself can
 tell: ``startedAt`` (when it went RUNNING, RunPod's clock), its status at each look, and for a pod
-that exited, GraphQL's ``lastStatusChange`` ("Exited by Runpod: Tue Dec 01 2026 12:31:47 GMT+0000
-…", to the second). The runner keeps what it saw of each pod in a small file in its state folder,
+that exited, GraphQL's ``lastStatusChange`` ("Exited by Runpod: Fri Jun 19 2026 03:36:49 GMT+0000",
+to the second: the reason and a JavaScript date, as third-party RunPod clients record it; RunPod
+documents neither, so a reason without a date is read as no time at all). The runner keeps what it saw of each pod in a small file in its state folder,
 so a runner that restarts still knows, and a pod that is terminated (and so gone from the API)
 can still be accounted for.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import paths
+from runner.runpod.client import ALIVE, RUNNING, Pod
 
 _FOLDER = "runpod-pods"
 
@@ -36,6 +38,16 @@ class PodTimeline:
     start_window: list[float] | None = None  # [earliest, latest] the open interval can have started
 
     # --- what the runner saw -----------------------------------------------------------------------
+    def saw(self, pod: Pod, seen_at: float) -> None:
+        """A look at a pod that is still alive (``GET /v2/pods/{id}`` at ``seen_at``), kept on disk."""
+        if pod.status == RUNNING:
+            self.running(pod.started_at, seen_at, pod.cost_per_hour, pod.uptime_seconds)
+        elif pod.status in ALIVE:
+            self.booting(seen_at)
+        else:
+            return
+        self.save()
+
     def booting(self, seen_at: float) -> None:
         """A look that found the pod PROVISIONING or STARTING (not billed as running yet)."""
         if self._open() is None:

@@ -25,8 +25,8 @@ def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
     return forwarded(names, environ)[1]
 
 
-def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:
-    """Check that the job can be launched here (its backend, its secrets), then record it: (state, job row)."""
+def _check_launchable(spec_job: Any, environ: Mapping[str, str]) -> None:
+    """The job's backend works here and its secrets are set in this shell."""
     from runner.backends import BackendError, get_backend
 
     try:
@@ -38,6 +38,11 @@ def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any,
         raise ActionError(f"{spec_job.path}: secrets: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} listed "
                           f"but not set in this shell; export {'it' if len(missing) == 1 else 'them'} and submit again. "
                           f"Nothing was launched.")
+
+
+def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:
+    """Check that the job can be launched here (its backend, its secrets), then record it: (state, job row)."""
+    _check_launchable(spec_job, environ)
     import secrets as token
 
     from runner import paths
@@ -47,9 +52,61 @@ def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any,
     job_id = f"{spec_job.name}-{token.token_hex(3)}"
     root = spec_job.storage_root or str(paths.default_runs_dir())
     row = state.create_job(id=job_id, name=spec_job.name, job_file=str(spec_job.path), job_sha256=spec_job.sha256,
-                           spec=spec_job.record(), workdir=os.getcwd(), backend=spec_job.backend,
+                           spec=spec_job.spec, workdir=os.getcwd(), backend=spec_job.backend,
                            run_uri=f"{root.rstrip('/')}/{job_id}", max_steps=spec_job.train.max_steps or 0)
     return state, row
+
+
+def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, list[Any], list[Any]]:
+    """Record a pipeline's stages as jobs, each a run of its own under ``<storage>/<pipeline id>/<stage>``,
+    each starting from its inputs: (state, stages to run, stages already done).
+
+    Submitting the same pipeline again (same stages, same train: sections, same storage) goes on with
+    it: finished stages are kept, the first unfinished one resumes from its own checkpoints."""
+    from trainer.contract import BEST
+
+    _check_launchable(spec_job, environ)
+    import secrets as token
+
+    from runner import paths
+    from runner.state import State
+
+    state = State.open(create=True)
+    spec = spec_job.spec
+    root = (spec_job.storage_root or str(paths.default_runs_dir())).rstrip("/")
+    earlier = _same_pipeline(state, spec, root)
+    if earlier:
+        running = [r for r in earlier if r.active]
+        if running:
+            raise ActionError(f"pipeline {earlier[0].pipeline} is already running (stage {running[0].stage}: "
+                              f"{running[0].state}); `python -m runner watch` follows it")
+        done = [r for r in earlier if r.state == "done"]
+        for row in earlier[len(done):]:
+            reopen(state, row, None, environ)
+        return state, [state.job(r.id) for r in earlier[len(done):]], done
+
+    pipeline = f"{spec_job.name}-{token.token_hex(3)}"
+    rows = []
+    with state.transaction():
+        for stage, section in spec.stages.items():
+            inputs = {key: (f"{root}/{pipeline}/{ref}/{BEST}" if ref in spec.stages else ref)
+                      for key, ref in section.inputs().items()}
+            rows.append(state.create_job(
+                id=f"{pipeline}.{stage}", name=f"{spec_job.name}.{stage}", job_file=str(spec_job.path),
+                job_sha256=spec_job.sha256, spec=spec.stage_spec(stage), workdir=os.getcwd(), backend=spec_job.backend,
+                run_uri=f"{root}/{pipeline}/{stage}", max_steps=section.train.max_steps or 0, pipeline=pipeline,
+                stage=stage, inputs=inputs))
+    return state, rows, []
+
+
+def _same_pipeline(state: Any, spec: Any, root: str) -> list[Any]:
+    """The newest recorded pipeline of this name with the same stages, train: sections and storage."""
+    for pipeline in state.pipelines_named(spec.name):
+        rows = state.pipeline_jobs(pipeline)
+        if [r.stage for r in rows] == list(spec.stages) and all(
+                r.run_uri == f"{root}/{pipeline}/{r.stage}" and r.spec.train == spec.stages[r.stage].train for r in rows):
+            return rows
+    return []
 
 
 def reopen(state: Any, row: Any, budget: Any, environ: Mapping[str, str] = os.environ) -> tuple[str, float]:
@@ -60,7 +117,7 @@ def reopen(state: Any, row: Any, budget: Any, environ: Mapping[str, str] = os.en
     if row.state == "done":
         raise ActionError(f"{row.id} is done: its final weights are in {row.run_uri}/final")
     spent = state.spent(row.id)
-    current = (row.spec.get("budget") or {}).get("max_usd")
+    current = row.spec.budget.max_usd if row.spec.budget else None
     if budget is not None:
         try:
             budget = float(budget)
@@ -72,7 +129,7 @@ def reopen(state: Any, row: Any, budget: Any, environ: Mapping[str, str] = os.en
     elif current is not None and spent >= current:
         raise ActionError(f"{row.id} has spent ${spent:.2f} of its ${current:.2f} budget: resume it with a larger one, "
                           f"e.g. --budget {max(current * 1.5, spent + 1):.2f}")
-    missing = _missing_secrets(row.spec.get("secrets", []), environ)
+    missing = _missing_secrets(row.spec.secrets, environ)
     if missing:
         raise ActionError(f"{row.id} needs {', '.join(missing)} in the environment to launch; export "
                           f"{'it' if len(missing) == 1 else 'them'} and resume again. Nothing was launched.")

@@ -30,14 +30,15 @@ class Commands:
     State lives in $RUNNER_HOME (default: $XDG_STATE_HOME/spot-runner).
     """
 
-    def submit(self, job: str, gpu: str | None = None, backend: str | None = None, detach: bool = False,
-               dry_run: bool = False, json: bool = False) -> None:
+    def submit(self, job: str, gpu: str | None = None, backend: str | None = None, env: list[str] | None = None,
+               detach: bool = False, dry_run: bool = False, json: bool = False) -> None:
         """Validate a job file, launch it and follow it until it ends (--detach: return at once).
 
         Args:
             job: the job file (YAML).
             gpu: GPU alias, RunPod GPU id, or a comma-separated failover list; overrides resources.gpu.
             backend: local, docker or runpod; overrides the job file's backend (default local).
+            env: NAME=VALUE for a job variable declared under envs: (give it again for more).
             detach: launch, print the job id and return; `python -m runner watch` supervises it.
             dry_run: print the plan (backend, GPU, price, estimated time and cost) and launch nothing.
             json: print the job (or the plan) as JSON on stdout; progress goes to stderr.
@@ -47,14 +48,27 @@ class Commands:
 
         if isinstance(gpu, (tuple, list)):  # fire turns "a,b" into a tuple
             gpu = ",".join(map(str, gpu))
+        variables = {}
+        for item in env or []:
+            name, sep, value = str(item).partition("=")
+            if not sep or not name:
+                fail(f"--env {item!r}: expected NAME=VALUE, e.g. --env PRESET=tiny", EXIT_BAD_INPUT)
+            variables[name] = value
         try:
-            spec_job = load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend)
+            spec_job = load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=variables)
         except JobFileError as e:
             fail(f"{e}\nNothing was launched; fix the file and submit again.")
         if dry_run:
             from runner.show import print_plan
 
             return print_plan(spec_job, json)
+        if spec_job.spec.stages:
+            state, rows, done = _act(lambda: actions.submit_pipeline(spec_job))
+            kept = "".join(f"\nstage {r.stage} is done already: {r.run_uri}" for r in done)
+            if detach:
+                return _launch_detached(state, rows[0], json, "launched", hint=True)
+            return follow(state, [r.id for r in rows], json=json,
+                          announce=f"submitted pipeline {rows[0].pipeline}: {', '.join(r.stage for r in rows)}{kept}")
         state, row = _act(lambda: actions.submit(spec_job))
         if detach:
             return _launch_detached(state, row, json, "launched", hint=True)

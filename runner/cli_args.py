@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ class UsageError(Exception):
 @dataclass(frozen=True)
 class Param:
     name: str  # the Python name, e.g. dry_run
-    kind: str  # "bool", "int", "float" or "str"
+    kind: str  # "bool", "int", "float", "str", or "list" (of str: the option may be given again)
     required: bool
     positional: bool
     default: Any
@@ -44,6 +45,8 @@ class Param:
 def _kind(annotation: Any) -> str:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     types = {t.strip() for t in text.split("|")} - {"None"}
+    if any(t.startswith("list") for t in types):
+        return "list"
     for kind in ("bool", "int", "float"):
         if types == {kind}:
             return kind
@@ -152,6 +155,9 @@ def parse(obj: Any, argv: list[str], prog: str = "runner") -> tuple[str, list[st
     options: dict[str, Any] = {}
 
     def set_option(p: Param, value: Any, token: str) -> None:
+        if p.kind == "list":
+            options.setdefault(p.name, []).append(value)
+            return
         if p.name in options:
             raise UsageError(f"{p.flag} given twice for {where}")
         options[p.name] = value
@@ -218,6 +224,8 @@ def canonical(name: str, spec: list[Param], options: dict[str, Any]) -> list[str
         value = options[p.name]
         if p.kind == "bool":
             switches.append(f"--{p.name}" if value else f"--no{p.name}")
+        elif p.kind == "list":  # fire reads a Python list literal; JSON strings are one
+            values.append(f"--{p.name}={json.dumps(list(value))}")
         else:
             values.append(f"--{p.name}={value}")
     return [name, *values, *switches]

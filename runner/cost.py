@@ -15,12 +15,15 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import interval as iv
 from runner import observed
 from runner import state as st
 from runner.catalog import GpuType, load_catalog
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 #: Hours in the month that per-GB-month disk prices are quoted for (RunPod: 730).
 HOURS_PER_MONTH = 730.0
@@ -115,8 +118,8 @@ def lost_work(attempt: st.AttemptRow, seg: st.SegmentRow, job_seconds_per_step: 
 
 
 def _interval_in_use(job: st.JobRow, attempts: list[st.AttemptRow]) -> str:
-    policy = ((job.spec.get("train") or {}).get("checkpoint") or {})
-    minutes, steps = policy.get("every_minutes", 10.0), policy.get("every_steps", 1000)
+    policy = job.spec.train.checkpoint
+    minutes, steps = policy.every_minutes, policy.every_steps
     if minutes == "auto":
         chosen = [a.checkpoint_every_minutes for a in attempts if a.checkpoint_every_minutes]
         text = f"auto ({chosen[-1]:.1f} min)" if chosen else "auto"
@@ -181,14 +184,15 @@ def job_cost(state: st.State, job: st.JobRow, now: float | None = None, since: f
                 lost_steps, lost_h, lost_usd = lost_steps + s, lost_h + h, lost_usd + d
     usd = compute + storage
     steps = job.step
-    resources = job.spec.get("resources") or {}
-    gpu = counted[-1].gpu if counted else (resources.get("gpu") if isinstance(resources.get("gpu"), str) else None)
+    spot_wanted = job.spec.resources.spot
+    wanted = job.wanted_gpus()
+    gpu = counted[-1].gpu if counted else (wanted[0] if len(wanted) == 1 else None)
     capacity = "+".join(k for k in ("spot", "on-demand", "local") if k in kinds) or (
-        "local" if job.backend == "local" else "spot" if resources.get("spot", True) else "on-demand")
+        "local" if job.backend == "local" else "spot" if spot_wanted else "on-demand")
     billed_by = "mixed" if len(sources) > 1 else (sources.pop() if sources else "runner")
     interval = None
     if advice:
-        spot = bool(counted[-1].spot) if counted else bool(resources.get("spot", True)) and job.backend != "local"
+        spot = bool(counted[-1].spot) if counted else spot_wanted and job.backend != "local"
         interval = advise_interval(state, job, gpu, spot, list(attempts.values()), memo)
     return JobCost(job.id, gpu_hours, usd, on_demand, on_demand - usd, preemptions, len(counted), name=job.name,
                    state=job.state, gpu=gpu, capacity=capacity, compute_usd=compute, storage_usd=storage,
@@ -370,15 +374,15 @@ def restart_minutes(state: st.State | None, backend: str, gpu: str | None) -> tu
     return default, f"assumed {default:g} min: no earlier launch on {gpu or backend}"
 
 
-def checkpoint_minutes(raw_train: dict[str, Any], job_name: str, gpu: str | None, spot: bool, backend: str,
+def checkpoint_minutes(train: TrainConfig, job_name: str, gpu: str | None, spot: bool, backend: str,
                        state: st.State | None) -> tuple[float | None, str, observed.PreemptionRate, observed.CheckpointCost]:
     """The time-based interval a launch will use (minutes, and why): the job file's own, or for
     ``every_minutes: auto`` Young/Daly's from the measured cost of a checkpoint of this job and the
-    preemption rate observed for this GPU. ``raw_train`` is the job file's ``train:`` mapping."""
+    preemption rate observed for this GPU."""
     prate = observed.preemption_rate(state, gpu, spot, backend)
     cost = observed.checkpoint_cost(state, job_name, gpu)
     auto = iv.optimal_minutes(cost.seconds, prate.mtbf_hours * 3600)
-    raw = (raw_train.get("checkpoint") or {}).get("every_minutes", 10.0)
+    raw = train.checkpoint.every_minutes
     if raw == "auto":
         mtbf = "no preemption expected" if prate.mtbf_hours == math.inf else f"MTBF {prate.mtbf_hours:.2f} h"
         return auto, f"auto: Young/Daly for a {cost.seconds:.2f} s checkpoint at {mtbf}", prate, cost
@@ -401,7 +405,7 @@ def estimate(job: Any, state: st.State | None = None) -> Estimate:
     steps = train.max_steps
     measured_gpu = gpu.alias if gpu and job.backend != "local" else None  # local attempts record no GPU
     measured = observed.seconds_per_step(state, job.name, job.backend, measured_gpu) if state else None
-    minutes, minutes_basis, prate, ccost = checkpoint_minutes(job.spec.train, job.name, measured_gpu, spot, job.backend,
+    minutes, minutes_basis, prate, ccost = checkpoint_minutes(job.train, job.name, measured_gpu, spot, job.backend,
                                                               state)
     restart, restart_basis = restart_minutes(state, job.backend, measured_gpu)
     extra = dict(storage_rate_per_hour=disks, preemption=prate, checkpoint=ccost, interval_minutes=minutes,

@@ -11,8 +11,6 @@ from runner.cost import job_cost
 
 def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: float | None = None) -> dict[str, Any]:
     now = now or time.time()
-    spec = job.spec
-    resources = spec.get("resources") or {}
     record: dict[str, Any] = {
         "id": job.id,
         "name": job.name,
@@ -21,8 +19,8 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         "backend": job.backend,
         "run_uri": job.run_uri,
         "job_file": job.job_file,
-        "gpu": resources.get("gpu"),
-        "spot": bool(resources.get("spot", True)) and job.backend != "local",
+        "gpu": job.wanted_gpus(),
+        "spot": job.spec.resources.spot and job.backend != "local",
         "step": job.step,
         "max_steps": job.max_steps,
         "preemptions": job.preemptions,
@@ -33,7 +31,7 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         "supervised_by": job.supervisor_pid if job.active and job.supervised() else None,
     }
     if detail:
-        record["budget_usd"] = (spec.get("budget") or {}).get("max_usd")
+        record["budget_usd"] = job.spec.budget.max_usd if job.spec.budget else None
         record["cost"] = job_cost(state, job, now).to_dict()
         record["attempts"] = [
             {"id": a.id, "number": a.number, "state": a.state, "outcome": a.outcome, "exit_code": a.exit_code,

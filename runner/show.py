@@ -153,6 +153,40 @@ def plan_overhead_rows(est, escape, duration) -> list[tuple[str, str]]:
 
 
 def print_plan(job, json: bool) -> None:
+    if job.spec.stages:
+        return _print_pipeline_plan(job, json)
+    plan, est = _plan(job)
+    if json:
+        return print_json(plan)
+    _print_plan(job, plan, est, f"Plan for {job.name}")
+    return None
+
+
+def _print_pipeline_plan(job, json: bool) -> None:
+    """One plan per stage, in order, and what the whole pipeline takes."""
+    from dataclasses import replace
+
+    from runner.view import duration
+
+    stages = [(name, replace(job, spec=job.spec.stage_spec(name))) for name in job.spec.stages]
+    plans = [(name, stage_job, *_plan(stage_job, stage=name)) for name, stage_job in stages]
+    hours = [p["estimated_hours"] for _n, _j, p, _e in plans]
+    dollars = [p.get("expected_usd", p["estimated_usd"]) for _n, _j, p, _e in plans]
+    total = {"pipeline": job.name, "stages": [p for _n, _j, p, _e in plans],
+             "estimated_hours": sum(hours) if None not in hours else None,
+             "estimated_usd": sum(dollars) if None not in dollars else None}
+    if json:
+        return print_json(total)
+    for i, (name, stage_job, plan, est) in enumerate(plans, 1):
+        inputs = ", ".join(f"{k} ← {v}" for k, v in job.spec.stages[name].inputs().items())
+        _print_plan(stage_job, plan, est, f"Stage {i} of {len(plans)}: {name}" + (f" (from {inputs})" if inputs else ""))
+    when = duration(total["estimated_hours"] * 3600) if total["estimated_hours"] is not None else "unknown"
+    usd = f"${total['estimated_usd']:.2f}" if total["estimated_usd"] is not None else "unknown"
+    new_console().print(f"[bold]Pipeline {job.name}[/]: {len(plans)} stages, {when} of training, {usd} expected in all")
+    return None
+
+
+def _plan(job, stage: str | None = None) -> tuple[dict, Any]:
     from runner import paths
     from runner.backends import AVAILABLE
     from runner.cost import estimate
@@ -172,16 +206,23 @@ def print_plan(job, json: bool) -> None:
         "steps": est.steps, "seconds_per_step": est.seconds_per_step, "estimate_basis": est.basis,
         "estimated_hours": est.hours, "estimated_usd": est.usd, **plan_extras(est),
         "budget_usd": job.spec.budget.max_usd if job.spec.budget else None,
-        "run_uri": f"{root.rstrip('/')}/{job.name}-<id>",
+        "run_uri": f"{root.rstrip('/')}/{job.name}-<id>" + (f"/{stage}" if stage else ""),
         "secrets": {n: n not in missing for n in job.spec.secrets},
         "retry": job.spec.retry.model_dump(),
     }
-    if json:
-        return print_json(plan)
+    if stage:
+        plan["stage"] = stage
+    if est.expected_usd is not None:
+        plan["expected_usd"] = est.expected_usd
+    return plan, est
+
+
+def _print_plan(job, plan: dict, est: Any, title: str) -> None:
     from rich.markup import escape
 
     from runner.view import duration, kv_table
 
+    gpu, spot = (job.gpus[0] if job.gpus else None), plan["capacity"] == "spot"
     where = {"local": "local (a trainer process on this machine)", "docker": "docker", "runpod": "runpod (RunPod pods)"}
     backend = where[job.backend] + ("" if plan["backend_available"] else "  [yellow](not available in this version yet)[/]")
     if gpu:
@@ -223,9 +264,8 @@ def print_plan(job, json: bool) -> None:
             ("est. cost", cost), ("budget", budget), ("run URI", escape(plan["run_uri"])), ("secrets", secrets),
             ("retry", retry_text)]
     console = new_console()
-    console.print(f"[bold]Plan for {escape(job.name)}[/] ({escape(str(job.path))}): dry run, nothing launched")
+    console.print(f"[bold]{escape(title)}[/] ({escape(str(job.path))}): dry run, nothing launched")
     console.print(kv_table(rows))
-    return None
 
 
 def plot_costs(state, jobs, path: str, stderr: bool = False) -> None:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runner.catalog import GpuType, load_catalog
 from runner.secret_guard import ENV_NAME, looks_like_secret_name, looks_like_secret_value, redact
+from trainer import jobvars
 from trainer.config import TrainConfig, parse_train, resolve_path
 from trainer.contract import ENV_ATTEMPT_ID
 from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, validation_problems
@@ -98,6 +100,33 @@ def _env_scalar(value: Any) -> str | int | float | bool:
 EnvValue = Annotated[Any, AfterValidator(_env_scalar)]
 
 
+STAGE_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,30}$"
+
+
+class Stage(_Section):
+    """One stage of a pipeline: a run of its own (checkpoints, relaunches, cost), started when the
+    stages before it are done."""
+
+    #: Starting weights: an earlier stage's name (its best.pt), a checkpoint URI, or a run URI followed
+    #: by /best or /latest; a list of stage names, or a mapping name: stage-or-URI, when it takes several.
+    init_from: str | list[str] | dict[str, str] | None = None
+    train: TrainConfig
+
+    def inputs(self) -> dict[str, str]:
+        """init_from as a mapping: the name the recipe knows each input by, to a stage name or URI."""
+        given = self.init_from
+        if given is None:
+            return {}
+        if isinstance(given, dict):
+            return dict(given)
+        items = [given] if isinstance(given, str) else given
+        return {(item if _is_stage_name(item) else "init"): item for item in items}
+
+
+def _is_stage_name(value: str) -> bool:
+    return re.match(STAGE_PATTERN, value) is not None
+
+
 class JobSpec(_Section):
     name: str = Field(pattern=NAME_PATTERN)
     backend: Literal["local", "docker", "runpod"] = "local"
@@ -112,7 +141,48 @@ class JobSpec(_Section):
     #: NAMES of environment variables forwarded from the submitting shell (their values never
     #: appear in the job file, the state or a log).
     secrets: list[str] = Field(default_factory=list)
-    train: dict[str, Any]
+    #: Job variables: NAME: default. ``${NAME}`` anywhere else in the file is replaced by its value;
+    #: ``submit --env NAME=VALUE`` overrides it. The record keeps the values the job ran with.
+    envs: dict[str, EnvValue] = Field(default_factory=dict)
+    #: The trainer's section, validated by its own torch-free schema (``trainer.config``).
+    train: TrainConfig | None = None
+    #: Or a pipeline: stages run in this order, each its own run.
+    stages: dict[str, Stage] | None = None
+
+    @model_validator(mode="after")
+    def _train_or_stages(self) -> JobSpec:
+        if self.train is None and self.stages is None:
+            raise ValueError("train: required field is missing; give a `train:` section (or `stages:` for a pipeline)")
+        if self.train is not None and self.stages is not None:
+            raise ValueError("give a `train:` section or `stages:` for a pipeline, not both")
+        for i, (name, stage) in enumerate((self.stages or {}).items()):
+            if not _is_stage_name(name):
+                raise ValueError(f"stage name {name!r}: letters, digits and _, starting with a letter")
+            earlier = list(self.stages or {})[:i]
+            for ref in stage.inputs().values():
+                if _is_stage_name(ref) and ref not in earlier:
+                    raise ValueError(f"stages.{name}.init_from: {ref!r} is not a stage before {name} "
+                                     f"(earlier stages: {', '.join(earlier) or 'none'}); give a stage name or a URI")
+        return self
+
+    def stage_spec(self, stage: str) -> JobSpec:
+        """The job one stage runs: this file with the stage's train: section and no stages."""
+        assert self.stages is not None
+        return self.model_copy(update={"train": self.stages[stage].train, "stages": None})
+
+    def env_text(self) -> dict[str, str]:
+        """``env:`` as the trainer's environment gets it (true/false for switches)."""
+        variables = {**self.envs, **self.env}  # the trainer substitutes ${NAME} in the file it reads from these
+        return {k: ("true" if v else "false") if isinstance(v, bool) else str(v) for k, v in variables.items()}
+
+    def record(self) -> str:
+        """What the state database keeps of the job: the fields the file set (so defaults stay where they
+        are defined, and a re-read validates as the file did), no secret values."""
+        return self.model_dump_json(exclude_unset=True)
+
+    @classmethod
+    def from_record(cls, record: str) -> JobSpec:
+        return cls.model_validate_json(record)
 
 
 @dataclass(frozen=True)
@@ -122,7 +192,6 @@ class Job:
     path: Path  # absolute
     sha256: str  # of the file's bytes, to notice an edit between launches
     spec: JobSpec
-    train: TrainConfig
     gpus: tuple[GpuType, ...]  # the failover list, resolved; empty when the job names no GPU
     storage_root: str | None  # absolute path or s3:// URI; None: the local default
 
@@ -134,24 +203,21 @@ class Job:
     def backend(self) -> str:
         return self.spec.backend
 
-    def env(self) -> dict[str, str]:
-        return {k: _env_text(v) for k, v in self.spec.env.items()}
-
-    def record(self) -> dict[str, Any]:
-        """What the state database keeps of the job: the validated file, which holds no secret values."""
-        return self.spec.model_dump(mode="json")
+    @property
+    def train(self) -> TrainConfig:
+        return self.spec.train
 
 
-def _env_text(value: Any) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-
-def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None = None, backend: str | None = None) -> Job:
-    """Read and validate a job file; ``gpu`` and ``backend`` override the file (``--gpu``, ``--backend``).
+def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None = None, backend: str | None = None,
+             env: Mapping[str, str] | None = None) -> Job:
+    """Read and validate a job file; ``gpu``, ``backend`` and ``env`` (job variables) override the file
+    (``--gpu``, ``--backend``, ``--env NAME=VALUE``).
 
     Raises :class:`JobFileError` naming every problem. Writes nothing, launches nothing."""
     path = Path(path).expanduser().absolute()
     doc = load_yaml(path)
+    values = jobvars.values_for(doc, env or {})
+    doc = jobvars.substitute(doc, values)
     raw = doc.data
     if "name" not in raw:  # default: the file's name, made safe for ids
         raw = {"name": re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)[:63] or "job", **raw}
@@ -159,17 +225,15 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
     problems, found_secrets = _secret_problems(raw, doc)
     if isinstance(raw.get("secrets"), dict):  # already reported, with a better message than "expected a list"
         raw = {**raw, "secrets": [str(k) for k in raw["secrets"]]}
+    # Each train: section is validated on its own, so its problems name train.* fields with their lines;
+    # one that failed stands in as a placeholder for the rest of the schema.
+    checked, more = _train_sections(raw, doc)
+    problems += more
     spec: JobSpec | None = None
     try:
-        spec = JobSpec.model_validate(raw)
+        spec = JobSpec.model_validate({**checked, "envs": values} if values else checked)
     except ValidationError as e:
         problems += [_friendlier(p) for p in validation_problems(e, doc, (), JobSpec)]
-    train: TrainConfig | None = None
-    if isinstance(raw.get("train"), dict) or "train" in raw:
-        try:
-            train = parse_train(raw.get("train"), doc)
-        except JobFileError as e:
-            problems += e.problems
 
     # GPUs are checked even when other fields are wrong: a typo in the GPU is the likeliest mistake.
     resources_raw = raw.get("resources") if isinstance(raw.get("resources"), dict) else {}
@@ -188,14 +252,45 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
         storage_root, more = _check_storage(spec, doc, path)
         problems += more
         problems += _check_env(spec, doc)
-        if train is not None and spec.backend == "local":
-            problems += _check_local_data(raw["train"], doc, path)
+        if spec.backend == "local":
+            for prefix in _train_prefixes(raw):
+                problems += _check_local_data(_at(raw, prefix), doc, path, prefix)
 
     if problems:
         problems = sorted(dict.fromkeys(redact(p, found_secrets) for p in problems), key=_line_of)
         raise JobFileError(path, problems)
-    assert spec is not None and train is not None
-    return Job(path, hashlib.sha256(path.read_bytes()).hexdigest(), spec, train, gpus, storage_root)
+    assert spec is not None
+    return Job(path, hashlib.sha256(path.read_bytes()).hexdigest(), spec, gpus, storage_root)
+
+
+def _train_prefixes(raw: dict[str, Any]) -> list[tuple[str, ...]]:
+    stages = raw.get("stages")
+    if isinstance(stages, dict):
+        return [("stages", str(n), "train") for n, st in stages.items() if isinstance(st, dict) and "train" in st]
+    return [("train",)] if "train" in raw else []
+
+
+def _at(raw: Any, loc: tuple[str, ...]) -> Any:
+    for key in loc:
+        raw = raw[key]
+    return raw
+
+
+def _train_sections(raw: dict[str, Any], doc: LocatedYaml) -> tuple[dict[str, Any], list[str]]:
+    """``raw`` with each train: section replaced by its validated config, and the problems found."""
+    problems: list[str] = []
+    out = dict(raw)
+    for prefix in _train_prefixes(raw):
+        try:
+            train = parse_train(_at(raw, prefix), doc, prefix)
+        except JobFileError as e:
+            problems += e.problems
+            train = TrainConfig.model_construct()
+        if prefix == ("train",):
+            out["train"] = train
+        else:
+            out["stages"] = {**out["stages"], prefix[1]: {**out["stages"][prefix[1]], "train": train}}
+    return out, problems
 
 
 # --- checks that need more than the schema --------------------------------------------------------
@@ -334,7 +429,8 @@ def _check_env(spec: JobSpec, doc: LocatedYaml) -> list[str]:
     return problems
 
 
-def _check_local_data(train: dict[str, Any], doc: LocatedYaml, path: Path) -> list[str]:
+def _check_local_data(train: dict[str, Any], doc: LocatedYaml, path: Path,
+                      prefix: tuple[str, ...] = ("train",)) -> list[str]:
     """A local job's data files must exist now: finding out after the trainer started wastes retries."""
     data = train.get("data") if isinstance(train, dict) else None
     problems: list[str] = []
@@ -342,8 +438,8 @@ def _check_local_data(train: dict[str, Any], doc: LocatedYaml, path: Path) -> li
         return problems
     for key in ("train", "val"):
         value = data.get(key)
-        items = [(value, ("train", "data", key))] if isinstance(value, str) else \
-            [(v, ("train", "data", key, i)) for i, v in enumerate(value)] if isinstance(value, list) else []
+        items = [(value, (*prefix, "data", key))] if isinstance(value, str) else \
+            [(v, (*prefix, "data", key, i)) for i, v in enumerate(value)] if isinstance(value, list) else []
         for item, loc in items:
             if not isinstance(item, str) or "://" in item:
                 continue

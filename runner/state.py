@@ -16,10 +16,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import paths, proc
+
+if TYPE_CHECKING:
+    from runner.spec import JobSpec
 
 # --- job states ------------------------------------------------------------------------------------
 PENDING = "pending"  # written, no attempt launched yet
@@ -37,7 +41,7 @@ LAUNCHING = "launching"  # intent recorded; the backend may or may not have star
 ATTEMPT_RUNNING = "running"
 ENDED = "ended"
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -132,6 +136,11 @@ _ADDED_COLUMNS = (
     ("billing_segments", "provider_storage_usd", "REAL"),
     # Seconds of the segment the trainer was training; the rest was billed idle (boot, image pull, load).
     ("billing_segments", "train_seconds", "REAL"),
+    # A pipeline's stages are jobs of one pipeline id, started in the order they were recorded; each
+    # stage's starting weights are {name: checkpoint URI}, resolved at submit.
+    ("jobs", "pipeline", "TEXT"),
+    ("jobs", "stage", "TEXT"),
+    ("jobs", "inputs_json", "TEXT"),
 )
 
 
@@ -158,10 +167,27 @@ class JobRow:
     cancel_requested: int
     supervisor_pid: int | None
     supervisor_ident: str | None
+    pipeline: str | None = None
+    stage: str | None = None
+    inputs_json: str | None = None
 
     @property
-    def spec(self) -> dict[str, Any]:
-        return json.loads(self.spec_json)
+    def inputs(self) -> dict[str, str]:
+        """A pipeline stage's starting weights: {name the recipe knows it by: checkpoint URI}."""
+        return json.loads(self.inputs_json) if self.inputs_json else {}
+
+    @cached_property
+    def spec(self) -> JobSpec:
+        """The validated job the user submitted (defaults included; a record is validated once)."""
+        from runner.spec import JobSpec  # pydantic: only for the commands that need more than the table
+
+        return JobSpec.from_record(self.spec_json)
+
+    def wanted_gpus(self) -> list[str]:
+        """The job's GPU list as submitted, read without validating the whole record, so that a table of
+        thousands of jobs stays fast."""
+        gpu = (json.loads(self.spec_json).get("resources") or {}).get("gpu")
+        return [gpu] if isinstance(gpu, str) else list(gpu or [])
 
     @property
     def active(self) -> bool:
@@ -325,15 +351,16 @@ class State:
             self._depth = 0
 
     # --- jobs -------------------------------------------------------------------------------------
-    def create_job(self, *, id: str, name: str, job_file: str, job_sha256: str, spec: dict[str, Any], workdir: str,
-                   backend: str, run_uri: str, max_steps: int = 0) -> JobRow:
+    def create_job(self, *, id: str, name: str, job_file: str, job_sha256: str, spec: JobSpec, workdir: str,
+                   backend: str, run_uri: str, max_steps: int = 0, pipeline: str | None = None,
+                   stage: str | None = None, inputs: dict[str, str] | None = None) -> JobRow:
         now = time.time()
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO jobs (id, name, job_file, job_sha256, spec_json, workdir, backend, run_uri, state, created,"
-                " updated, max_steps) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (id, name, job_file, job_sha256, json.dumps(spec, sort_keys=True), workdir, backend, run_uri, PENDING,
-                 now, now, max_steps),
+                " updated, max_steps, pipeline, stage, inputs_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (id, name, job_file, job_sha256, spec.record(), workdir, backend, run_uri, PENDING,
+                 now, now, max_steps, pipeline, stage, json.dumps(inputs) if inputs else None),
             )
             self.add_event(id, "submitted", f"{backend} backend, run {run_uri}")
         return self.job(id)
@@ -373,6 +400,17 @@ class State:
             sql += f" LIMIT {int(limit)}"
         params = ACTIVE_STATES if active is not None else ()
         return [_row(JobRow, r) for r in self.db.execute(sql, params)]
+
+    def pipeline_jobs(self, pipeline: str) -> list[JobRow]:
+        """A pipeline's stages, in their order."""
+        return [_row(JobRow, r) for r in
+                self.db.execute("SELECT * FROM jobs WHERE pipeline = ? ORDER BY created, rowid", (pipeline,))]
+
+    def pipelines_named(self, name: str) -> list[str]:
+        """Pipeline ids of a job file's name, newest first."""
+        rows = self.db.execute("SELECT pipeline FROM jobs WHERE pipeline IS NOT NULL AND name LIKE ? GROUP BY pipeline"
+                               " ORDER BY MAX(created) DESC", (f"{name}.%",))
+        return [r[0] for r in rows]
 
     def count_jobs_by_state(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
@@ -523,11 +561,12 @@ class State:
 
     def raise_budget(self, job_id: str, max_usd: float) -> None:
         """Set a job's budget (``budget.max_usd`` of its recorded spec), e.g. to resume it after it ran out."""
+        from runner.spec import Budget
+
         with self.transaction():
             spec = self.job(job_id).spec
-            old = (spec.get("budget") or {}).get("max_usd")
-            spec["budget"] = {**(spec.get("budget") or {}), "max_usd": float(max_usd)}
-            self.update_job(job_id, spec_json=json.dumps(spec, sort_keys=True))
+            old = spec.budget.max_usd if spec.budget else None
+            self.update_job(job_id, spec_json=spec.model_copy(update={"budget": Budget(max_usd=max_usd)}).record())
             self.add_event(job_id, "budget_raised", f"budget ${old:.2f} → ${max_usd:.2f}" if old is not None
                            else f"budget set to ${max_usd:.2f}")
 

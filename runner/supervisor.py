@@ -13,12 +13,13 @@ running, and the next ``watch`` adopts them. When a job ends for good, nothing o
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runner import cost, observed, proc
 from runner import state as st
@@ -35,6 +36,9 @@ from runner.catalog import load_catalog
 from runner.outcome import DONE, FAILED_PERMANENTLY, INTERRUPTED, Verdict, classify
 from runner.secret_guard import forwarded, redact
 from trainer import contract
+
+if TYPE_CHECKING:
+    from runner.spec import JobSpec
 
 #: Seconds between two looks at a job (overridable for tests and slow remote backends).
 POLL_SECONDS = float(os.environ.get("RUNNER_POLL_SECONDS", "0.5"))
@@ -78,11 +82,10 @@ class NoDisplay:
 MIN_STALE_SECONDS = float(os.environ.get("RUNNER_MIN_STALE_SECONDS", "60"))
 
 
-def stale_after_seconds(spec: Mapping[str, Any]) -> float:
+def stale_after_seconds(spec: JobSpec) -> float:
     """A running trainer rewrites status.json every ``heartbeat_seconds``; ten missed beats (at
     least a minute) mean it is hung."""
-    heartbeat = ((spec.get("train") or {}).get("logging") or {}).get("heartbeat_seconds", 10.0)
-    return max(MIN_STALE_SECONDS, 10.0 * float(heartbeat))
+    return max(MIN_STALE_SECONDS, 10.0 * spec.train.logging.heartbeat_seconds)
 
 
 class JobSupervisor:
@@ -91,7 +94,6 @@ class JobSupervisor:
     def __init__(self, state: st.State, job_id: str, environ: Mapping[str, str], backend: Backend | None = None):
         self.state = state
         self.job = state.job(job_id)
-        self.spec = self.job.spec
         self.environ = environ
         self.backend = backend or get_backend(self.job.backend)
         self._storage = None
@@ -100,7 +102,12 @@ class JobSupervisor:
         self.launched = False
         self._warned: set[str] = set()
         self._auto_minutes: dict[str, float] = {}  # attempt id: the interval passed
-        self._secret_values = [environ[n] for n in self.spec.get("secrets", []) if environ.get(n)]
+        self._secret_values = [environ[n] for n in self.spec.secrets if environ.get(n)]
+
+    @property
+    def spec(self) -> JobSpec:
+        """The job as recorded now (``resume --budget`` changes it while the job is supervised)."""
+        return self.job.spec
 
     # --- looking --------------------------------------------------------------------------------
     def read_status(self) -> contract.Status | None:
@@ -138,9 +145,9 @@ class JobSupervisor:
             self._watch(attempt)
 
     def _maybe_launch(self) -> None:
-        if time.time() < self.job.next_launch_at:
+        if time.time() < self.job.next_launch_at or not self._earlier_stages_done():
             return
-        budget = (self.spec.get("budget") or {}).get("max_usd")
+        budget = self.spec.budget.max_usd if self.spec.budget else None
         spent = self.state.spent(self.job.id)
         if budget is not None and spent >= budget:
             self._finish(st.OVER_BUDGET, f"spent ${spent:.2f} of the ${budget:.2f} budget; {_resume_hint(self.job.id, budget)}",
@@ -148,9 +155,8 @@ class JobSupervisor:
             return
         if not self._ready_to_launch():
             return
-        retry = self.spec.get("retry") or {}
-        fallback_after = retry.get("fallback_to_on_demand_after")
-        spot = bool((self.spec.get("resources") or {}).get("spot", True))
+        fallback_after = self.spec.retry.fallback_to_on_demand_after
+        spot = self.spec.resources.spot
         shortfalls, refused = self._spot_shortfalls()
         if spot and fallback_after is not None and (refused or self.job.preemptions + shortfalls >= fallback_after):
             if "fallback" not in self._warned:
@@ -162,10 +168,28 @@ class JobSupervisor:
         gpus = self._gpus()
         attempt = self.state.add_attempt(
             self.job.id, backend=self.job.backend, gpu=gpus[0].alias if gpus else None,
-            gpu_count=int((self.spec.get("resources") or {}).get("gpu_count", 1)), spot=spot and self.job.backend != "local",
+            gpu_count=self.spec.resources.gpu_count, spot=spot and self.job.backend != "local",
             start_step=self.job.step,
         )
         self._launch(attempt, checked=True)
+
+    def _earlier_stages_done(self) -> bool:
+        """A pipeline stage starts when every stage before it is done (its inputs are their best.pt, which
+        the trainer verifies at start); when one of them ended otherwise, this one cannot run."""
+        if not self.job.pipeline:
+            return True
+        for row in self.state.pipeline_jobs(self.job.pipeline):
+            if row.id == self.job.id:
+                return True
+            if row.state == st.DONE:
+                continue
+            if not row.active:
+                self._finish(st.FAILED, f"stage {row.stage} ended {row.state}, so stage {self.job.stage} cannot start; "
+                                        f"submit the pipeline again to go on from stage {row.stage}", "failed")
+            elif self.job.reason != (reason := f"waits for stage {row.stage} ({row.state})"):
+                self.state.set_job_state(self.job.id, st.PENDING, reason, "waiting")
+            return False
+        return True
 
     def _spot_shortfalls(self) -> tuple[int, bool]:
         """(spot launches that found no capacity, whether the provider refused spot outright)."""
@@ -174,13 +198,11 @@ class JobSupervisor:
 
     def _gpus(self):
         catalog = load_catalog()
-        wanted = (self.spec.get("resources") or {}).get("gpu")
-        names = [wanted] if isinstance(wanted, str) else list(wanted or [])
-        return tuple(g for g in (catalog.resolve(n) for n in names) if g is not None)
+        return tuple(g for g in (catalog.resolve(n) for n in self.job.wanted_gpus()) if g is not None)
 
     def _ready_to_launch(self) -> bool:
         """Secrets set in this shell and the job file unchanged; otherwise the job waits for the user."""
-        _values, missing = forwarded(self.spec.get("secrets", []), self.environ)
+        _values, missing = forwarded(self.spec.secrets, self.environ)
         if missing:
             self._block(f"needs {', '.join(missing)} in the environment to launch; export "
                         f"{'it' if len(missing) == 1 else 'them'} and run `python -m runner watch`")
@@ -203,17 +225,18 @@ class JobSupervisor:
         self.finished = True  # nothing this process can do: leave the job to a later `watch`
 
     def _request(self, attempt: st.AttemptRow) -> LaunchRequest:
-        values, _missing = forwarded(self.spec.get("secrets", []), self.environ)
-        env = {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in (self.spec.get("env") or {}).items()}
-        env.update(values)
-        env.update(self._checkpoint_env(attempt))
-        resources = self.spec.get("resources") or {}
+        values, _missing = forwarded(self.spec.secrets, self.environ)
+        env = {**self.spec.env_text(), **values, **self._checkpoint_env(attempt)}
+        if self.job.stage:
+            env[contract.ENV_STAGE] = self.job.stage
+            env[contract.ENV_INIT_FROM] = json.dumps(self.job.inputs)
+        resources = self.spec.resources
         return LaunchRequest(
             attempt_id=attempt.id, job_id=self.job.id, job_file=Path(self.job.job_file), run_uri=self.job.run_uri,
             workdir=Path(self.job.workdir), env=env, gpus=self._gpus(), gpu_count=attempt.gpu_count,
-            spot=bool(attempt.spot), max_bid_per_gpu=resources.get("max_bid_per_gpu"),
-            container_disk_gb=int(resources.get("container_disk_gb", 50)), volume_gb=int(resources.get("volume_gb", 0)),
-            image=dict(self.spec.get("image") or {}), bid_margin_per_gpu=float(resources.get("bid_margin_per_gpu", 0.0)),
+            spot=bool(attempt.spot), max_bid_per_gpu=resources.max_bid_per_gpu,
+            container_disk_gb=resources.container_disk_gb, volume_gb=resources.volume_gb,
+            image=self.spec.image, bid_margin_per_gpu=resources.bid_margin_per_gpu,
             report=lambda kind, message: self._event(kind, message, attempt.id),
         )
 
@@ -246,8 +269,7 @@ class JobSupervisor:
         detail = self._clean(str(error))
         self.state.attempt_ended(attempt, outcome=SPOT_REFUSED if refused else NO_CAPACITY, exit_code=None,
                                  detail=detail, end_step=None)
-        retry = self.spec.get("retry") or {}
-        fallback_after = retry.get("fallback_to_on_demand_after")
+        fallback_after = self.spec.retry.fallback_to_on_demand_after
         job = self.state.job(self.job.id)
         if attempt.spot and fallback_after is not None:
             shortfalls, _ = self._spot_shortfalls()
@@ -289,11 +311,11 @@ class JobSupervisor:
     def _checkpoint_env(self, attempt: st.AttemptRow) -> dict[str, str]:
         """``every_minutes: auto``: the interval for this launch, passed to the trainer (Young/Daly from
         the measured checkpoint cost and the preemption rate observed on the attempt's GPU)."""
-        if ((self.spec.get("train") or {}).get("checkpoint") or {}).get("every_minutes") != "auto":
+        if self.spec.train.checkpoint.every_minutes != "auto":
             return {}
         if attempt.id not in self._auto_minutes:
             gpu = attempt.gpu if self.job.backend != "local" else None
-            minutes, why, _rate, _cost = cost.checkpoint_minutes(self.spec.get("train") or {}, self.job.name, gpu,
+            minutes, why, _rate, _cost = cost.checkpoint_minutes(self.spec.train, self.job.name, gpu,
                                                                  bool(attempt.spot), self.job.backend, self.state)
             self._auto_minutes[attempt.id] = minutes
             self._event("checkpoint_interval", f"every {minutes:.1f} min ({why})", attempt.id)
@@ -301,9 +323,8 @@ class JobSupervisor:
         return {contract.ENV_CHECKPOINT_EVERY_MINUTES: f"{self._auto_minutes[attempt.id]:.3f}"}
 
     def _storage_rate(self) -> float:
-        resources = self.spec.get("resources") or {}
-        return cost.storage_rate(self.job.backend, int(resources.get("container_disk_gb", 50)),
-                                 int(resources.get("volume_gb", 0)))
+        resources = self.spec.resources
+        return cost.storage_rate(self.job.backend, resources.container_disk_gb, resources.volume_gb)
 
     def _measured(self, attempt: st.AttemptRow) -> dict[str, Any]:
         """What the trainer reported about this attempt: from status.json the last checkpoint it wrote
@@ -340,7 +361,7 @@ class JobSupervisor:
                 self._event("billing_mismatch", billed.note, attempt.id)
 
     def _over_budget(self, attempt: st.AttemptRow) -> bool:
-        budget = (self.spec.get("budget") or {}).get("max_usd")
+        budget = self.spec.budget.max_usd if self.spec.budget else None
         if budget is None:
             return False
         spent = self.state.spent(self.job.id)
@@ -395,13 +416,13 @@ class JobSupervisor:
 
     def _after(self, attempt: st.AttemptRow, verdict: Verdict) -> None:
         """Policy: what an ended attempt means for its job."""
-        retry = self.spec.get("retry") or {}
+        retry = self.spec.retry
         job = self.state.job(self.job.id)
         detail = self._clean(verdict.detail)
         if verdict.outcome == DONE:
             self._finish(st.DONE, f"final weights in {job.run_uri}/{contract.FINAL_DIR}", "done", attempt.id)
         elif verdict.outcome == INTERRUPTED:
-            count, limit = job.preemptions + 1, int(retry.get("max_preemptions", 20))
+            count, limit = job.preemptions + 1, retry.max_preemptions
             if count > limit:
                 self._finish(st.FAILED, f"interrupted {count} times, more than retry.max_preemptions ({limit}); last: "
                                         f"{detail}", "failed", attempt.id, preemptions=count)
@@ -412,12 +433,12 @@ class JobSupervisor:
             self._finish(st.FAILED, f"attempt {attempt.number}: {detail} (`python -m runner logs {job.id}` shows why)",
                          "failed", attempt.id, failures=job.failures + 1)
         else:
-            count, limit = job.failures + 1, int(retry.get("max_failures", 3))
+            count, limit = job.failures + 1, retry.max_failures
             if count > limit:
                 self._finish(st.FAILED, f"failed {count} times, more than retry.max_failures ({limit}); last: {detail} "
                                         f"(`python -m runner logs {job.id}` shows why)", "failed", attempt.id, failures=count)
             else:
-                delay = float(retry.get("backoff_seconds", 10.0)) * 2 ** (count - 1)
+                delay = retry.backoff_seconds * 2 ** (count - 1)
                 self.state.set_job_state(job.id, st.WAITING, f"attempt {attempt.number} failed: {detail}; retry {count} "
                                          f"of {limit} in {delay:.0f}s", "failed", attempt.id, failures=count,
                                          next_launch_at=time.time() + delay)

@@ -112,8 +112,7 @@ def jobs_table(state: st.State, jobs: list[st.JobRow], title: str | None = None,
     headers = ("job", "state", "backend", "gpu", "steps", "attempts", "age")
     rows, reasons = [], []
     for job in jobs:
-        gpu = (job.spec.get("resources") or {}).get("gpu")
-        gpu = ",".join(gpu) if isinstance(gpu, list) else (gpu or "-")
+        gpu = ",".join(job.wanted_gpus()) or "-"
         state_cell = job.state + ("*" if job.active and not job.supervised() else "")  # * unsupervised
         rows.append((job.id, state_cell, job.backend, gpu, f"{job.step}/{job.max_steps}" if job.max_steps else "-",
                      str(counts.get(job.id, 0)), ago(job.created, now)))

@@ -8,6 +8,7 @@ AdamW with weight decay, warmup then cosine, clip 1.0, loss computed in float32.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -279,12 +280,25 @@ def parse_train(raw: Any, doc: LocatedYaml, prefix: tuple[str, ...] = ("train",)
         raise JobFileError(doc.path, validation_problems(e, doc, prefix, TrainConfig)) from None
 
 
-def load_train_config(path: str | Path) -> tuple[TrainConfig, LocatedYaml]:
-    """Read a job file and validate its ``train:`` section; the rest of the file belongs to the runner."""
+def load_train_config(path: str | Path, environ: Mapping[str, str] | None = None) -> tuple[TrainConfig, LocatedYaml]:
+    """Read a job file and validate the ``train:`` section this process runs: the file's own, or with
+    ``RUNNER_STAGE`` set, that pipeline stage's. ``${NAME}`` job variables take their values from the
+    environment the runner passed (the file's ``envs:`` defaults otherwise). The rest of the file
+    belongs to the runner."""
+    from trainer import jobvars
+
+    environ = os.environ if environ is None else environ
     doc = load_yaml(path)
-    if "train" not in doc.data:
-        raise JobFileError(path, [f"{path}: the job file has no `train:` section"])
-    return parse_train(doc.data["train"], doc), doc
+    doc = jobvars.substitute(doc, {n: environ.get(n, d) for n, d in jobvars.declared(doc).items()})
+    stage = environ.get(contract.ENV_STAGE)
+    prefix = ("stages", stage, "train") if stage else ("train",)
+    section: Any = doc.data
+    for key in prefix:
+        section = section.get(key) if isinstance(section, dict) else None
+    if section is None:
+        what = f"no stage {stage!r} with a `train:` section under stages:" if stage else "no `train:` section"
+        raise JobFileError(path, [f"{path}: the job file has {what}"])
+    return parse_train(section, doc, prefix), doc
 
 
 def resolve_path(job_path: str | Path, value: str) -> str:

@@ -118,6 +118,10 @@ TAG_CHECKPOINT_STALL = "checkpoint/stall_seconds"
 ENV_ATTEMPT_ID = "RUNNER_ATTEMPT_ID"
 #: The checkpoint interval in minutes the runner computed for a job that asks for ``every_minutes: auto``.
 ENV_CHECKPOINT_EVERY_MINUTES = "RUNNER_CHECKPOINT_EVERY_MINUTES"
+#: The pipeline stage an attempt trains (its ``stages.<name>.train:``); unset for a one-stage job.
+ENV_STAGE = "RUNNER_STAGE"
+#: A stage's starting weights, as JSON {name: checkpoint URI}, resolved by the runner from ``init_from``.
+ENV_INIT_FROM = "RUNNER_INIT_FROM"
 #: RunPod: the API both halves talk to (the runner to schedule, a pod's trainer to stop its own pod),
 #: the pod's own id and key (set by RunPod in every pod).
 ENV_RUNPOD_BASE_URL = "RUNPOD_API_BASE_URL"

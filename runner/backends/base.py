@@ -18,9 +18,12 @@ import queue
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from runner.catalog import GpuType
+
+if TYPE_CHECKING:
+    from runner.spec import Image
 
 
 class BackendError(Exception):
@@ -61,7 +64,7 @@ class LaunchRequest:
     max_bid_per_gpu: float | None = None
     container_disk_gb: int = 50
     volume_gb: int = 0
-    image: dict[str, Any] = field(default_factory=dict)
+    image: Image | None = None  # the job file's image: section; None: its defaults
     #: Added to the live minimum spot bid (USD per GPU-hour), never above ``max_bid_per_gpu``.
     bid_margin_per_gpu: float = 0.0
     #: Where a backend tells what it did along the way (kind, message): the job's events.

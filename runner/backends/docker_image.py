@@ -28,6 +28,7 @@ from typing import Any
 
 from runner import paths
 from runner.backends.base import BackendError
+from runner.spec import Image
 
 #: Where the Dockerfile puts the project inside the image (its WORKDIR).
 IMAGE_ROOT = PurePosixPath("/app")
@@ -37,22 +38,6 @@ LABEL_INPUTS = "org.spot-runner.inputs"
 LOCAL_REPOSITORY = "spot-runner"
 BUILD_TIMEOUT_S = 3 * 3600
 _HASH_VERSION = b"spot-runner image inputs v1\n"
-
-
-@dataclass(frozen=True)
-class ImageSettings:
-    """The job file's ``image:`` section (see ``runner.spec.Image``)."""
-
-    name: str | None = None
-    base: str | None = None
-    dockerfile: str = "Dockerfile"
-    context: str = "."
-    push_to: str | None = None
-
-    @classmethod
-    def from_spec(cls, section: dict[str, Any] | None) -> ImageSettings:
-        known = {k: v for k, v in (section or {}).items() if k in cls.__dataclass_fields__ and v is not None}
-        return cls(**known)
 
 
 @dataclass(frozen=True)
@@ -83,7 +68,7 @@ class BuildPlan:
 
 
 # --- where the project is --------------------------------------------------------------------------
-def find_context(job_file: Path, settings: ImageSettings) -> tuple[Path, str]:
+def find_context(job_file: Path, settings: Image) -> tuple[Path, str]:
     """The build context and the Dockerfile's path in it. ``image.context`` is relative to the job
     file's folder; left at ``.``, the nearest folder at or above it that holds the Dockerfile."""
     job_dir = job_file.resolve().parent
@@ -255,7 +240,7 @@ def check_contents(job_file: Path, context: Path, files: Iterable[str]) -> None:
 
 
 # --- the hash ---------------------------------------------------------------------------------------
-def base_reference(context: Path, dockerfile: str, settings: ImageSettings) -> str | None:
+def base_reference(context: Path, dockerfile: str, settings: Image) -> str | None:
     """The base image the build starts from: image.base, else the Dockerfile's BASE_IMAGE default."""
     if settings.base:
         return settings.base
@@ -302,7 +287,7 @@ def repository_of(push_to: str | None) -> str:
     return repo
 
 
-def plan_build(client: Any, job_file: Path, settings: ImageSettings, out: Any = None) -> BuildPlan:
+def plan_build(client: Any, job_file: Path, settings: Image, out: Any = None) -> BuildPlan:
     """Everything about a build except running it. Pulls the base image first when this engine
     lacks it: its id is part of the hash."""
     context, dockerfile = find_context(job_file, settings)
@@ -317,12 +302,12 @@ def plan_build(client: Any, job_file: Path, settings: ImageSettings, out: Any = 
 
 
 # --- engine operations -----------------------------------------------------------------------------
-def ensure_image(client: Any, job_file: Path, section: dict[str, Any] | None, *, registry_required: bool = False,
+def ensure_image(client: Any, job_file: Path, settings: Image | None, *, registry_required: bool = False,
                  out: Any = None, log_dir: Path | None = None) -> ImageRef:
     """The image to run the job in: ``image.name`` as given (pulled when this engine lacks it), or
     the job's build, reused when unchanged, built otherwise, pushed when ``image.push_to`` is set.
     ``registry_required``: the image will run on a machine that can only pull it (RunPod)."""
-    settings = ImageSettings.from_spec(section)
+    settings = settings or Image()
     out = out or _console()
     if settings.name:
         context, _ = find_context(job_file, settings)

@@ -97,11 +97,11 @@ class RunPodBackend(Backend):
     def _image(self, request: LaunchRequest) -> tuple[str, str]:
         """The image (in a registry RunPod can pull from) and the job file's path in it, relative to
         the image's working directory, which is where the entrypoint runs."""
-        from runner.backends.docker_image import IMAGE_ROOT, ImageSettings, ensure_image
+        from runner.backends.docker_image import IMAGE_ROOT, ensure_image
 
-        settings = ImageSettings.from_spec(request.image)
+        settings = request.image
         client = None
-        if not settings.name and settings.push_to:  # only a build needs a Docker engine
+        if settings and not settings.name and settings.push_to:  # only a build needs a Docker engine
             from runner.backends import docker_client
 
             client = docker_client.connect()

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("runner", "trainer")
 #: What the runner may import of the trainer: the contract, the torch-free schema of ``train:`` and
 #: the job-file loader it validates with, and the storage client it reads runs through.
-RUNNER_MAY_IMPORT = {"trainer", "trainer.contract", "trainer.config", "trainer.jobfile", "trainer.storage",
+RUNNER_MAY_IMPORT = {"trainer", "trainer.contract", "trainer.config", "trainer.jobfile", "trainer.jobvars", "trainer.storage",
                      "trainer.storage_api"}
 
 

@@ -12,6 +12,7 @@ from runner.backends.base import BackendError, LaunchRequest
 from runner.backends.docker import LABEL_JOB, DockerBackend
 from runner.backends.docker_client import connect, is_remote
 from runner.catalog import load_catalog
+from runner.spec import Image
 from tests.fixtures.docker import BASE_IMAGE, unique
 from tests.fixtures.s3 import free_ports
 
@@ -19,7 +20,7 @@ from tests.fixtures.s3 import free_ports
 def request(job: Path, run_uri: str, **overrides) -> LaunchRequest:
     job_id = unique("engine")
     fields = dict(attempt_id=f"{job_id}-1", job_id=job_id, job_file=job, run_uri=run_uri, workdir=job.parent,
-                  env={}, image={"base": BASE_IMAGE})
+                  env={}, image=Image(base=BASE_IMAGE))
     return LaunchRequest(**{**fields, **overrides})
 
 

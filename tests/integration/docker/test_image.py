@@ -10,7 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from runner.backends.docker_image import LABEL_INPUTS, ImageSettings, ensure_image, plan_build
+from runner.backends.docker_image import LABEL_INPUTS, ensure_image, plan_build
+from runner.spec import Image
 from tests.fixtures.docker import BASE_IMAGE, PROJECT_FILES, write_job
 from tests.fixtures.docker_registry import registry
 from tests.fixtures.jobs import copy_project
@@ -23,7 +24,7 @@ def quiet(path: Path) -> Console:
 def test_an_unchanged_job_reuses_its_image_and_any_change_that_goes_in_makes_a_new_one(
         docker_engine, docker_project, project_image, tmp_path: Path):
     job = docker_project.jobs["docker-quick"]
-    settings = ImageSettings(base=BASE_IMAGE)
+    settings = Image(base=BASE_IMAGE)
     again = ensure_image(docker_engine, job, {"base": BASE_IMAGE}, out=quiet(tmp_path / "out.log"))
     assert again.name == project_image.name and not again.built
     assert again.job_path == "/app/jobs/docker-quick.yaml"
@@ -51,7 +52,7 @@ def test_an_unchanged_job_reuses_its_image_and_any_change_that_goes_in_makes_a_n
     assert code_changed != digest
     moved_job.write_text(moved_job.read_text().replace("seed: 1337", "seed: 1338"))
     assert plan_build(docker_engine, moved_job, settings).digest not in (digest, code_changed)
-    other_base = ImageSettings(base=project_image.name)
+    other_base = Image(base=project_image.name)
     assert plan_build(docker_engine, job, other_base).digest != digest
 
 

@@ -54,7 +54,7 @@ def active_job(tmp_path: Path, runner_home: Path) -> tuple[Path, str]:
     state = State.open(create=True)
     try:
         row = state.create_job(id="quickstart-abc123", name=job.name, job_file=str(job_file), job_sha256=job.sha256,
-                               spec=job.record(), workdir=str(ROOT), backend="local",
+                               spec=job.spec, workdir=str(ROOT), backend="local",
                                run_uri=str(tmp_path / "runs" / "quickstart-abc123"), max_steps=job.train.max_steps or 0)
     finally:
         state.close()

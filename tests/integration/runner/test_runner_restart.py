@@ -53,7 +53,7 @@ def _intent_only(runner, tmp_path: Path) -> tuple[str, str, Path]:
     spec = load_job(job)
     state = State(runner.home / "state.db")
     row = state.create_job(id="quickstart-intent", name=spec.name, job_file=str(spec.path), job_sha256=spec.sha256,
-                           spec=spec.record(), workdir=str(tmp_path), backend="local",
+                           spec=spec.spec, workdir=str(tmp_path), backend="local",
                            run_uri=str(runner.home / "runs" / "quickstart-intent"), max_steps=200)
     attempt = state.add_attempt(row.id, backend="local", gpu=None, gpu_count=1, spot=False, start_step=0)
     state.close()

@@ -14,6 +14,7 @@ from runner.backends.base import LaunchRequest
 from runner.catalog import load_catalog
 from runner.runpod.client import RunPodClient
 from runner.runpod.http import Transport
+from runner.spec import Image as ImageSection
 from tests.fixtures.jobs import ROOT
 from tests.fixtures.runpod_emulator import RunPodEmulator
 from tests.fixtures.runpod_pods import Image
@@ -91,6 +92,6 @@ def launch_request(project: Path, run_uri: str, *, attempt_id: str = "job-abc-1"
     return LaunchRequest(
         attempt_id=attempt_id, job_id=attempt_id.rsplit("-", 1)[0], job_file=project / "jobs" / "job.yaml",
         run_uri=run_uri, workdir=project, env=dict(env or {}), gpus=tuple(catalog.resolve(g) for g in gpus),
-        spot=spot, max_bid_per_gpu=max_bid, bid_margin_per_gpu=margin, image={"name": IMAGE},
+        spot=spot, max_bid_per_gpu=max_bid, bid_margin_per_gpu=margin, image=ImageSection(name=IMAGE),
         report=(lambda kind, message: events.append((kind, message))) if events is not None else None,
     )

@@ -14,6 +14,7 @@ from runner.backends.runpod import RunPodBackend
 from runner.runpod.names import pod_name
 from runner.runpod.reconcile import reconcile
 from runner.state import State
+from tests.fixtures.jobs import job_spec
 from tests.integration.runpod_api.conftest import launch_request
 from trainer import contract
 from trainer.runpod_pod import stop_own_pod
@@ -181,7 +182,7 @@ def test_a_pod_stops_itself_with_its_own_key_which_reaches_no_other_pod(emulator
 
 def test_reconcile_terminates_our_pods_that_no_active_attempt_owns(emulator, backend, client, project, tmp_path):
     state = State(tmp_path / "state.db")
-    job = state.create_job(id="job-abc", name="job", job_file="j.yaml", job_sha256="0", spec={}, workdir=".",
+    job = state.create_job(id="job-abc", name="job", job_file="j.yaml", job_sha256="0", spec=job_spec(), workdir=".",
                            backend="runpod", run_uri=str(tmp_path / "run"))
     first = state.add_attempt(job.id, backend="runpod", gpu="rtx3090", gpu_count=1, spot=True, start_step=0)
     h1 = backend.launch(launch_request(project, str(tmp_path / "run"), attempt_id=first.id)).handle

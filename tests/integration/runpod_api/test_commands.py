@@ -10,7 +10,7 @@ import sys
 
 from runner.backends.runpod import RunPodBackend
 from runner.state import State
-from tests.fixtures.jobs import ROOT, trainer_env
+from tests.fixtures.jobs import ROOT, job_spec, trainer_env
 from tests.integration.runpod_api.conftest import launch_request
 
 RTX3090 = "NVIDIA GeForce RTX 3090"
@@ -45,7 +45,7 @@ def test_gpus_lists_the_live_catalog_and_caches_it_briefly(emulator):
 
 def test_every_command_first_terminates_our_pods_that_no_active_attempt_owns(emulator, client, project, runner_home):
     state = State(runner_home / "state.db")
-    job = state.create_job(id="job-abc", name="job", job_file="j.yaml", job_sha256="0", spec={}, workdir=".",
+    job = state.create_job(id="job-abc", name="job", job_file="j.yaml", job_sha256="0", spec=job_spec(), workdir=".",
                            backend="runpod", run_uri=str(runner_home / "run"))
     attempt = state.add_attempt(job.id, backend="runpod", gpu="rtx3090", gpu_count=1, spot=True, start_step=0)
     handle = RunPodBackend(client=client).launch(launch_request(project, str(runner_home / "run"),

@@ -64,7 +64,9 @@ def test_4_gpu_hours_come_from_the_pods_running_time_not_the_billing_buckets(emu
     backend.stop(handle, grace_s=10)
     billed = backend.billed(handle)
     seconds = emulator.running_seconds(handle["pod_id"])
-    assert billed.ended - billed.started == pytest.approx(seconds, rel=0.01, abs=0.3)
+    # Buckets are an hour wide: within a second of the pod's running time can only come from the
+    # timeline (the slack is the time between the last look and the stop on a loaded machine).
+    assert billed.ended - billed.started == pytest.approx(seconds, rel=0.01, abs=1.0)
     assert billed.usd == pytest.approx(emulator.billed_gpu_usd(handle["pod_id"]), abs=1e-9)
     assert billed.note is None
 

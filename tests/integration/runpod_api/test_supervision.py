@@ -9,6 +9,7 @@ import time
 from runner import state as st
 from runner.backends.runpod import RunPodBackend
 from runner.supervisor import JobSupervisor
+from tests.fixtures.jobs import job_spec
 from tests.integration.runpod_api.conftest import IMAGE
 
 RTX3090 = "NVIDIA GeForce RTX 3090"
@@ -21,7 +22,7 @@ def test_spot_shortfalls_fall_back_to_on_demand_after_the_jobs_number(emulator, 
             "retry": {"fallback_to_on_demand_after": 2, "backoff_seconds": 0}, "train": {}}
     state = st.State(tmp_path / "state.db")
     job = state.create_job(id="job-abc", name="job", job_file=str(job_file),
-                           job_sha256=hashlib.sha256(job_file.read_bytes()).hexdigest(), spec=spec,
+                           job_sha256=hashlib.sha256(job_file.read_bytes()).hexdigest(), spec=job_spec(spec),
                            workdir=str(project), backend="runpod", run_uri=str(tmp_path / "run"))
     emulator.exhaust(RTX3090, spot=True)  # no spot capacity in either cloud; on-demand is there
     supervisor = JobSupervisor(state, job.id, {}, backend=RunPodBackend(client=client))

@@ -7,12 +7,12 @@ import pytest
 from runner.cost import estimate, job_cost
 from runner.spec import load_job
 from runner.state import State
-from tests.fixtures.jobs import ROOT
+from tests.fixtures.jobs import ROOT, job_spec
 
 
 def test_cost_is_billed_time_times_rate_and_saving_is_against_on_demand(runner_home):
     state = State.open()
-    job = state.create_job(id="brad-1", name="brad", job_file="/j.yaml", job_sha256="0", spec={}, workdir="/",
+    job = state.create_job(id="brad-1", name="brad", job_file="/j.yaml", job_sha256="0", spec=job_spec(), workdir="/",
                            backend="runpod", run_uri="s3://b/brad-1")
     for number, hours in ((1, 2.0), (2, 3.0)):
         attempt = state.add_attempt(job.id, backend="runpod", gpu="rtx3090", gpu_count=1, spot=True, start_step=0)
@@ -32,7 +32,7 @@ def test_estimate_prefers_earlier_runs_of_the_same_job(runner_home):
     state = State.open()
     first = estimate(job, state)
     assert "catalog figure" in first.basis and first.steps == 300
-    row = state.create_job(id="quickstart-1", name="quickstart", job_file="/q.yaml", job_sha256="0", spec={}, workdir="/",
+    row = state.create_job(id="quickstart-1", name="quickstart", job_file="/q.yaml", job_sha256="0", spec=job_spec(), workdir="/",
                            backend="local", run_uri="/r")
     attempt = state.add_attempt(row.id, backend="local", gpu=None, gpu_count=1, spot=False, start_step=0)
     state.attempt_started(attempt, {}, gpu=None, spot=False, rate_per_hour=0, on_demand_rate_per_hour=0)
@@ -80,7 +80,7 @@ def test_dry_run_adds_the_expected_overhead_of_preemptions_at_the_observed_rate(
 
     # Preemptions observed on rtx3090 spot: two in 3 hours, so with the prior (2 + 1) / (3 + 4) per hour.
     state = State.open()
-    job = state.create_job(id="other-1", name="other", job_file="/o.yaml", job_sha256="0", spec={}, workdir="/",
+    job = state.create_job(id="other-1", name="other", job_file="/o.yaml", job_sha256="0", spec=job_spec(), workdir="/",
                            backend="runpod", run_uri="s3://b/o")
     for outcome in ("interrupted", "interrupted", "done"):
         a = state.add_attempt(job.id, backend="runpod", gpu="rtx3090", gpu_count=1, spot=True, start_step=0)

@@ -67,7 +67,8 @@ def test_every_minutes_auto_in_a_job_file(monkeypatch, tmp_path):
     monkeypatch.delenv(ENV_AUTO_MINUTES)
 
     job = load_job(make_job(tmp_path / "a", {"train": {"checkpoint": {"every_minutes": "auto"}}}))
-    assert job.spec.train["checkpoint"]["every_minutes"] == "auto"  # the runner keeps what the file said
+    assert job.spec.train.checkpoint.every_minutes == "auto"  # the runner keeps what the file said
+    assert type(job.spec).from_record(job.spec.record()).train.checkpoint.every_minutes == "auto"  # and so does the state
     bad = make_job(tmp_path / "b", {"train": {"checkpoint": {"every_minutes": "often"}}})
     with pytest.raises(JobFileError) as e:
         load_job(bad)

@@ -19,7 +19,7 @@ from runner import interval as iv
 from runner import state as st
 from runner.cost import job_cost, parse_since, report, to_csv
 from runner.state import State
-from tests.fixtures.jobs import ROOT, trainer_env
+from tests.fixtures.jobs import ROOT, job_spec, trainer_env
 
 T0 = 1_790_000_000.0  # a fixed start, so every figure below is exact
 H = 3600.0
@@ -48,7 +48,7 @@ def three_attempts(runner_home) -> tuple[State, st.JobRow]:
     """Preempted after 2 h at step 700 (checkpoint at 600), again after 3 h at step 1,600 (checkpoint
     at 1,500), then done after 1.5 h at step 2,000."""
     state = State.open()
-    job = state.create_job(id="brad-1", name="brad", job_file="/j.yaml", job_sha256="0", spec=SPEC, workdir="/",
+    job = state.create_job(id="brad-1", name="brad", job_file="/j.yaml", job_sha256="0", spec=job_spec(SPEC), workdir="/",
                            backend="runpod", run_uri="s3://b/brad-1")
     attempt(state, job.id, start=T0, hours=2, outcome="interrupted", steps=(0, 700, 600))
     attempt(state, job.id, start=T0 + 2.1 * H, hours=3, outcome="interrupted", steps=(600, 1600, 1500))
@@ -128,7 +128,7 @@ def test_csv_and_json_from_the_command_line(three_attempts, runner_home):
     assert run("--since", "yesterday-ish").returncode == 2
 
     # Two jobs: a table, narrower on an 80-column terminal; no figure is ever cut short.
-    other = state.create_job(id="brad-2", name="brad", job_file="/j.yaml", job_sha256="0", spec=SPEC, workdir="/",
+    other = state.create_job(id="brad-2", name="brad", job_file="/j.yaml", job_sha256="0", spec=job_spec(SPEC), workdir="/",
                              backend="runpod", run_uri="s3://b/brad-2")
     attempt(state, other.id, start=T0 + 8 * H, hours=1, outcome="done", steps=(0, 300, 300), spot=False)
     for columns, header in (("80", "job billed saved preempted work lost"),
@@ -145,7 +145,8 @@ def test_a_state_file_from_the_first_version_opens_and_keeps_its_records(runner_
     db = sqlite3.connect(runner_home / "state.db")
     db.executescript(st._SCHEMA)  # the tables as version 1 created them (later columns are added)
     db.execute("INSERT INTO jobs (id, name, job_file, job_sha256, spec_json, workdir, backend, run_uri, state, created,"
-               " updated) VALUES ('old-1', 'old', '/j.yaml', '0', '{}', '/', 'runpod', '/r', 'done', 1, 1)")
+               " updated) VALUES ('old-1', 'old', '/j.yaml', '0', ?, '/', 'runpod', '/r', 'done', 1, 1)",
+               (job_spec({"name": "old", "backend": "runpod"}).record(),))
     db.execute("INSERT INTO attempts (id, job_id, number, backend, state, gpu, spot, created, started, ended, outcome,"
                " start_step, end_step) VALUES ('old-1-1', 'old-1', 1, 'runpod', 'ended', 'rtx3090', 1, 1, 1, 7201,"
                " 'done', 0, 50)")

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from runner.cli import EXIT_BAD_INPUT, main
 from runner.spec import load_job
@@ -59,7 +58,7 @@ def test_env_values_become_text_and_name_defaults_to_the_file(tmp_path: Path):
                     name="my_job.yaml")
     job = load_job(path)
     assert job.name == "my_job"
-    assert job.env() == {"STEPS": "3", "FAST": "true", "RATIO": "0.5", "TOKENIZERS_PARALLELISM": "false"}
+    assert job.spec.env_text() == {"STEPS": "3", "FAST": "true", "RATIO": "0.5", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def test_local_storage_is_relative_to_the_job_file(tmp_path: Path):
@@ -79,7 +78,7 @@ def test_remote_jobs_do_not_need_local_data(tmp_path: Path):
 def test_the_record_kept_in_the_state_has_names_not_values(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("MY_SERVICE_TOKEN", "value-that-must-stay-in-the-shell")
     job = load_job(make_job(tmp_path, {"secrets": ["MY_SERVICE_TOKEN"]}))
-    record = yaml.safe_dump(job.record())
+    record = job.spec.record()
     assert "MY_SERVICE_TOKEN" in record and "value-that-must-stay-in-the-shell" not in record
 
 

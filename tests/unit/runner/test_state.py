@@ -12,10 +12,11 @@ import pytest
 from runner import proc
 from runner import state as st
 from runner.state import State, StateError
+from tests.fixtures.jobs import job_spec
 
 
 def new_job(state: State, job_id: str, name: str = "quick") -> st.JobRow:
-    return state.create_job(id=job_id, name=name, job_file="/jobs/q.yaml", job_sha256="0" * 64, spec={"name": name},
+    return state.create_job(id=job_id, name=name, job_file="/jobs/q.yaml", job_sha256="0" * 64, spec=job_spec({"name": name}),
                             workdir="/", backend="local", run_uri=f"/runs/{job_id}", max_steps=10)
 
 

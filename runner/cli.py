@@ -65,6 +65,8 @@ class Commands:
         if spec_job.spec.stages:
             state, rows, done = _act(lambda: actions.submit_pipeline(spec_job))
             kept = "".join(f"\nstage {r.stage} is done already: {r.run_uri}" for r in done)
+            if not rows:
+                return new_console().print(f"pipeline {done[0].pipeline} is done: every stage finished{kept}", highlight=False)
             if detach:
                 return _launch_detached(state, rows[0], json, "launched", hint=True)
             return follow(state, [r.id for r in rows], json=json,

@@ -54,6 +54,9 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
     die_with_launcher()
     _console_logging()
     log = logging.getLogger("trainer")
+    if cache_dir and not os.environ.get("TRAINER_DATA_CACHE"):
+        # Datasets from s3:// are cached beside the run's working copy (trainer.dataset_cache).
+        os.environ["TRAINER_DATA_CACHE"] = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), "datasets")
     try:
         cfg, _ = load_train_config(job)
         cfg.checkpoint.minutes()  # every_minutes: auto is resolved here, where the trainer runs

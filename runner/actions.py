@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -25,6 +25,18 @@ def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
     return forwarded(names, environ)[1]
 
 
+def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ, extra: Sequence[tuple[str, str]] = ()) -> list[Any]:
+    """Every location the job reads (its data, and ``extra`` ``(field, URI)`` pairs such as a stage's
+    ``init_from``) exists and is readable with the trainer's credentials: checked here, before an
+    image is built or pushed or a pod is started. What each holds (``runner.datacheck.DataLocation``)."""
+    from runner.datacheck import DataCheckError, check_job_data
+
+    try:
+        return check_job_data(spec_job, extra, environ)
+    except DataCheckError as e:
+        raise ActionError(f"{e}\nNothing was built or launched; fix the location (or upload the data) and submit again.") from None
+
+
 def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:
     """Check that the job can be launched here (its backend, its secrets), then record it: (state, job row)."""
     from runner.backends import BackendError, get_backend
@@ -38,6 +50,7 @@ def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any,
         raise ActionError(f"{spec_job.path}: secrets: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} listed "
                           f"but not set in this shell; export {'it' if len(missing) == 1 else 'them'} and submit again. "
                           f"Nothing was launched.")
+    check_inputs(spec_job, environ)
     import secrets as token
 
     from runner import paths

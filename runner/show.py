@@ -156,8 +156,12 @@ def print_plan(job, json: bool) -> None:
     from runner import paths
     from runner.backends import AVAILABLE
     from runner.cost import estimate
+    from runner.datacheck import check_job_data
     from runner.secret_guard import forwarded
 
+    # A plan is wanted before the data is uploaded too (what will it cost?): a missing dataset is
+    # shown in it, and `submit` refuses to launch until it is there.
+    data = check_job_data(job, strict=False)
     state = open_state()
     est = estimate(job, state)
     _values, missing = forwarded(job.spec.secrets, os.environ)
@@ -175,6 +179,9 @@ def print_plan(job, json: bool) -> None:
         "run_uri": f"{root.rstrip('/')}/{job.name}-<id>",
         "secrets": {n: n not in missing for n in job.spec.secrets},
         "retry": job.spec.retry.model_dump(),
+        "data": [{"field": d.field, "location": d.location, "kind": d.kind, "files": d.files, "bytes": d.bytes}
+                 if d.problem is None else {"field": d.field, "location": d.location, "problem": d.problem}
+                 for d in data],
     }
     if json:
         return print_json(plan)
@@ -222,9 +229,15 @@ def print_plan(job, json: bool) -> None:
             *plan_overhead_rows(est, escape, duration),
             ("est. cost", cost), ("budget", budget), ("run URI", escape(plan["run_uri"])), ("secrets", secrets),
             ("retry", retry_text)]
+    rows += [(f"data ({d.field.removeprefix('train.data.')})",
+              f"{escape(d.location)}: {d.summary()}" if d.problem is None else
+              f"{escape(d.location)}: [bold red]cannot be used[/] (submit will refuse it; see below)") for d in data]
     console = new_console()
     console.print(f"[bold]Plan for {escape(job.name)}[/] ({escape(str(job.path))}): dry run, nothing launched")
     console.print(kv_table(rows))
+    for d in data:
+        if d.problem:
+            console.print(f"[red]data:[/] {escape(d.problem)}")
     return None
 
 

@@ -247,8 +247,12 @@ def _list(bucket: Any, location: str) -> tuple[Literal["file", "folder"], list[_
         objects.append(_Object(rel, o["Key"], int(o["Size"]), o["ETag"].strip('"'),
                                sidecar if sidecar in keys else None))
     if not objects:
-        what = f"no object matches {pattern!r} under s3://{bucket.bucket}/{prefix}" if pattern else \
-            f"no object at s3://{bucket.bucket}/{key} and none under s3://{bucket.bucket}/{prefix}"
+        if pattern:
+            what = f"no object matches {pattern!r} under s3://{bucket.bucket}/{prefix}"
+        elif prefix == key:
+            what = f"no object under s3://{bucket.bucket}/{prefix}"
+        else:
+            what = f"no object at s3://{bucket.bucket}/{key} and none under s3://{bucket.bucket}/{prefix}"
         raise FileNotFoundError(
             f"{location}: {what} (listed at {where}); upload the dataset there (for example `aws s3 sync "
             f"DIR s3://{bucket.bucket}/{prefix}` or `python -m trainer fetch-dataset NAME --to "

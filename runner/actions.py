@@ -29,12 +29,32 @@ def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ, extra: 
     """Every location the job reads (its data, and ``extra`` ``(field, URI)`` pairs such as a stage's
     ``init_from``) exists and is readable with the trainer's credentials: checked here, before an
     image is built or pushed or a pod is started. What each holds (``runner.datacheck.DataLocation``)."""
+    from runner.backends import BackendError
     from runner.datacheck import DataCheckError, check_job_data
 
     try:
-        return check_job_data(spec_job, extra, environ)
+        found = check_job_data(spec_job, extra, environ)
     except DataCheckError as e:
         raise ActionError(f"{e}\nNothing was built or launched; fix the location (or upload the data) and submit again.") from None
+    try:
+        _check_image_contents(spec_job)
+    except BackendError as e:
+        raise ActionError(f"{e}\nNothing was built or launched.") from None
+    return found
+
+
+def _check_image_contents(spec_job: Any) -> None:
+    """A job whose image is built from its project must find every local file it reads in that image:
+    the .dockerignore is applied now (no engine needed), not after a build and a push."""
+    if spec_job.backend not in ("docker", "runpod"):
+        return
+    from runner.backends.docker_image import ImageSettings, check_contents, context_files, find_context
+
+    settings = ImageSettings.from_spec(spec_job.spec.image.model_dump())
+    if settings.name:  # a prebuilt image: what is in it is its maker's business
+        return
+    context, dockerfile = find_context(spec_job.path, settings)
+    check_contents(spec_job.path, context, context_files(context, dockerfile))
 
 
 def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:

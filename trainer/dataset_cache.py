@@ -47,7 +47,7 @@ from urllib.parse import urlparse
 from trainer.contract import CHECKSUM_SUFFIX
 from trainer.storage_api import StorageError
 
-__all__ = ["ENV_DATA_CACHE", "Listing", "data_cache_root", "is_remote", "list_location", "local_path"]
+__all__ = ["ENV_DATA_CACHE", "Listing", "data_cache_root", "is_remote", "list_location", "local_path", "open_bucket"]
 
 log = logging.getLogger("trainer")
 
@@ -105,7 +105,7 @@ def local_path(location: str, cache_dir: str | Path | None = None, *, progress: 
         return Path(parsed.path)
     if parsed.scheme != "s3":
         return Path(location)
-    bucket = _bucket_for(location)
+    bucket = open_bucket(location)
     try:
         kind, objects = _list(bucket, location)
         folder = data_cache_root(cache_dir) / _cache_name(location, bucket.endpoint)
@@ -125,7 +125,7 @@ def list_location(location: str, base: str | Path | None = None, environ: Mappin
     when there is nothing there, :class:`StorageError` when the bucket cannot be read."""
     if not is_remote(location):
         return _list_local(location, base)
-    bucket = _bucket_for(location, environ)
+    bucket = open_bucket(location, environ)
     try:
         kind, objects = _list(bucket, location)
         # Listing needs s3:ListBucket; reading needs s3:GetObject: a HEAD proves the second one.
@@ -158,7 +158,7 @@ def _list_local(location: str, base: str | Path | None) -> Listing:
 
 
 # --- S3 ---------------------------------------------------------------------------------------------
-def _bucket_for(location: str, environ: Mapping[str, str] | None = None) -> Any:
+def open_bucket(location: str, environ: Mapping[str, str] | None = None) -> Any:
     """The run storage's S3 client at the root of ``location``'s bucket."""
     from trainer.storage_s3 import S3Storage
 

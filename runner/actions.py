@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -25,8 +25,40 @@ def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
     return forwarded(names, environ)[1]
 
 
-def _check_launchable(spec_job: Any, environ: Mapping[str, str]) -> None:
-    """The job's backend works here and its secrets are set in this shell."""
+def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ, extra: Sequence[tuple[str, str]] = ()) -> list[Any]:
+    """Every location the job reads (its data, and ``extra`` ``(field, URI)`` pairs such as a stage's
+    ``init_from``) exists and is readable with the trainer's credentials: checked here, before an
+    image is built or pushed or a pod is started. What each holds (``runner.datacheck.DataLocation``)."""
+    from runner.backends import BackendError
+    from runner.datacheck import DataCheckError, check_job_data
+
+    try:
+        found = check_job_data(spec_job, extra, environ)
+    except DataCheckError as e:
+        raise ActionError(f"{e}\nNothing was built or launched; fix the location (or upload the data) and submit again.") from None
+    try:
+        _check_image_contents(spec_job)
+    except BackendError as e:
+        raise ActionError(f"{e}\nNothing was built or launched.") from None
+    return found
+
+
+def _check_image_contents(spec_job: Any) -> None:
+    """A job whose image is built from its project must find every local file it reads in that image:
+    the .dockerignore is applied now (no engine needed), not after a build and a push."""
+    if spec_job.backend not in ("docker", "runpod"):
+        return
+    from runner.backends.docker_image import check_contents, context_files, find_context
+
+    settings = spec_job.spec.image
+    if settings.name:  # a prebuilt image: what is in it is its maker's business
+        return
+    context, dockerfile = find_context(spec_job.path, settings)
+    check_contents(spec_job.path, context, context_files(context, dockerfile))
+
+
+def _check_launchable(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
+    """The job's backend works here, its secrets are set in this shell, and what it reads is there."""
     from runner.backends import BackendError, get_backend
 
     try:
@@ -38,6 +70,7 @@ def _check_launchable(spec_job: Any, environ: Mapping[str, str]) -> None:
         raise ActionError(f"{spec_job.path}: secrets: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} listed "
                           f"but not set in this shell; export {'it' if len(missing) == 1 else 'them'} and submit again. "
                           f"Nothing was launched.")
+    check_inputs(spec_job, environ, extra)
 
 
 def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:
@@ -65,7 +98,9 @@ def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> t
     it: finished stages are kept, the first unfinished one resumes from its own checkpoints."""
     from trainer.contract import BEST
 
-    _check_launchable(spec_job, environ)
+    given = [(f"stages.{stage}.init_from", ref) for stage, section in spec_job.spec.stages.items()
+             for ref in section.inputs().values() if ref not in spec_job.spec.stages]  # earlier stages' come later
+    _check_launchable(spec_job, environ, given)
     import secrets as token
 
     from runner import paths

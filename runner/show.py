@@ -155,10 +155,10 @@ def plan_overhead_rows(est, escape, duration) -> list[tuple[str, str]]:
 def print_plan(job, json: bool) -> None:
     if job.spec.stages:
         return _print_pipeline_plan(job, json)
-    plan, est = _plan(job)
+    plan, est, data = _plan(job)
     if json:
         return print_json(plan)
-    _print_plan(job, plan, est, f"Plan for {job.name}")
+    _print_plan(job, plan, est, data, f"Plan for {job.name}")
     return None
 
 
@@ -170,28 +170,32 @@ def _print_pipeline_plan(job, json: bool) -> None:
 
     stages = [(name, replace(job, spec=job.spec.stage_spec(name))) for name in job.spec.stages]
     plans = [(name, stage_job, *_plan(stage_job, stage=name)) for name, stage_job in stages]
-    hours = [p["estimated_hours"] for _n, _j, p, _e in plans]
-    dollars = [p.get("expected_usd", p["estimated_usd"]) for _n, _j, p, _e in plans]
-    total = {"pipeline": job.name, "stages": [p for _n, _j, p, _e in plans],
+    hours = [p["estimated_hours"] for _n, _j, p, _e, _d in plans]
+    dollars = [p.get("expected_usd", p["estimated_usd"]) for _n, _j, p, _e, _d in plans]
+    total = {"pipeline": job.name, "stages": [p for _n, _j, p, _e, _d in plans],
              "estimated_hours": sum(hours) if None not in hours else None,
              "estimated_usd": sum(dollars) if None not in dollars else None}
     if json:
         return print_json(total)
-    for i, (name, stage_job, plan, est) in enumerate(plans, 1):
+    for i, (name, stage_job, plan, est, data) in enumerate(plans, 1):
         inputs = ", ".join(f"{k} ← {v}" for k, v in job.spec.stages[name].inputs().items())
-        _print_plan(stage_job, plan, est, f"Stage {i} of {len(plans)}: {name}" + (f" (from {inputs})" if inputs else ""))
+        _print_plan(stage_job, plan, est, data, f"Stage {i} of {len(plans)}: {name}" + (f" (from {inputs})" if inputs else ""))
     when = duration(total["estimated_hours"] * 3600) if total["estimated_hours"] is not None else "unknown"
     usd = f"${total['estimated_usd']:.2f}" if total["estimated_usd"] is not None else "unknown"
     new_console().print(f"[bold]Pipeline {job.name}[/]: {len(plans)} stages, {when} of training, {usd} expected in all")
     return None
 
 
-def _plan(job, stage: str | None = None) -> tuple[dict, Any]:
+def _plan(job, stage: str | None = None) -> tuple[dict, Any, list]:
     from runner import paths
     from runner.backends import AVAILABLE
     from runner.cost import estimate
+    from runner.datacheck import check_job_data
     from runner.secret_guard import forwarded
 
+    # A plan is wanted before the data is uploaded too (what will it cost?): a missing dataset is
+    # shown in it, and `submit` refuses to launch until it is there.
+    data = check_job_data(job, strict=False)
     state = open_state()
     est = estimate(job, state)
     _values, missing = forwarded(job.spec.secrets, os.environ)
@@ -209,15 +213,18 @@ def _plan(job, stage: str | None = None) -> tuple[dict, Any]:
         "run_uri": f"{root.rstrip('/')}/{job.name}-<id>" + (f"/{stage}" if stage else ""),
         "secrets": {n: n not in missing for n in job.spec.secrets},
         "retry": job.spec.retry.model_dump(),
+        "data": [{"field": d.field, "location": d.location, "kind": d.kind, "files": d.files, "bytes": d.bytes}
+                 if d.problem is None else {"field": d.field, "location": d.location, "problem": d.problem}
+                 for d in data],
     }
     if stage:
         plan["stage"] = stage
     if est.expected_usd is not None:
         plan["expected_usd"] = est.expected_usd
-    return plan, est
+    return plan, est, data
 
 
-def _print_plan(job, plan: dict, est: Any, title: str) -> None:
+def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
     from rich.markup import escape
 
     from runner.view import duration, kv_table
@@ -263,9 +270,15 @@ def _print_plan(job, plan: dict, est: Any, title: str) -> None:
             *plan_overhead_rows(est, escape, duration),
             ("est. cost", cost), ("budget", budget), ("run URI", escape(plan["run_uri"])), ("secrets", secrets),
             ("retry", retry_text)]
+    rows += [(f"data ({d.field.removeprefix('train.data.')})",
+              f"{escape(d.location)}: {d.summary()}" if d.problem is None else
+              f"{escape(d.location)}: [bold red]cannot be used[/] (submit will refuse it; see below)") for d in data]
     console = new_console()
     console.print(f"[bold]{escape(title)}[/] ({escape(str(job.path))}): dry run, nothing launched")
     console.print(kv_table(rows))
+    for d in data:
+        if d.problem:
+            console.print(f"[red]data:[/] {escape(d.problem)}")
 
 
 def plot_costs(state, jobs, path: str, stderr: bool = False) -> None:

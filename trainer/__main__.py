@@ -1,4 +1,5 @@
-"""``python -m trainer run JOB.yaml --run-uri URI`` and ``python -m trainer restart-loop ...``.
+"""``python -m trainer run JOB.yaml --run-uri URI``, ``python -m trainer restart-loop ...`` and
+``python -m trainer fetch-dataset NAME --to s3://BUCKET/PREFIX/``.
 
 Exit codes are the contract with the runner (``trainer.contract``): 0 done, 75 interrupted after an
 emergency checkpoint, 2 invalid job file, 3 storage misconfigured, 4 diverged, 1 anything else."""
@@ -30,11 +31,35 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--max-restarts", type=int, default=5, help="crashes to recover from before giving up (default 5)")
             s.add_argument("--backoff", type=float, default=5.0, help="seconds before the first restart; doubles each time")
             s.add_argument("--nproc", type=int, default=1, help="processes per machine; more than 1 starts torchrun")
+    f = sub.add_parser("fetch-dataset", help="download a public MIDI dataset (maestro, pijama) and upload its "
+                                             "MIDI files to s3://BUCKET/PREFIX/")
+    f.add_argument("name", help="maestro or pijama (any name with --url)")
+    f.add_argument("--to", required=True, help="where the files go: s3://BUCKET/PREFIX/ (credentials: the AWS_* variables)")
+    f.add_argument("--url", default=None, help="the archive (.zip) to use instead of the dataset's public one")
     return p
+
+
+def fetch_dataset_command(name: str, to: str, url: str | None) -> int:
+    from trainer.fetch_dataset import FetchError, fetch_dataset
+    from trainer.storage import StorageError
+
+    _console_logging()
+    try:
+        done = fetch_dataset(name, to, url)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return contract.EXIT_BAD_CONFIG
+    except StorageError as e:
+        print(f"error: {to}: {e}", file=sys.stderr)
+        return contract.EXIT_STORAGE
+    print(f"{name}: {done.uploaded} MIDI files uploaded ({done.bytes:,} bytes), {done.skipped} already in {to}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "fetch-dataset":
+        return fetch_dataset_command(args.name, args.to, args.url)
     if args.command == "restart-loop":
         from trainer.restart import restart_loop
 
@@ -54,6 +79,9 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
     die_with_launcher()
     _console_logging()
     log = logging.getLogger("trainer")
+    if cache_dir and not os.environ.get("TRAINER_DATA_CACHE"):
+        # Datasets from s3:// are cached beside the run's working copy (trainer.dataset_cache).
+        os.environ["TRAINER_DATA_CACHE"] = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), "datasets")
     try:
         cfg, _ = load_train_config(job)
         cfg.checkpoint.minutes()  # every_minutes: auto is resolved here, where the trainer runs

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from trainer.config import Data, resolve_path
+from trainer.dataset_cache import is_remote, local_path
 
 log = logging.getLogger("trainer")
 
@@ -116,9 +117,12 @@ def _paths(job_path: str | Path, spec: str | list[str]) -> list[str]:
     found: list[str] = []
     for s in specs:
         full = resolve_path(job_path, s)
+        if is_remote(full):
+            found.extend(_remote_paths(full))
+            continue
         if "://" in full:
-            raise ValueError(f"data path {s!r}: the trainer reads data from local files only; "
-                             "copy it into the image or onto the machine first and give its local path")
+            raise ValueError(f"data path {s!r}: unsupported scheme; give a local path or s3://BUCKET/KEY "
+                             "(a file) or s3://BUCKET/PREFIX/ (every file under it)")
         if any(c in full for c in "*?["):
             matches = sorted(m for m in glob.glob(full, recursive=True) if Path(m).is_file())
             if not matches:
@@ -134,6 +138,19 @@ def _paths(job_path: str | Path, spec: str | list[str]) -> list[str]:
             matches = [full]
         found.extend(matches)
     return found
+
+
+def _remote_paths(uri: str) -> list[str]:
+    """The local copies of an ``s3://`` entry, downloaded into the data cache (reused when unchanged):
+    one file, every file under a prefix, or those a pattern matches, sorted by key."""
+    if any(c in uri for c in "*?["):
+        # The cache holds the folder before the pattern with only the matching objects in it.
+        folder = local_path(uri)
+        return sorted(str(p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    path = local_path(uri)
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [str(path)]
 
 
 def _read_tokens(path: str) -> np.ndarray:

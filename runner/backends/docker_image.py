@@ -204,8 +204,16 @@ def job_path_in_image(job_file: Path, context: Path) -> str:
     return str(IMAGE_ROOT / rel.as_posix())
 
 
+#: Files a job may start from (weights, adapters, token shards): a string in the ``train:`` section
+#: that ends so, and is no URI, names a file the image must hold, whatever field it is in (a custom
+#: recipe's option, a pipeline stage's ``init_from``).
+WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".npy", ".npz", ".gguf", ".onnx")
+
+
 def _local_data_paths(job_file: Path) -> Iterator[tuple[str, Path]]:
-    """The job's local data files, as the trainer will resolve them."""
+    """The local files and folders the job's trainer will read, as it will resolve them (relative to
+    the job file's folder): ``data.train``/``val`` entries (files, folders, glob patterns), a local
+    tokenizer or model folder, and any weights file named anywhere in ``train:``."""
     import yaml
 
     from trainer.config import resolve_path
@@ -214,29 +222,106 @@ def _local_data_paths(job_file: Path) -> Iterator[tuple[str, Path]]:
         doc = yaml.safe_load(job_file.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return
-    data = (doc.get("train") or {}).get("data") if isinstance(doc, dict) else None
-    if not isinstance(data, dict):
+    train = doc.get("train") if isinstance(doc, dict) else None
+    if not isinstance(train, dict):
         return
+    seen: set[tuple[str, str]] = set()
+
+    def local(value: Any) -> bool:
+        return isinstance(value, str) and bool(value.strip()) and "://" not in value
+
+    def emit(field: str, value: str, must_exist: bool) -> Iterator[tuple[str, Path]]:
+        full = resolve_path(job_file, value)
+        if any(c in full for c in "*?["):
+            import glob
+
+            paths = [Path(m) for m in sorted(glob.glob(full, recursive=True))]
+        else:
+            paths = [Path(full)] if must_exist or Path(full).exists() else []
+        for path in paths:
+            if (field, str(path)) not in seen:
+                seen.add((field, str(path)))
+                yield field, path
+
+    data = train.get("data") if isinstance(train.get("data"), dict) else {}
     for key in ("train", "val"):
         value = data.get(key)
-        for item in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
-            if isinstance(item, str) and "://" not in item and not any(c in item for c in "*?["):
-                yield f"train.data.{key}", Path(resolve_path(job_file, item))
+        for i, item in enumerate([value] if isinstance(value, str) else value if isinstance(value, list) else []):
+            if local(item):
+                yield from emit(f"train.data.{key}" + (f"[{i}]" if isinstance(value, list) else ""), item, True)
+    # A tokenizer or model given as a path (not a hub id): only when it is there on this machine.
+    model = train.get("model") if isinstance(train.get("model"), dict) else {}
+    for name, value in (("train.data.tokenizer", data.get("tokenizer")), ("train.model.name_or_path", model.get("name_or_path"))):
+        if local(value) and "/" in value:  # "gpt2", "bytes": hub ids and built-ins, never files
+            yield from emit(name, value, False)
+
+    def walk(value: Any, loc: str) -> Iterator[tuple[str, Path]]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from walk(v, f"{loc}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from walk(v, f"{loc}[{i}]")
+        elif local(value) and value.lower().endswith(WEIGHT_SUFFIXES) and not loc.startswith("train.data."):
+            yield from emit(loc, value, True)
+
+    yield from walk(train, "train")
+
+
+def _expand(path: Path) -> list[Path]:
+    """A file, or every file under a folder (what the trainer would read of it)."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
+    return [path]
+
+
+def _excluding_line(context: Path, rel: str) -> tuple[int, str] | None:
+    """The .dockerignore line (number, text) that leaves ``rel`` out: the last pattern matching it or
+    a folder above it that excludes. None when no line does."""
+    from docker.utils.build import Pattern
+
+    path = context / ".dockerignore"
+    if not path.exists():
+        return None
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    found: tuple[int, str] | None = None
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern = Pattern(line)
+        if pattern.dirs and any(pattern.match(p) for p in prefixes):
+            found = None if pattern.exclusion else (number, line)
+    return found
 
 
 def check_contents(job_file: Path, context: Path, files: Iterable[str]) -> None:
-    """The job file and its local data must go into the image; say which is kept out, and why."""
+    """Every local file the job reads (the job file, its data, its weights) must go into the image:
+    name the first that is kept out, the ``.dockerignore`` line that drops it, and how to let it in."""
     included = set(files)
     wanted = [("the job file", job_file.resolve())] + [(f, p.resolve()) for f, p in _local_data_paths(job_file)]
     for what, path in wanted:
         try:
-            rel = path.relative_to(context).as_posix()
+            rel_top = path.relative_to(context).as_posix()
         except ValueError:
             raise BackendError(f"{what} {path} is outside the build context {context}, so the image cannot contain "
                                f"it; move it into the project or point image.context at a folder that holds it") from None
-        if rel not in included and path.is_file():
-            raise BackendError(f"{what} {rel} is left out of the image by {context / '.dockerignore'}; add a `!{rel}` "
-                               f"line there (after the pattern that excludes it)")
+        if not path.exists():
+            continue  # the data check at submit says it is missing, with the job file's line
+        left_out = [p.relative_to(context).as_posix() for p in _expand(path)]
+        left_out = [rel for rel in left_out if rel not in included]
+        if not left_out:
+            continue
+        rel = left_out[0]
+        more = f" (and {len(left_out) - 1} more file{'s' if len(left_out) > 2 else ''} under {rel_top})" \
+            if len(left_out) > 1 else ""
+        line = _excluding_line(context, rel)
+        by = f"line {line[0]} of {context / '.dockerignore'} (`{line[1]}`)" if line else str(context / ".dockerignore")
+        allow = f"!{rel_top}/**" if path.is_dir() else f"!{rel}"
+        raise BackendError(
+            f"{what}: {rel}{more} would be left out of the image by {by}, and the trainer reads it; add a "
+            f"`{allow}` line after that one, or keep the file in S3 (s3://BUCKET/...) and name that instead")
 
 
 # --- the hash ---------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("runner", "trainer")
 #: What the runner may import of the trainer: the contract, the torch-free schema of ``train:`` and
-#: the job-file loader it validates with, and the storage client it reads runs through.
-RUNNER_MAY_IMPORT = {"trainer", "trainer.contract", "trainer.config", "trainer.jobfile", "trainer.jobvars", "trainer.storage",
-                     "trainer.storage_api"}
+#: the job-file loader (and its job variables) it validates with, the storage client it reads runs
+#: through, and the (torch-free) dataset lister it checks a job's data with before launching.
+RUNNER_MAY_IMPORT = {"trainer", "trainer.contract", "trainer.config", "trainer.dataset_cache", "trainer.jobfile",
+                     "trainer.jobvars", "trainer.storage", "trainer.storage_api"}
 
 
 def modules() -> dict[str, Path]:

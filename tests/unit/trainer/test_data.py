@@ -13,6 +13,7 @@ import torch
 
 from trainer.config import Data
 from trainer.data import ByteTokenizer, HFTokenizer, load_datasets
+from trainer.storage_api import StorageError
 
 BYTES = ByteTokenizer()
 
@@ -174,6 +175,13 @@ def test_text_through_a_hugging_face_tokenizer(tmp_path):
 
 
 # --- paths ----------------------------------------------------------------------------------------
+def test_s3_data_without_credentials_says_which_variables_to_set(tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(StorageError, match="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        load_datasets(data(format="tokens", train="s3://bucket/train.bin"), tmp_path / "job.yaml", None)
+
+
 def test_missing_files_name_the_path_and_where_it_was_looked_for(tmp_path):
     job = tmp_path / "jobs" / "job.yaml"
     with pytest.raises(FileNotFoundError, match=r"data file not found: 'nope\.bin' \(looked for .*jobs/nope\.bin\); "
@@ -184,8 +192,8 @@ def test_missing_files_name_the_path_and_where_it_was_looked_for(tmp_path):
     (tmp_path / "jobs" / "folder").mkdir(parents=True)
     with pytest.raises(IsADirectoryError, match=r"'folder' is a folder .*folder/\*\.bin"):
         load_datasets(data(format="tokens", train="folder"), job, None)
-    with pytest.raises(ValueError, match="local files only"):
-        load_datasets(data(format="tokens", train="s3://bucket/train.bin"), job, None)
+    with pytest.raises(ValueError, match=r"'gs://bucket/train\.bin': unsupported scheme; give a local path or s3://"):
+        load_datasets(data(format="tokens", train="gs://bucket/train.bin"), job, None)
     bin_shard(tmp_path / "jobs" / "train.bin", range(20))
     with pytest.raises(FileNotFoundError, match="val.bin"):  # a missing val file too, not only train
         load_datasets(data(format="tokens", train="train.bin", val="val.bin"), job, None)

@@ -25,7 +25,7 @@ def test_an_unchanged_job_reuses_its_image_and_any_change_that_goes_in_makes_a_n
         docker_engine, docker_project, project_image, tmp_path: Path):
     job = docker_project.jobs["docker-quick"]
     settings = Image(base=BASE_IMAGE)
-    again = ensure_image(docker_engine, job, {"base": BASE_IMAGE}, out=quiet(tmp_path / "out.log"))
+    again = ensure_image(docker_engine, job, Image(base=BASE_IMAGE), out=quiet(tmp_path / "out.log"))
     assert again.name == project_image.name and not again.built
     assert again.job_path == "/app/jobs/docker-quick.yaml"
     digest = plan_build(docker_engine, job, settings).digest
@@ -84,7 +84,7 @@ def test_the_built_image_holds_none_of_the_secrets_around_its_build(docker_engin
     job = write_job(project, "scan", docker_project.s3, {"env": {"BUILD_MARKER": marker},
                                                             "secrets": ["AWS_ACCESS_KEY_ID", "HF_TOKEN"]})
 
-    ref = ensure_image(docker_engine, job, {"base": BASE_IMAGE}, out=quiet(tmp_path / "build.log"), log_dir=tmp_path)
+    ref = ensure_image(docker_engine, job, Image(base=BASE_IMAGE), out=quiet(tmp_path / "build.log"), log_dir=tmp_path)
     image = docker_engine.images.get(ref.name)
     try:
         found = _scan_saved_image(image, [marker, image.labels[LABEL_INPUTS], *values.values()])
@@ -118,7 +118,7 @@ def test_push_to_and_pull_from_a_local_registry(docker_engine, docker_project, p
     with registry(tmp_path / "registry") as reg:
         repository = f"{reg.address}/spot-runner"
         job = docker_project.jobs["docker-quick"]
-        section = {"base": BASE_IMAGE, "push_to": repository}
+        section = Image(base=BASE_IMAGE, push_to=repository)
         out = quiet(tmp_path / "out.log")
         pushed = ensure_image(docker_engine, job, section, registry_required=True, out=out)
         tag = pushed.name.rsplit(":", 1)[1]

@@ -104,7 +104,8 @@ def test_auto_interval_follows_the_measured_preemptions_and_the_report_counts_th
         assert a1.checkpoints and a1.checkpoints >= 3 and 0 < a1.checkpoint_seconds < 5
         assert a1.end_step >= 60 and a1.last_checkpoint_step % 10 == 0
         lost = a1.end_step - a1.last_checkpoint_step
-        assert 0 <= lost < 10
+        # At most one interval: 10 when the kill lands after step 70 and before its checkpoint is durable.
+        assert 0 <= lost <= 10
         assert a1.train_started and a1.train_ended > a1.train_started
         cost = job_cost(state, state.job(job_id), advice=True)
         assert (cost.preemptions, cost.lost_steps, cost.steps) == (1, lost, 400)

@@ -85,7 +85,7 @@ class CustomRecipe(_Section):
 MUSIC_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"channels": 64, "res_blocks": 1, "downsample": 2, "code_dim": 32, "codebook_size": 64,
              "embed_dim": 32, "n_layer": 2, "n_head": 2, "n_embd": 64},
-    "full": {"channels": 512, "res_blocks": 2, "downsample": 2, "code_dim": 64, "codebook_size": 512,
+    "full": {"channels": 1024, "res_blocks": 4, "downsample": 2, "code_dim": 64, "codebook_size": 512,
              "embed_dim": 256, "n_layer": 8, "n_head": 8, "n_embd": 512},
 }
 

@@ -107,8 +107,8 @@ def test_hybrid_learns_from_both_stages_one_of_them_in_s3(music, vqvae_run, styl
     assert init["style_encoder"]["sha256"] == sha256_of(style_run[0] / contract.BEST)
 
 
-def _style_job(music: Path, name: str, init_uri: str, max_steps: int = 10) -> Path:
-    return write_job(music, name, music / "data", music / "cache", model={"recipe": "style_encoder", "size": "tiny"},
+def _style_job(folder: Path, music: Path, init_uri: str, max_steps: int = 10) -> Path:
+    return write_job(folder, "job", music / "data", music / "cache", model={"recipe": "style_encoder", "size": "tiny"},
                      init_from={"vqvae": init_uri}, max_steps=max_steps, checkpoint={"every_steps": 5},
                      eval={"every_steps": 5, "batches": 1})
 
@@ -126,7 +126,7 @@ def test_an_unusable_init_file_fails_at_start_naming_it(music, vqvae_run, tmp_pa
         target.write_bytes(bytes(data))
     elif damage == "not_a_checkpoint":
         target.write_bytes(b"not a checkpoint at all")
-    result = run_trainer(_style_job(tmp_path, "job", str(target)), str(tmp_path / "run"))
+    result = run_trainer(_style_job(tmp_path, music, str(target)), str(tmp_path / "run"))
     assert result.returncode == contract.EXIT_BAD_CONFIG, result.stderr[-3000:]
     assert f"train.init_from.vqvae: {target}" in result.stderr
     expected = {"missing": "no such file", "checksum": "torn or corrupt", "not_a_checkpoint": "not a checkpoint torch can load"}
@@ -138,13 +138,13 @@ def test_a_resume_does_not_load_the_init_weights_again(music, vqvae_run, tmp_pat
     copy = tmp_path / "vq-best.pt"
     shutil.copy(vqvae_run[0] / contract.BEST, copy)
     run = tmp_path / "run"
-    first = run_trainer(_style_job(tmp_path, "job", str(copy), max_steps=10), str(run))
+    first = run_trainer(_style_job(tmp_path, music, str(copy), max_steps=10), str(run))
     assert first.returncode == 0, first.stderr[-3000:]
     record = (run / contract.INIT_RECORD).read_bytes()
     # The init file is gone and the run goes on for longer: it must continue from its own latest.pt.
     copy.unlink()
     (run / contract.STATUS).unlink()
-    again = run_trainer(_style_job(tmp_path, "job", str(copy), max_steps=15), str(run))
+    again = run_trainer(_style_job(tmp_path, music, str(copy), max_steps=15), str(run))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from checkpoints/" in again.stderr and "init_from vqvae" not in again.stderr
     assert (run / contract.INIT_RECORD).read_bytes() == record

@@ -79,9 +79,95 @@ class CustomRecipe(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+# --- music recipes: VQ-VAE → style encoder → hybrid, over piano-roll windows ----------------------
+#: ``size:`` presets. ``tiny`` trains each stage on 2 CPU cores in about a minute on the synthetic
+#: test data; ``full`` makes stage 1 about 10 hours on an RTX 3090 over MAESTRO v3 (the arithmetic is
+#: in docs/music_sizes.md). A field given in the job file overrides its preset.
+MUSIC_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"channels": 64, "res_blocks": 1, "downsample": 2, "code_dim": 32, "codebook_size": 64,
+             "embed_dim": 32, "n_layer": 2, "n_head": 2, "n_embd": 64},
+    "full": {"channels": 1024, "res_blocks": 4, "downsample": 2, "code_dim": 64, "codebook_size": 512,
+             "embed_dim": 256, "n_layer": 8, "n_head": 8, "n_embd": 512},
+}
+
+
+class MusicRecipe(_Section):
+    """What the three music recipes share: the piano-roll encoder's shape, which must be the same in
+    every stage for one stage's weights to initialise the next (same ``size`` and overrides)."""
+
+    size: Literal["tiny", "full"] = "tiny"
+    #: Width of the convolutional encoder/decoder over time (the 88 pitches are its input channels).
+    channels: int = Field(ge=8)
+    res_blocks: int = Field(ge=0)
+    #: Stride-2 stages: one code per ``2**downsample`` frames.
+    downsample: int = Field(ge=0, le=6)
+    code_dim: int = Field(ge=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        preset = MUSIC_SIZES.get(value.get("size", "tiny"), {})
+        return {**{k: v for k, v in preset.items() if k in cls.model_fields}, **value}
+
+
+class VQVAE(MusicRecipe):
+    """Stage 1: piano-roll conv encoder/decoder with a vector-quantised codebook (EMA updates,
+    commitment loss, dead-code restart). Loss = reconstruction + commitment."""
+
+    recipe: Literal["vqvae"]
+    codebook_size: int = Field(ge=2)
+    commitment: float = Field(0.25, ge=0)
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    #: A code whose running usage (codes per batch, averaged) falls below this is dead: counted, and
+    #: with ``restart_dead_codes`` moved onto a random encoder output of the batch.
+    dead_code_threshold: float = Field(0.5, ge=0)
+    restart_dead_codes: bool = True
+
+
+class StyleEncoder(MusicRecipe):
+    """Stage 2: a window → a style embedding (the VQ-VAE's encoder, pooled, projected), trained with
+    a supervised contrastive loss so windows of one pianist are closer than of different ones."""
+
+    recipe: Literal["style_encoder"]
+    embed_dim: int = Field(ge=2)
+    temperature: float = Field(0.1, gt=0)
+    #: Learning rate of the layers that ``init_from`` does not provide (the projection head); default:
+    #: the optimizer's. The schedule scales it like the rest.
+    new_params_lr: float | None = Field(None, gt=0)
+
+
+class Hybrid(MusicRecipe):
+    """Stage 3: an autoregressive transformer over the VQ-VAE's codes, conditioned on the style
+    embedding; the VQ-VAE and the style encoder come from ``init_from``."""
+
+    recipe: Literal["hybrid"]
+    codebook_size: int = Field(ge=2)
+    embed_dim: int = Field(ge=2)
+    n_layer: int = Field(ge=1)
+    n_head: int = Field(ge=1)
+    n_embd: int = Field(ge=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    #: Learning rate of the newly initialised transformer; default: the optimizer's. Loaded weights
+    #: fine-tune at the optimizer's (small) rate, new layers need a learning one.
+    new_params_lr: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> Hybrid:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+MUSIC_RECIPES = ("vqvae", "style_encoder", "hybrid")
+#: The ``train.init_from`` names each recipe takes: the earlier stages whose weights it starts from.
+INIT_NAMES: dict[str, tuple[str, ...]] = {"vqvae": (), "style_encoder": ("vqvae",), "hybrid": ("vqvae", "style_encoder")}
+
+
 def _recipe_tag(value: Any) -> str | None:
     recipe = value.get("recipe") if isinstance(value, dict) else getattr(value, "recipe", None)
-    if recipe in ("tiny_gpt", "causal_lm_lora"):
+    if recipe in ("tiny_gpt", "causal_lm_lora", *MUSIC_RECIPES):
         return recipe
     if isinstance(recipe, str) and ":" in recipe:
         return "custom"
@@ -89,23 +175,46 @@ def _recipe_tag(value: Any) -> str | None:
 
 
 ModelConfig = Annotated[
-    Annotated[TinyGPT, Tag("tiny_gpt")] | Annotated[CausalLMLoRA, Tag("causal_lm_lora")] | Annotated[CustomRecipe, Tag("custom")],
+    Annotated[TinyGPT, Tag("tiny_gpt")] | Annotated[CausalLMLoRA, Tag("causal_lm_lora")]
+    | Annotated[VQVAE, Tag("vqvae")] | Annotated[StyleEncoder, Tag("style_encoder")] | Annotated[Hybrid, Tag("hybrid")]
+    | Annotated[CustomRecipe, Tag("custom")],
     Discriminator(
         _recipe_tag,
         custom_error_type="recipe",
-        custom_error_message="model.recipe must be 'tiny_gpt', 'causal_lm_lora' or 'package.module:function'",
+        custom_error_message="model.recipe must be 'tiny_gpt', 'causal_lm_lora', 'vqvae', 'style_encoder', 'hybrid' "
+                             "or 'package.module:function'",
     ),
 ]
-register_tags({"tiny_gpt": TinyGPT, "causal_lm_lora": CausalLMLoRA, "custom": CustomRecipe})
+register_tags({"tiny_gpt": TinyGPT, "causal_lm_lora": CausalLMLoRA, "vqvae": VQVAE, "style_encoder": StyleEncoder,
+               "hybrid": Hybrid, "custom": CustomRecipe})
 
 
 # --- data -----------------------------------------------------------------------------------------
+class MidiWindows(_Section):
+    """How ``format: midi`` cuts MIDI files into piano-roll windows (see trainer/midi_prep.py)."""
+
+    #: Time resolution: frames per beat (quarter note); 4 is a sixteenth-note grid.
+    frames_per_beat: int = Field(4, ge=1, le=96)
+    #: Frames per window (a multiple of 2**downsample of the model).
+    window: int = Field(64, ge=4)
+    #: Frames between window starts; default: the window (no overlap).
+    hop: int | None = Field(None, ge=1)
+    #: Windows in which fewer notes start are dropped.
+    min_notes: int = Field(1, ge=0)
+    #: Where prepared windows are cached; default: $XDG_CACHE_HOME/spot-runner/midi or the temp dir.
+    cache_dir: str | None = None
+    #: Processes that parse files; default: every core.
+    workers: int | None = Field(None, ge=1)
+
+
 class Data(_Section):
     """Where the examples come from. Relative paths are relative to the job file."""
 
     #: ``tokens``: uint16 token shards (``.bin`` as nanoGPT writes them, or ``.npy``);
-    #: ``text``: plain text, tokenized and cut into windows; ``jsonl``: one example per line.
-    format: Literal["tokens", "text", "jsonl"]
+    #: ``text``: plain text, tokenized and cut into windows; ``jsonl``: one example per line;
+    #: ``midi``: a folder of .mid/.midi files (searched recursively) cut into piano-roll windows,
+    #: labelled by the first folder under it (``<train>/<pianist>/.../*.mid``).
+    format: Literal["tokens", "text", "jsonl", "midi"]
     train: str | list[str] = Field(min_length=1)
     val: str | list[str] | None = None
     #: With no ``val``, hold out this fraction of the training data (the tail, so it never leaks).
@@ -117,6 +226,19 @@ class Data(_Section):
     tokenizer: str | None = None
     text_field: str = "text"
     vocab_size: int | None = Field(None, ge=2, description="for tokens: the tokenizer's vocabulary size")
+    #: For ``format: midi``: how windows are cut.
+    midi: MidiWindows | None = None
+
+    @model_validator(mode="after")
+    def _midi(self) -> Data:
+        if self.format == "midi":
+            if not isinstance(self.train, str) or (self.val is not None and not isinstance(self.val, str)):
+                raise ValueError("format midi: train (and val) must each be one folder of MIDI files")
+            if self.midi is None:
+                object.__setattr__(self, "midi", MidiWindows())  # frozen model: the defaults, filled in once
+        elif self.midi is not None:
+            raise ValueError(f"data.midi applies to format: midi only (this data is format: {self.format})")
+        return self
 
 
 # --- optimisation ---------------------------------------------------------------------------------
@@ -253,6 +375,11 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: CPU threads for torch; fixed by default so a run is reproducible on the same machine.
     threads: int | None = Field(None, ge=1)
+    #: Weights to start from, loaded at a run's first start only (a resume continues from its own
+    #: checkpoints): ``name: URI`` where URI is a checkpoint file (local path, relative to the job file,
+    #: or ``s3://bucket/key.pt``) or a run URI ending in ``/best`` or ``/latest``. The names a recipe
+    #: takes: ``style_encoder``: vqvae; ``hybrid``: vqvae, style_encoder.
+    init_from: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _length_and_data(self) -> TrainConfig:
@@ -267,6 +394,18 @@ class TrainConfig(_Section):
             raise ValueError("token shards need the vocabulary size: set data.vocab_size or model.vocab_size")
         if self.checkpoint.every_steps is None and self.checkpoint.every_minutes is None:
             raise ValueError("checkpoint needs every_steps, every_minutes or both")
+        recipe = self.model.recipe
+        music = recipe in MUSIC_RECIPES
+        if self.data is not None and music != (self.data.format == "midi"):
+            raise ValueError(f"recipe {recipe!r} needs data format midi" if music
+                             else f"data format midi is for the music recipes ({', '.join(MUSIC_RECIPES)}), not {recipe!r}")
+        takes = INIT_NAMES.get(recipe, ())
+        for name, uri in self.init_from.items():
+            if name not in takes:
+                raise ValueError(f"init_from.{name}: recipe {recipe!r} takes "
+                                 + (f"init_from names {', '.join(takes)}" if takes else "no init_from"))
+            if not uri.strip():
+                raise ValueError(f"init_from.{name}: empty URI; give a checkpoint file or a run URI ending in /best or /latest")
         return self
 
 

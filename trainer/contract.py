@@ -47,6 +47,9 @@ STATUS = "status.json"
 TENSORBOARD_DIR = "tensorboard"
 LOGS_DIR = "logs"
 TRAINER_LOG = "logs/trainer.log"
+#: The weights a run started from (``train.init_from``): ``{name: {"uri", "sha256", "size", "step"}}``,
+#: written at its first start before any step.
+INIT_RECORD = "init.json"
 #: Sidecar written after each checkpoint: ``{"sha256": ..., "size": ..., "step": ...}``.
 CHECKSUM_SUFFIX = ".sha256"
 #: Under torchrun, what a rank other than 0 failed with (JSON: rank, attempt, time, error). Only rank 0

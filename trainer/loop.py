@@ -106,13 +106,20 @@ def lr_at(step: int, cfg: TrainConfig, max_steps: int) -> float:
     return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (base - floor)
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    # Weight decay on matrices only, not on biases and norms (as in GPT-2 and nanoGPT).
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optimizer.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device,
+                   lr_scale: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; ``lr_scale`` (name → multiple of the lr) puts parameters
+    in groups of their own, whose ``lr_scale`` the loop applies at every step."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scales = sorted({(lr_scale or {}).get(n, 1.0) for n, _ in named})
+    groups = []
+    for scale in scales:
+        params = [p for n, p in named if (lr_scale or {}).get(n, 1.0) == scale]
+        # Weight decay on matrices only, not on biases and norms (as in GPT-2 and nanoGPT).
+        groups += [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optimizer.weight_decay, "lr_scale": scale},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale},
+        ]
     groups = [g for g in groups if g["params"]]
     opt = cfg.optimizer
     if opt.name == "adamw8bit":
@@ -231,9 +238,21 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     device = pick_device(cfg.device, world)
     distributed.init(world, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    # Whether this is a resume is known before the model is built: init_from weights are for a run's
+    # first start only (a resume's own checkpoint holds everything, fine-tuned since).
+    checkpoints = CheckpointManager(storage, cfg.checkpoint)
+    resumed = checkpoints.load()
+    chosen = distributed.broadcast(resumed[1] if resumed else None, world)
+    if (resumed[1] if resumed else None) != chosen:
+        raise RuntimeError(f"rank {world.rank} found checkpoint {resumed and resumed[1]!r}, rank 0 found {chosen!r}")
     try:
         batch_size = per_rank_batch(cfg, world)
-        recipe: Recipe = build_recipe(cfg, job_path)
+        init = {}
+        if cfg.init_from and not resumed:
+            from trainer.init_weights import load_init
+
+            init = load_init(cfg, job_path, storage, CHECKPOINT_FORMAT, record=world.is_main)
+        recipe: Recipe = build_recipe(cfg, job_path, init)
     except (FileNotFoundError, IsADirectoryError, ImportError, ValueError, TypeError) as e:
         raise JobSetupError(str(e)) from e
     model = recipe.model.to(device)
@@ -244,7 +263,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
         train_model: nn.Module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         train_model = model
-    optimizer = make_optimizer(cfg, model, device)
+    optimizer = make_optimizer(cfg, model, device, recipe.lr_scale)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     ema = EMA(model, cfg.ema.decay) if cfg.ema else None
     try:
@@ -256,11 +275,6 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     progress = Progress()
     step = 0
 
-    checkpoints = CheckpointManager(storage, cfg.checkpoint)
-    resumed = checkpoints.load()
-    chosen = distributed.broadcast(resumed[1] if resumed else None, world)
-    if (resumed[1] if resumed else None) != chosen:
-        raise RuntimeError(f"rank {world.rank} found checkpoint {resumed and resumed[1]!r}, rank 0 found {chosen!r}")
     if resumed:
         payload, key = resumed
         check_format(payload, key)
@@ -338,7 +352,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 raise refused
             lr = lr_at(step, cfg, max_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
@@ -354,6 +368,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                     loss = out.loss / cfg.grad_accum
                     (scaler.scale(loss) if scaler else loss).backward()
                 loss_sum += out.loss.detach()
+                step_metrics = out.metrics
             train_loss, stop_now, save_due = distributed.step_consensus(
                 loss_sum / cfg.grad_accum, stop.requested, world.is_main and checkpoints.due(step + 1), world)
 
@@ -404,6 +419,8 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 for name, value in (("train/loss", train_loss), ("train/lr", lr), ("train/grad_norm", grad_norm),
                                     ("train/tokens_per_s", tokens_per_s)):
                     tb.add_scalar(name, value, step)
+                for name, value in (step_metrics or {}).items():  # the recipe's own (last micro-batch)
+                    tb.add_scalar(f"train/{name}", float(value), step)
                 reporter.update(step=step, loss=train_loss if math.isfinite(train_loss) else None,  # NaN is not JSON
                                tokens_per_s=round(tokens_per_s, 1))
                 bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
@@ -423,8 +440,9 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 else:
                     progress.evals_since_best += 1
                 reporter.update(val_loss=metrics["loss"])
-                log.info("step %d: val loss %.4f, perplexity %.2f, token accuracy %.3f%s", step, metrics["loss"],
-                         metrics["perplexity"], metrics["token_accuracy"], " (best)" if improved else "")
+                extra = "".join(f", {k} {v:.4g}" for k, v in metrics.items() if k not in _CORE_METRICS)
+                log.info("step %d: val loss %.4f, perplexity %.2f, token accuracy %.3f%s%s", step, metrics["loss"],
+                         metrics["perplexity"], metrics["token_accuracy"], extra, " (best)" if improved else "")
                 patience = cfg.eval.early_stop_patience
                 if patience and progress.evals_since_best >= patience:
                     progress.early_stopped = True
@@ -529,10 +547,13 @@ def _evaluate(model, recipe: Recipe, batches, device, autocast, ema: EMA | None,
     token accuracy over this rank's share of the fixed batches, summed over all ranks."""
     model.eval()
     total_loss = weight = correct = tokens = 0.0
+    extra: dict[str, float] = {}  # the recipe's own metrics, summed over batches
     with ema.applied() if ema else contextlib.nullcontext():
         for batch in batches:
             with autocast():
                 out = recipe.forward(model, _to(batch, device))
+            for name, value in (out.metrics or {}).items():
+                extra[name] = extra.get(name, 0.0) + float(value)
             if out.logits is not None and out.targets is not None:
                 mask = out.targets != -100
                 count = mask.sum().item()
@@ -544,10 +565,16 @@ def _evaluate(model, recipe: Recipe, batches, device, autocast, ema: EMA | None,
                 total_loss += out.loss.item()
                 weight += 1
     model.train()
-    total_loss, weight, correct, tokens = distributed.sum_all([total_loss, weight, correct, tokens], world, device)
+    names = sorted(extra)
+    total_loss, weight, correct, tokens, n_batches, *sums = distributed.sum_all(
+        [total_loss, weight, correct, tokens, float(len(batches)), *(extra[n] for n in names)], world, device)
     loss = total_loss / max(weight, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "token_accuracy": correct / tokens if tokens else float("nan")}
+            "token_accuracy": correct / tokens if tokens else float("nan"),
+            **{n: s / max(n_batches, 1) for n, s in zip(names, sums, strict=True)}}
+
+
+_CORE_METRICS = ("loss", "perplexity", "token_accuracy")
 
 
 def _tokens(batch: dict[str, Any]) -> int:

@@ -1,9 +1,10 @@
 """Model + data + loss builders. A recipe turns the ``train:`` section into a :class:`Recipe`;
 the loop knows nothing else about the model.
 
-Built in: ``tiny_gpt`` (the quickstart) and ``causal_lm_lora`` (a Hugging Face causal LM with a
-peft LoRA adapter). ``"package.module:function"`` names a user's own builder, called as
-``function(train_config, options)`` and returning a :class:`Recipe`.
+Built in: ``tiny_gpt`` (the quickstart), ``causal_lm_lora`` (a Hugging Face causal LM with a
+peft LoRA adapter) and the three music stages ``vqvae``, ``style_encoder`` and ``hybrid`` (which
+take the ``init_from`` weights of the stages before them). ``"package.module:function"`` names a
+user's own builder, called as ``function(train_config, options)`` and returning a :class:`Recipe`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ import importlib
 import sys
 from pathlib import Path
 
-from trainer.config import CausalLMLoRA, CustomRecipe, TinyGPT, TrainConfig
+import torch
+
+from trainer.config import VQVAE, CausalLMLoRA, CustomRecipe, Hybrid, StyleEncoder, TinyGPT, TrainConfig
 from trainer.recipes.base import LossOutput, Recipe, check_vocab, token_loss
 
 __all__ = ["LossOutput", "Recipe", "build_recipe", "check_vocab", "token_loss"]
 
 
-def build_recipe(cfg: TrainConfig, job_path: str | Path) -> Recipe:
-    """The :class:`Recipe` that ``cfg.model`` names; data paths are relative to ``job_path``."""
+def build_recipe(cfg: TrainConfig, job_path: str | Path,
+                 init: dict[str, dict[str, torch.Tensor]] | None = None) -> Recipe:
+    """The :class:`Recipe` that ``cfg.model`` names; data paths are relative to ``job_path``.
+    ``init``: the ``init_from`` model states by name, at a run's first start (empty on a resume)."""
     model_cfg = cfg.model
+    music = {VQVAE: "vqvae", StyleEncoder: "style_encoder", Hybrid: "hybrid"}.get(type(model_cfg))
+    if music is not None:
+        module = importlib.import_module(f"trainer.recipes.{music}")
+        return module.build(cfg, job_path, init or {})
     if isinstance(model_cfg, TinyGPT):
         from trainer.recipes.tiny_gpt import build
     elif isinstance(model_cfg, CausalLMLoRA):

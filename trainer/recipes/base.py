@@ -5,7 +5,7 @@ what a forward pass returns, and the helpers the built-in recipes share. Builder
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,6 +20,9 @@ class LossOutput(NamedTuple):
     loss: torch.Tensor
     logits: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    #: More numbers to log (scalars): ``train/<name>`` at each logging step, ``val/<name>`` averaged
+    #: over the validation batches (a VQ-VAE's codebook perplexity, a style encoder's accuracy).
+    metrics: dict[str, torch.Tensor | float] | None = None
 
 
 @dataclass
@@ -33,6 +36,9 @@ class Recipe:
     forward: Callable[[nn.Module, dict[str, torch.Tensor]], LossOutput]
     #: Writes the finished weights into a folder (``final/`` under the run URI).
     save_final: Callable[[nn.Module, Path], None]
+    #: Learning-rate multipliers by parameter name (default 1): newly initialised layers can learn
+    #: faster than the loaded weights around them. The schedule scales every group alike.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> LossOutput:

@@ -60,7 +60,7 @@ def test_out_of_range_values(tmp_path):
 
 def test_unknown_recipe(tmp_path):
     msg = _error(tmp_path, BASE.replace("recipe: tiny_gpt", "recipe: resnet"))
-    assert "model.recipe must be 'tiny_gpt', 'causal_lm_lora' or 'package.module:function'" in msg
+    assert "model.recipe must be 'tiny_gpt', 'causal_lm_lora', 'vqvae', 'style_encoder', 'hybrid' or 'package.module:function'" in msg
 
 
 def test_fields_of_another_recipe_are_not_suggested(tmp_path):

@@ -413,8 +413,10 @@ def estimate(job: Any, state: st.State | None = None) -> Estimate:
     if measured is not None:
         seconds, basis = measured[0], f"measured over {measured[1]} earlier steps of {job.name}"
     else:
-        recipe = train.model.recipe if train.model.recipe in ("tiny_gpt", "causal_lm_lora") else "custom"
-        block = train.data.block_size if train.data else 256
+        known = {**catalog.tokens_per_second, **catalog.local_cpu_tokens_per_second}
+        recipe = train.model.recipe if train.model.recipe in known else "custom"
+        # A token is a piano-roll frame for the music recipes (a window of them is one example).
+        block = (train.data.midi.window if train.data.format == "midi" else train.data.block_size) if train.data else 256
         tokens_per_step = train.batch_size * train.grad_accum * block
         if job.backend == "local":
             tps = catalog.local_cpu_tokens_per_second.get(recipe)

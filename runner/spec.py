@@ -217,7 +217,7 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
     path = Path(path).expanduser().absolute()
     doc = load_yaml(path)
     values = jobvars.values_for(doc, env or {})
-    doc = jobvars.substitute(doc, values)
+    doc = jobvars.resolve(doc, values)
     raw = doc.data
     if "name" not in raw:  # default: the file's name, made safe for ids
         raw = {"name": re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)[:63] or "job", **raw}

@@ -7,6 +7,7 @@ AdamW with weight decay, warmup then cosine, clip 1.0, loss computed in float32.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -428,7 +429,7 @@ def load_train_config(path: str | Path, environ: Mapping[str, str] | None = None
 
     environ = os.environ if environ is None else environ
     doc = load_yaml(path)
-    doc = jobvars.substitute(doc, {n: environ.get(n, d) for n, d in jobvars.declared(doc).items()})
+    doc = jobvars.resolve(doc, {n: environ.get(n, d) for n, d in jobvars.declared(doc).items()})
     stage = environ.get(contract.ENV_STAGE)
     prefix = ("stages", stage, "train") if stage else ("train",)
     section: Any = doc.data
@@ -437,7 +438,15 @@ def load_train_config(path: str | Path, environ: Mapping[str, str] | None = None
     if section is None:
         what = f"no stage {stage!r} with a `train:` section under stages:" if stage else "no `train:` section"
         raise JobFileError(path, [f"{path}: the job file has {what}"])
-    return parse_train(section, doc, prefix), doc
+    train = parse_train(section, doc, prefix)
+    given = environ.get(contract.ENV_INIT_FROM)
+    if given:  # a pipeline stage: the runner resolved its init_from to the earlier stages' best.pt
+        try:
+            inputs = {**train.init_from, **json.loads(given)}
+            train = TrainConfig.model_validate({**train.model_dump(exclude_unset=True), "init_from": inputs})
+        except (ValueError, ValidationError) as e:
+            raise JobFileError(path, [f"{path}: {'.'.join(prefix)}.init_from: {e}"]) from None
+    return train, doc
 
 
 def resolve_path(job_path: str | Path, value: str) -> str:

@@ -213,19 +213,29 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".npy", ".npz
 def _local_data_paths(job_file: Path) -> Iterator[tuple[str, Path]]:
     """The local files and folders the job's trainer will read, as it will resolve them (relative to
     the job file's folder): ``data.train``/``val`` entries (files, folders, glob patterns), a local
-    tokenizer or model folder, and any weights file named anywhere in ``train:``."""
-    import yaml
-
+    tokenizer or model folder, and any weights file named anywhere in ``train:`` (each stage's, for a
+    pipeline). Job variables take the file's defaults."""
+    from trainer import jobvars
     from trainer.config import resolve_path
+    from trainer.jobfile import JobFileError, load_yaml
 
     try:
-        doc = yaml.safe_load(job_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        raw = load_yaml(job_file)
+        doc = jobvars.resolve(raw, jobvars.declared(raw)).data
+    except JobFileError:
         return
-    train = doc.get("train") if isinstance(doc, dict) else None
-    if not isinstance(train, dict):
+    if not isinstance(doc, dict):
         return
+    stages = doc.get("stages") if isinstance(doc.get("stages"), dict) else {}
+    sections = [(f"stages.{n}.train", st.get("train")) for n, st in stages.items() if isinstance(st, dict)]
     seen: set[tuple[str, str]] = set()
+    for prefix, train in sections or [("train", doc.get("train"))]:
+        if isinstance(train, dict):
+            yield from _section_paths(job_file, train, prefix, seen, resolve_path)
+
+
+def _section_paths(job_file: Path, train: dict[str, Any], prefix: str, seen: set[tuple[str, str]],
+                   resolve_path: Any) -> Iterator[tuple[str, Path]]:
 
     def local(value: Any) -> bool:
         return isinstance(value, str) and bool(value.strip()) and "://" not in value
@@ -248,10 +258,10 @@ def _local_data_paths(job_file: Path) -> Iterator[tuple[str, Path]]:
         value = data.get(key)
         for i, item in enumerate([value] if isinstance(value, str) else value if isinstance(value, list) else []):
             if local(item):
-                yield from emit(f"train.data.{key}" + (f"[{i}]" if isinstance(value, list) else ""), item, True)
+                yield from emit(f"{prefix}.data.{key}" + (f"[{i}]" if isinstance(value, list) else ""), item, True)
     # A tokenizer or model given as a path (not a hub id): only when it is there on this machine.
     model = train.get("model") if isinstance(train.get("model"), dict) else {}
-    for name, value in (("train.data.tokenizer", data.get("tokenizer")), ("train.model.name_or_path", model.get("name_or_path"))):
+    for name, value in ((f"{prefix}.data.tokenizer", data.get("tokenizer")), (f"{prefix}.model.name_or_path", model.get("name_or_path"))):
         if local(value) and "/" in value:  # "gpt2", "bytes": hub ids and built-ins, never files
             yield from emit(name, value, False)
 
@@ -262,10 +272,10 @@ def _local_data_paths(job_file: Path) -> Iterator[tuple[str, Path]]:
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 yield from walk(v, f"{loc}[{i}]")
-        elif local(value) and value.lower().endswith(WEIGHT_SUFFIXES) and not loc.startswith("train.data."):
+        elif local(value) and value.lower().endswith(WEIGHT_SUFFIXES) and not loc.startswith(f"{prefix}.data."):
             yield from emit(loc, value, True)
 
-    yield from walk(train, "train")
+    yield from walk(train, prefix)
 
 
 def _expand(path: Path) -> list[Path]:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.config import Data, MusicRecipe, TrainConfig, resolve_path
+from trainer.dataset_cache import is_remote, local_path
 from trainer.midi_prep import N_PITCHES, Prepared, PrepSettings, prepare
 
 log = logging.getLogger("trainer")
@@ -29,9 +30,8 @@ def local_data_folder(job_path: str | Path, value: str) -> Path:
     """The local folder a ``data.train``/``data.val`` entry names. The one place a data location is
     turned into a folder: a remote one (``s3://…``) is to be downloaded into a local cache here."""
     full = resolve_path(job_path, value)
-    if "://" in full:
-        raise ValueError(f"data path {value!r}: the trainer reads MIDI from local folders only for now; "
-                         "copy the files onto the machine and give the folder's path")
+    if is_remote(full):  # downloaded once into the machine's data cache, reused by the next attempt
+        return local_path(full if full.endswith("/") else full + "/")
     folder = Path(full)
     if not folder.is_dir():
         raise FileNotFoundError(f"MIDI folder not found: {value!r} (looked for {folder}); give a folder of "

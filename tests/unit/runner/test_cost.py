@@ -45,11 +45,11 @@ def test_estimate_prefers_earlier_runs_of_the_same_job(runner_home):
 
 
 def long_brad(tmp_path) -> Path:
-    """jobs/brad_finetune.yaml made 25 hours long at the catalog's throughput (1.6384 s a step on an RTX 3090),
+    """jobs/gpt2_lora.yaml made 25 hours long at the catalog's throughput (1.6384 s a step on an RTX 3090),
     with a 20-minute checkpoint interval."""
     import yaml
 
-    doc = yaml.safe_load((ROOT / "jobs" / "brad_finetune.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "jobs" / "gpt2_lora.yaml").read_text())
     doc["train"]["max_steps"] = 54_932
     doc["train"]["checkpoint"] = {"every_steps": 100_000, "every_minutes": 20, "keep_last": 3}
     path = tmp_path / "brad25.yaml"

@@ -13,13 +13,48 @@ from trainer.jobfile import JobFileError
 def test_the_example_jobs_validate():
     quick = load_job(ROOT / "jobs" / "quickstart.yaml")
     assert (quick.name, quick.backend, quick.gpus, quick.storage_root) == ("quickstart", "local", (), None)
-    brad = load_job(ROOT / "jobs" / "brad_finetune.yaml")
-    assert brad.backend == "runpod"
-    assert [g.alias for g in brad.gpus] == ["rtx3090"]
-    assert brad.spec.resources.spot and brad.spec.budget.max_usd > 0
-    assert brad.storage_root.startswith("s3://")
-    assert brad.train.model.recipe == "causal_lm_lora"
-    assert set(brad.spec.secrets) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"}
+    lora = load_job(ROOT / "jobs" / "gpt2_lora.yaml")
+    assert lora.backend == "runpod"
+    assert [g.alias for g in lora.gpus] == ["rtx3090"]
+    assert lora.spec.resources.spot and lora.spec.budget.max_usd > 0
+    assert lora.storage_root.startswith("s3://")
+    assert lora.train.model.recipe == "causal_lm_lora"
+    assert set(lora.spec.secrets) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"}
+
+
+def test_the_users_job_is_the_three_stage_music_pipeline_and_its_tiny_preset_is_small():
+    full = load_job(ROOT / "jobs" / "brad_finetune.yaml")
+    stages = full.spec.stages
+    assert list(stages) == ["vqvae", "style_encoder", "hybrid"]
+    assert [s.train.model.recipe for s in stages.values()] == ["vqvae", "style_encoder", "hybrid"]
+    assert stages["style_encoder"].inputs() == {"vqvae": "vqvae"}
+    assert stages["hybrid"].inputs() == {"vqvae": "vqvae", "style_encoder": "style_encoder"}
+    assert stages["hybrid"].train.optimizer.lr == 5e-6 and stages["hybrid"].train.batch_size == 16
+    assert {s.train.data.train for s in stages.values()} == {"s3://my-datasets/maestro-v3/", "s3://my-datasets/pijama/",
+                                                              "s3://my-datasets/brad-mehldau/"}
+    tiny = load_job(ROOT / "jobs" / "brad_finetune.yaml", backend="local",
+                    env={"PRESET": "tiny", "STORAGE": "/tmp/brad-runs", "BRAD": "s3://other/brad/"})
+    for name, stage in tiny.spec.stages.items():
+        assert stage.train.model.size == "tiny" and stage.train.max_steps <= 150, name
+        assert stage.train.data.midi.window == 64 and stage.train.precision == "fp32"
+    assert tiny.spec.stages["hybrid"].train.data.train == "s3://other/brad/"
+    assert tiny.storage_root == "/tmp/brad-runs"
+    assert tiny.spec.stages["hybrid"].train.optimizer.lr == 5e-6  # the preset leaves what it does not name
+    with pytest.raises(JobFileError, match="preset: 'huge' is not one of the file's presets"):
+        load_job(ROOT / "jobs" / "brad_finetune.yaml", env={"PRESET": "huge"})
+
+
+def test_the_users_job_plans_three_stages_with_hours_and_a_total(runner_home: Path, capsys):
+    import json
+
+    main(["submit", str(ROOT / "jobs" / "brad_finetune.yaml"), "--gpu", "rtx3090", "--dry-run", "--json"])
+    plan = json.loads(capsys.readouterr().out)
+    assert [s["stage"] for s in plan["stages"]] == ["vqvae", "style_encoder", "hybrid"]
+    hours = [s["estimated_hours"] for s in plan["stages"]]
+    assert 9 < hours[0] < 11  # stage 1 is sized to about 10 h on an RTX 3090 (the job file's arithmetic)
+    assert plan["estimated_hours"] == pytest.approx(sum(hours))
+    assert 0 < plan["estimated_usd"] < 15
+    assert not runner_home.exists()
 
 
 def test_gpu_override_replaces_the_file_and_accepts_a_failover_list(tmp_path: Path):
@@ -106,7 +141,7 @@ def test_submit_to_an_unknown_backend_names_the_choices_and_writes_nothing(tmp_p
 def test_dry_run_prints_the_plan_and_launches_nothing(runner_home: Path, capsys):
     import json
 
-    main(["submit", str(ROOT / "jobs" / "brad_finetune.yaml"), "--dry-run", "--json"])
+    main(["submit", str(ROOT / "jobs" / "gpt2_lora.yaml"), "--dry-run", "--json"])
     plan = json.loads(capsys.readouterr().out)
     assert plan["backend"] == "runpod" and plan["gpu"] == ["rtx3090"] and plan["capacity"] == "spot"
     assert plan["rate_per_hour"] == pytest.approx(0.34)
@@ -115,7 +150,7 @@ def test_dry_run_prints_the_plan_and_launches_nothing(runner_home: Path, capsys)
     # 150 steps of 1 x 16 x 512 tokens at the catalog's ~5,000 tokens/s on an RTX 3090.
     assert plan["estimated_hours"] == pytest.approx(150 * 16 * 512 / 5000 / 3600)
     assert plan["estimated_usd"] == pytest.approx(plan["estimated_hours"] * 0.34)
-    main(["submit", str(ROOT / "jobs" / "brad_finetune.yaml"), "--dry-run", "--gpu", "rtx4090"])
+    main(["submit", str(ROOT / "jobs" / "gpt2_lora.yaml"), "--dry-run", "--gpu", "rtx4090"])
     text = capsys.readouterr().out
     assert "rtx4090" in text and "$0.69/h spot (on-demand $0.79/h)" in text and "nothing launched" in text
     assert not runner_home.exists()

@@ -98,7 +98,7 @@ def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> t
     it: finished stages are kept, the first unfinished one resumes from its own checkpoints."""
     from trainer.contract import BEST
 
-    given = [(f"stages.{stage}.init_from", ref) for stage, section in spec_job.spec.stages.items()
+    given = [(f"stages.{stage}.init_from", _checkpoint_file(ref)) for stage, section in spec_job.spec.stages.items()
              for ref in section.inputs().values() if ref not in spec_job.spec.stages]  # earlier stages' come later
     _check_launchable(spec_job, environ, given)
     import secrets as token
@@ -132,6 +132,16 @@ def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> t
                 run_uri=f"{root}/{pipeline}/{stage}", max_steps=section.train.max_steps or 0, pipeline=pipeline,
                 stage=stage, inputs=inputs))
     return state, rows, []
+
+
+def _checkpoint_file(uri: str) -> str:
+    """``<run>/best`` and ``<run>/latest`` name a run's checkpoint files (as the trainer reads them)."""
+    from trainer.contract import BEST, LATEST
+
+    for suffix, key in (("/best", BEST), ("/latest", LATEST)):
+        if uri.rstrip("/").endswith(suffix):
+            return uri.rstrip("/").removesuffix(suffix) + "/" + key
+    return uri
 
 
 def _same_pipeline(state: Any, spec: Any, root: str) -> list[Any]:

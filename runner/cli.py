@@ -86,6 +86,8 @@ class Commands:
         state = open_state()
         if job is None:
             return show.print_jobs(state, None, json, overview=True)
+        if state and (stages := state.find_pipeline(job)):
+            return show.print_pipeline(state, stages, json)
         from runner.describe import job_record
 
         row = find_job(state, job)
@@ -173,7 +175,8 @@ class Commands:
 
         state = open_state()
         since_t = _act(lambda: parse_since(since)) if since is not None else None
-        jobs = [find_job(state, job)] if job is not None else (state.jobs() if state else [])
+        stages = state.find_pipeline(job) if state and job is not None else []
+        jobs = stages or ([find_job(state, job)] if job is not None else (state.jobs() if state else []))
         return show.print_costs(state, jobs, report(state, jobs, since=since_t), json=json, csv=csv, plot=plot)
 
     def curves(self, job: str, out: str | None = None, json: bool = False) -> None:

@@ -458,12 +458,41 @@ def print_jobs(state, jobs: list | None, json: bool, overview: bool = False) -> 
     console.print(jobs_table(state, active, "Active jobs", console.width) if active else "No active jobs.")
     if recent:
         console.print(jobs_table(state, recent, "Recently ended", console.width))
+    for pipeline in dict.fromkeys(j.pipeline for j in active if j.pipeline):
+        stages = state.pipeline_jobs(pipeline)
+        done = sum(r.state == "done" for r in stages)
+        now = next((r for r in stages if r.active), stages[-1])
+        console.print(f"pipeline {pipeline}: {done} of {len(stages)} stages done; {now.stage} {now.state} "
+                      f"(`python -m runner status {pipeline}`)", highlight=False)
     total = sum(counts.values())
     console.print(f"[dim]{total} jobs in total: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                   + ". `python -m runner list` shows them all.[/]")
     if any(not j.supervised() for j in active):
         console.print("[yellow]* unsupervised: no runner process watches it; `python -m runner watch` relaunches it "
                       "after a preemption.[/]")
+    return None
+
+
+def print_pipeline(state, stages: list, json: bool) -> None:
+    """A pipeline: its stages in order (each a job of its own) and what they cost together."""
+    from runner.cost import report
+    from runner.describe import job_record
+
+    total = report(state, stages).total()
+    states = [r.state for r in stages]
+    overall = "done" if all(x == "done" for x in states) else next(
+        (x for x in states if x in ("failed", "cancelled", "over_budget")), None) or "running"
+    if json:
+        return print_json({"pipeline": stages[0].pipeline, "state": overall,
+                           "stages": [{**job_record(state, r, detail=True), "stage": r.stage} for r in stages],
+                           "total": total})
+    from runner.view import jobs_table
+
+    console = new_console()
+    console.print(jobs_table(state, stages, f"Pipeline {stages[0].pipeline}: {overall}", console.width))
+    console.print(f"{len(stages)} stages ({', '.join(f'{r.stage} {r.state}' for r in stages)}); "
+                  f"{total['gpu_hours']:.2f} GPU h, {money(total['usd'])} billed, {total['preemptions']} preemption(s). "
+                  f"`python -m runner cost {stages[0].pipeline}` breaks it down.", highlight=False)
     return None
 
 

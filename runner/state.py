@@ -406,6 +406,13 @@ class State:
         return [_row(JobRow, r) for r in
                 self.db.execute("SELECT * FROM jobs WHERE pipeline = ? ORDER BY created, rowid", (pipeline,))]
 
+    def find_pipeline(self, ref: str) -> list[JobRow]:
+        """A pipeline's stages by its id or its job file's name (the newest); none when ``ref`` is neither."""
+        if self.pipeline_jobs(str(ref)):
+            return self.pipeline_jobs(str(ref))
+        newest = self.pipelines_named(str(ref))
+        return self.pipeline_jobs(newest[0]) if newest else []
+
     def pipelines_named(self, name: str) -> list[str]:
         """Pipeline ids of a job file's name, newest first."""
         rows = self.db.execute("SELECT pipeline FROM jobs WHERE pipeline IS NOT NULL AND name LIKE ? GROUP BY pipeline"

@@ -400,9 +400,12 @@ class TrainConfig(_Section):
         if self.data is not None and music != (self.data.format == "midi"):
             raise ValueError(f"recipe {recipe!r} needs data format midi" if music
                              else f"data format midi is for the music recipes ({', '.join(MUSIC_RECIPES)}), not {recipe!r}")
-        takes = INIT_NAMES.get(recipe, ())
+        takes = INIT_NAMES.get(recipe)
+        if takes is None and len(self.init_from) > 1:  # the other recipes start from one earlier run of themselves
+            raise ValueError(f"init_from: recipe {recipe!r} starts from one checkpoint of the same model; "
+                             f"got {len(self.init_from)} ({', '.join(self.init_from)})")
         for name, uri in self.init_from.items():
-            if name not in takes:
+            if takes is not None and name not in takes:
                 raise ValueError(f"init_from.{name}: recipe {recipe!r} takes "
                                  + (f"init_from names {', '.join(takes)}" if takes else "no init_from"))
             if not uri.strip():

@@ -36,8 +36,20 @@ def build_recipe(cfg: TrainConfig, job_path: str | Path,
         from trainer.recipes.causal_lm_lora import build
     else:
         assert isinstance(model_cfg, CustomRecipe)
-        return _custom(model_cfg, cfg, job_path)
-    return build(cfg, job_path)
+        return _starting_from(_custom(model_cfg, cfg, job_path), init)
+    return _starting_from(build(cfg, job_path), init)
+
+
+def _starting_from(recipe: Recipe, init: dict[str, dict[str, torch.Tensor]] | None) -> Recipe:
+    """A recipe without named inputs starts from one earlier checkpoint of the same model, all of it."""
+    for name, state in (init or {}).items():
+        try:
+            recipe.model.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"train.init_from.{name}: its weights do not fit this model ({first}); start from a "
+                             f"checkpoint of a run with the same model settings") from None
+    return recipe
 
 
 def _custom(model_cfg: CustomRecipe, cfg: TrainConfig, job_path: str | Path) -> Recipe:

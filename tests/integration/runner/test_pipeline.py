@@ -58,6 +58,17 @@ def test_a_pipeline_runs_its_stages_in_order_and_a_second_submit_keeps_what_is_d
     assert second["attempts"][0]["created"] >= first["attempts"][-1]["ended"]
     assert json.loads(second["inputs_json"]) == {"first": f"{first['run_uri']}/checkpoints/best.pt"}
 
+    # The pipeline as one thing: its stages in order and what they cost together.
+    shown = runner.run("status", first["pipeline"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    pipeline = json.loads(shown.stdout)
+    assert pipeline["state"] == "done" and [s["stage"] for s in pipeline["stages"]] == ["first", "second"]
+    cost = json.loads(runner.run("cost", first["pipeline"], "--json").stdout)
+    assert [c["job_id"] for c in cost["jobs"]] == [first["id"], second["id"]]
+    assert cost["total"]["attempts"] == 2 and cost["total"]["steps"] == 40
+    text = runner.run("status", "two-stage").stdout  # by the job file's name too
+    assert f"Pipeline {first['pipeline']}: done" in text and "2 stages (first done, second done)" in text
+
     again = runner.run("submit", str(job), "--env", "STEPS=20", timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "is done: every stage finished" in again.stdout

@@ -86,7 +86,11 @@ class Status:
     loss: float | None = None
     val_loss: float | None = None
     tokens_per_s: float | None = None
+    #: The newest checkpoint that is durable (written, fsynced, published with its checksum): never
+    #: one only queued. The runner's lost-work accounting counts from it.
     last_checkpoint_step: int | None = None
+    #: Why the last checkpoint write failed; None once a later one succeeds.
+    checkpoint_error: str | None = None
     error: str | None = None
     exit_code: int | None = None
 

@@ -297,11 +297,12 @@ class CheckpointManager:
         the disk halfway would take the room the status and the log need. History files older than
         the newest good checkpoint go early when that makes enough room (never the newest good one)."""
         free = free_bytes(self.staging)
-        if free >= needed or not self.storage.is_local:
+        if free >= needed:
             return
         newest_good = self.last_written_step
         older: list[tuple[str, int]] = []
-        for key in self.storage.list(contract.CHECKPOINT_DIR + "/"):
+        # With S3 the disk holds only the one being written (the staging copy): nothing to remove.
+        for key in self.storage.list(contract.CHECKPOINT_DIR + "/") if self.storage.is_local else []:
             step = contract.parse_step_checkpoint(key)
             path = self.storage.local_path(key)
             if step is None or newest_good is None or step >= newest_good or path is None:

@@ -59,7 +59,7 @@ class LocatedYaml:
 MAX_BYTES = 1 << 20
 #: Values in the document once aliases are expanded (a real job has a few hundred). Bounds alias
 #: "bombs", where a few hundred bytes expand to billions of values.
-MAX_VALUES = 20_000
+MAX_VALUES = 10_000
 #: Nesting depth (a real job goes five levels deep).
 MAX_DEPTH = 64
 #: Characters in one value or field name.

@@ -118,6 +118,32 @@ def test_enospc_in_the_middle_of_a_write_is_named_as_such(small_fs: Path):
     assert _newest_verified_step(run) == 10
 
 
+def test_with_s3_a_full_cache_disk_is_refused_too_and_the_bucket_keeps_the_last_good_one(
+        small_fs: Path, tmp_path: Path, s3_bucket, monkeypatch: pytest.MonkeyPatch):
+    from trainer.storage_s3 import S3Storage
+
+    for name, value in s3_bucket.env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    uri = f"s3://{s3_bucket.bucket}/disk-full-{uuid.uuid4().hex[:6]}"
+    policy = Checkpoint(every_steps=10, every_minutes=None, keep_last=2)
+    mgr = CheckpointManager(S3Storage(uri, work_dir=small_fs / "cache"), policy)
+    mgr.save(10, _state(10))
+    assert mgr.flush(timeout=120)
+    fill(small_fs, leave=300_000)
+    mgr.save(20, _state(20))
+    assert not mgr.flush(timeout=120)
+    assert isinstance(mgr.last_error, DiskFull) and mgr.last_written_step == 10
+    figures(str(mgr.last_error), small_fs / "cache" / "checkpoints")
+    mgr.close()
+    fresh = CheckpointManager(S3Storage(uri, work_dir=tmp_path / "fresh-cache"), policy)
+    try:
+        found = fresh.load()
+        assert found is not None and found[0]["step"] == 10
+    finally:
+        fresh.close()
+
+
 def test_trainer_on_a_filling_disk_stops_says_why_and_resumes_from_its_last_good_checkpoint(small_fs: Path,
                                                                                              tmp_path: Path):
     run = small_fs / "run"

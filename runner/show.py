@@ -92,6 +92,7 @@ def print_job(state, row, record: dict[str, Any]) -> None:
 
     console = new_console()
     progress = f"step {row.step}/{row.max_steps}" if row.max_steps else f"step {row.step}"
+    checkpoint_failed: list[tuple[str, str]] = []
     if row.active:
         from runner.supervisor import JobSupervisor
 
@@ -101,6 +102,10 @@ def print_job(state, row, record: dict[str, Any]) -> None:
             if status.loss is not None:
                 progress += f", loss {status.loss:.4f}"
             progress += f", heartbeat {ago(status.heartbeat)}"
+            if status.last_checkpoint_step is not None:
+                progress += f", last checkpoint at step {status.last_checkpoint_step}"
+            if status.checkpoint_error:
+                checkpoint_failed = [("checkpoint", f"[red]{escape(status.checkpoint_error)}[/]")]
     supervised = (f"runner process {row.supervisor_pid}" if row.supervised() else
                   "[yellow]nobody: run `python -m runner watch`[/]") if row.active else "-"
     cost = record["cost"]
@@ -108,7 +113,7 @@ def print_job(state, row, record: dict[str, Any]) -> None:
     console.print(kv_table([
         ("job", escape(row.id)), ("state", f"{state_text(row.state)} {escape(row.reason)}"),
         ("backend", row.backend), ("run URI", escape(row.run_uri)), ("job file", escape(row.job_file)),
-        ("progress", progress), ("preemptions", str(row.preemptions)), ("failures", str(row.failures)),
+        ("progress", progress), *checkpoint_failed, ("preemptions", str(row.preemptions)), ("failures", str(row.failures)),
         ("cost", f"${cost['usd']:.2f}{budget} ({cost['gpu_hours']:.3f} GPU hours)"), ("supervised by", supervised),
     ]))
     attempts = Table(box=None, header_style="bold", title="attempts", title_justify="left")

@@ -10,18 +10,33 @@ this module decides when to write, how to write safely and what to keep:
   only then is its checksum sidecar written. Before a file is replaced, its old sidecar is removed,
   so a sidecar always belongs to the bytes beside it: a reader that finds a file without a sidecar,
   or one whose bytes do not match, skips it and falls back to the previous good checkpoint.
+* A checkpoint counts as written (``last_written_step``, and ``on_progress`` tells the loop, which
+  reports it in ``status.json``) only once it is durable: its file fsynced and published (uploaded,
+  with S3) and its checksum written beside it, so that a resume would find it. A write that fails
+  leaves the last good checkpoint as it was and reports the error instead.
+* A full disk: before a save the free space is checked against the checkpoint's expected size
+  (history files beyond the newest are removed early to make room, never the last good one); when
+  it is still short, or a write meets ENOSPC, the error is :class:`DiskFull` ("no space left on
+  <path>: needed ~N MB, free M MB"), a permanent error: the loop stops at the next step instead of
+  training on. Every later save would fail the same way and the disk only fills further (logs,
+  events), so steps trained after it could never be saved; the run stays resumable from its last
+  good checkpoint once there is room.
 * ``load`` takes the newest checkpoint that verifies, with ``torch.load(weights_only=True)``: a
   checkpoint from a shared bucket cannot run code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,16 +63,75 @@ def to_cpu_copy(obj: Any) -> Any:
     return obj
 
 
+class DiskFull(StorageError):
+    """No room for a checkpoint: the message names the folder, what was needed and what is free."""
+
+    def __init__(self, folder: Path, needed: int, free: int):
+        self.folder, self.needed, self.free = folder, needed, free
+        super().__init__(
+            f"no space left on {folder}: needed ~{_mb(needed)} MB, free {_mb(free)} MB (ENOSPC); free space there, give the "
+            f"run a larger disk, or keep fewer checkpoints (train.checkpoint.keep_last)"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f}" if n >= 10e6 else f"{n / 1e6:.1f}"
+
+
+def free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def state_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (each storage once): about what ``torch.save`` writes."""
+    seen: set[int] = set()
+    total = 0
+
+    def walk(o: Any) -> None:
+        nonlocal total
+        if isinstance(o, torch.Tensor):
+            storage = o.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(obj)
+    return total
+
+
+#: Room kept free beyond the checkpoint itself: its checksum, status.json, the log's next lines.
+HEADROOM_BYTES = 1 << 20
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 class _HashingWriter:
-    """A write-only file that hashes what passes through, so the checksum costs no second read."""
+    """A write-only file that hashes what passes through, so the checksum costs no second read.
+
+    torch.save turns an exception raised here into its own ("unexpected pos ..."); the OSError is
+    kept in ``error`` so that the caller can raise the real one (ENOSPC)."""
 
     def __init__(self, f):
         self.f, self.sha, self.size = f, hashlib.sha256(), 0
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
+        try:
+            written = self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
         self.sha.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        return written
 
     def flush(self) -> None:
         self.f.flush()
@@ -99,8 +173,12 @@ class CheckpointManager:
         self._busy = False
         self._closed = False
         self._deadline_missed = False
+        #: The newest checkpoint known durable: this run's own, or the one it resumed from (``load``).
         self.last_written_step: int | None = None
         self.last_error: BaseException | None = None
+        #: Called on the writer's thread after each write: (newest durable step, the error or None).
+        self.on_progress: Callable[[int | None, str | None], None] | None = None
+        self._last_size = 0
         self.superseded = 0  # snapshots that a newer one replaced before they were written
         self.last_stall_s = 0.0
         self.last_write_s = 0.0
@@ -133,7 +211,8 @@ class CheckpointManager:
     @property
     def permanent_error(self) -> BaseException | None:
         """The last write's error when no later write can succeed either (the bucket is gone, the
-        keys were revoked): training on would spend money on steps that can never be saved."""
+        keys were revoked, the disk is full): training on would spend money on steps that can never
+        be saved."""
         return self.last_error if isinstance(self.last_error, StorageError) else None
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -178,39 +257,93 @@ class CheckpointManager:
                     self._write(best, also_best=True, history=False)
                 self.last_write_s = time.perf_counter() - t0
                 self.last_error = None
+                self._tell(None)
             except Exception as e:  # keep training; the error surfaces at flush and in the log
                 self.last_error = e
                 log.error("checkpoint write failed: %s", e)
+                self._tell(f"checkpoint of step {(latest or best).step} not written: {e}")
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
 
+    def _tell(self, error: str | None) -> None:
+        if self.on_progress is not None:
+            try:
+                self.on_progress(self.last_written_step, error)
+            except Exception as e:  # reporting must never break the writer
+                log.warning("could not report checkpoint progress: %s", e)
+
     def _write(self, job: _Job, *, also_best: bool, history: bool = True) -> None:
         name = f"step-{job.step:09d}.pt" if history else "best.pt"
         staged = self.staging / f".{name}.{os.getpid()}.tmp"
+        needed = max(state_bytes(job.state), self._last_size) + HEADROOM_BYTES
         try:
+            self._make_room(needed)
             self._write_staged(job, staged, also_best=also_best, history=history)
+        except OSError as e:
+            if e.errno not in _NO_SPACE:
+                raise
+            staged.unlink(missing_ok=True)  # what it took is free again, and counted so
+            folder = Path(e.filename).parent if isinstance(e.filename, str) else self.staging
+            raise DiskFull(folder, needed, free_bytes(folder)) from None
         finally:
             # Published files were moved away; one left here is a failed upload, and the next attempt
             # writes a newer state anyway: do not let failed uploads pile up in the cache.
             staged.unlink(missing_ok=True)
 
+    def _make_room(self, needed: int) -> None:
+        """Refuse a save the disk has no room for before writing any of it: a checkpoint that fills
+        the disk halfway would take the room the status and the log need. History files older than
+        the newest good checkpoint go early when that makes enough room (never the newest good one)."""
+        free = free_bytes(self.staging)
+        if free >= needed:
+            return
+        newest_good = self.last_written_step
+        older: list[tuple[str, int]] = []
+        # With S3 the disk holds only the one being written (the staging copy): nothing to remove.
+        for key in self.storage.list(contract.CHECKPOINT_DIR + "/") if self.storage.is_local else []:
+            step = contract.parse_step_checkpoint(key)
+            path = self.storage.local_path(key)
+            if step is None or newest_good is None or step >= newest_good or path is None:
+                continue
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                older.append((key, st.st_size if st.st_nlink == 1 else 0))  # a hard link frees nothing
+        if free + sum(size for _, size in older) >= needed:
+            for key, _ in sorted(older):
+                log.warning("only %s MB free in %s: removing %s early to make room for the next checkpoint",
+                            _mb(free), self.staging, key)
+                self.storage.delete(key + contract.CHECKSUM_SUFFIX)
+                self.storage.delete(key)
+                free = free_bytes(self.staging)
+                if free >= needed:
+                    return
+        raise DiskFull(self.staging, needed, free)
+
     def _write_staged(self, job: _Job, staged: Path, *, also_best: bool, history: bool) -> None:
         with open(staged, "wb") as raw:
             out = _HashingWriter(raw)
-            torch.save(job.state, out)
-            raw.flush()
+            try:
+                torch.save(job.state, out)
+                raw.flush()
+            except Exception:
+                if out.error is not None:  # the real cause, not torch's "unexpected pos"
+                    raise out.error from None
+                raise
             os.fsync(raw.fileno())
         digest, size = out.sha.hexdigest(), out.size
+        self._last_size = size
         if history:
             key = contract.step_checkpoint(job.step)
             self._publish_file(staged, key, digest, size, job.step)
+            # Durable now: fsynced, published and its checksum beside it, so a resume finds it.
+            self.last_written_step = job.step
+            self._tell(None)
             self._publish_copy(key, contract.LATEST, digest, size, job.step)
             if also_best:
                 self._publish_copy(key, contract.BEST, digest, size, job.step)
             self._apply_retention()
-            self.last_written_step = job.step
         else:
             self._publish_file(staged, contract.BEST, digest, size, job.step)
 
@@ -259,6 +392,7 @@ class CheckpointManager:
                     log.warning("skipping %s: it holds step %s, its checksum says %d", key, payload.get("step"), step)
                     continue
                 log.info("resuming from %s (step %d, sha256 %s… verified)", key, step, record["sha256"][:12])
+                self.last_written_step = step
                 return payload, key
         if records:
             log.error("no checkpoint under %s verified; starting from scratch", self.storage.uri)

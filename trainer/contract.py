@@ -8,10 +8,12 @@ torch-free so the runner can import it.
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 # --- exit codes -----------------------------------------------------------------------------------
 EXIT_DONE = 0
@@ -89,7 +91,11 @@ class Status:
     loss: float | None = None
     val_loss: float | None = None
     tokens_per_s: float | None = None
+    #: The newest checkpoint that is durable (written, fsynced, published with its checksum): never
+    #: one only queued. The runner's lost-work accounting counts from it.
     last_checkpoint_step: int | None = None
+    #: Why the last checkpoint write failed; None once a later one succeeds.
+    checkpoint_error: str | None = None
     error: str | None = None
     exit_code: int | None = None
 
@@ -143,6 +149,43 @@ AWS_ENV = (
 )
 
 
+# --- secrets on standard input (the docker backend) ------------------------------------------------
+#: ``python -m trainer.contract COMMAND...`` reads one line from its standard input, a JSON object of
+#: environment variables (the job's secrets and settings), adds them to its environment and runs
+#: COMMAND in its place. The docker backend starts every attempt so and writes that line into the
+#: container's standard input once, when it starts it: the values live only in the processes'
+#: memory, never in the container's configuration (`docker inspect`), its filesystem, the image,
+#: its logs or the runner's state, and nothing is left to remove when the attempt ends.
+SECRETS_LAUNCHER = ("-m", "trainer.contract")
+#: The longest line the launcher reads: environment variables, not data.
+MAX_SECRETS_LINE = 1 << 20
+
+
+def secrets_line(values: dict[str, str]) -> bytes:
+    """The line the launcher reads: ``values`` as one line of JSON."""
+    return json.dumps(values).encode() + b"\n"
+
+
+def exec_with_secrets_from_stdin(argv: list[str]) -> NoReturn:
+    """Read the line of :func:`secrets_line` from standard input, then exec ``argv`` with it added
+    to the environment and standard input at /dev/null (the line is not left for the command)."""
+    if not argv:
+        print("usage: python -m trainer.contract COMMAND [ARG...] < one line of JSON", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED)
+    line = sys.stdin.buffer.readline(MAX_SECRETS_LINE)
+    try:
+        values = json.loads(line) if line.strip() else {}
+        if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+            raise ValueError("expected an object of text values")
+    except ValueError as e:
+        print(f"trainer.contract: the environment line on standard input is not usable: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.execvpe(argv[0], argv, {**os.environ, **values})
+
+
 # --- how a run is started -------------------------------------------------------------------------
 def trainer_command(job: str, run_uri: str, nproc: int | str = 1, python: str = "python",
                     cache_dir: str | None = None) -> list[str]:
@@ -168,3 +211,7 @@ def exit_code_of_group(launcher_code: int, status: Status | None) -> int:
     if status.state == FAILED and status.exit_code:
         return status.exit_code
     return launcher_code
+
+
+if __name__ == "__main__":
+    exec_with_secrets_from_stdin(sys.argv[1:])

@@ -325,6 +325,9 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             contract.Status(contract.RUNNING, step=step, max_steps=max_steps, started=time.time(),
                             last_checkpoint_step=step if resumed else None),
         )
+        # status.json names a checkpoint only once it is durable, and the last write's failure if any.
+        checkpoints.on_progress = lambda written, error: reporter.update(last_checkpoint_step=written,
+                                                                         checkpoint_error=error)
     else:
         tb, reporter = _Silent(), _Silent()
     reporter.start()
@@ -453,7 +456,6 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 if world.is_main:
                     stall = checkpoints.save(step, snapshot, best=improved)
                     tb.add_scalar(contract.TAG_CHECKPOINT_STALL, stall, step)
-                    reporter.update(last_checkpoint_step=step)
             if stop_now:
                 outcome = _emergency_exit(checkpoints, stop, step, reporter, world)
                 return outcome

@@ -4,8 +4,14 @@ engine or on a remote one (``DOCKER_HOST=ssh://user@gpu-host``).
 - The image is found or built by :mod:`runner.backends.docker_image` (tagged by the hash of its
   inputs, so a relaunch of an unchanged job starts at once).
 - The container runs ``python -m trainer run JOB --run-uri URI`` (``torchrun`` with one process
-  per GPU when more than one is asked) as PID 1, with host networking, the job's GPUs as device
-  requests, and the job's ``env`` and ``secrets`` given at start only (never in the image).
+  per GPU when more than one is asked) under ``docker-init``, with host networking and the job's GPUs
+  as device requests.
+- The job's ``env`` and ``secrets`` never enter the container's configuration, where ``docker
+  inspect`` would show them for as long as the container is kept: the trainer is started through
+  ``python -m trainer.contract`` (see :func:`trainer.contract.exec_with_secrets_from_stdin`), and the
+  values are written once, as one line, into the container's standard input as it starts (closed
+  after: ``StdinOnce``). They live only in the trainer's memory; not in the image, the container's
+  files, its logs or the runner's state, so nothing is left behind when the attempt ends.
   No restart policy: the runner's supervisor owns relaunching, and records every attempt.
 - It is named after the attempt (``spot-runner-<attempt id>``) and labelled with the job and the
   attempt, so a runner that died between creating it and recording it finds it again instead of
@@ -31,7 +37,7 @@ from runner.backends import docker_client
 from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation, drain_lines
 from runner.backends.docker_image import ensure_image
 from runner.backends.local import local_rate_per_hour
-from trainer.contract import ENV_ATTEMPT_ID, trainer_command
+from trainer.contract import ENV_ATTEMPT_ID, SECRETS_LAUNCHER, secrets_line, trainer_command
 
 LABEL_JOB = "org.spot-runner.job"
 LABEL_ATTEMPT = "org.spot-runner.attempt"
@@ -81,11 +87,7 @@ class DockerBackend(Backend):
         found = self._find(name)
         if found is not None:
             if found.status == "created":  # created, then the runner died before starting it
-                try:
-                    found.start()
-                except docker.errors.APIError as e:
-                    found.remove(force=True)
-                    raise BackendError(self._explain(e)) from None
+                self._start(found, request)
             return Launched(self._handle(found), None, False, rate, rate, adopted=True)
 
         kwargs = self._run_options(request)  # before the build: a job that cannot run here fails at once
@@ -93,9 +95,10 @@ class DockerBackend(Backend):
         try:
             command = trainer_command(image.job_path, request.run_uri, kwargs.pop("nproc"))  # one attempt, one run: the supervisor relaunches
             # The image's entrypoint (the restart loop) is replaced: one attempt is one run. Both
-            # parts are given, so none of the image's CMD is appended.
+            # parts are given, so none of the image's CMD is appended. The launcher in front reads
+            # the environment from standard input (see _start).
             container = self.client.containers.create(
-                image.name, command[1:], entrypoint=command[:1], name=name,
+                image.name, [*SECRETS_LAUNCHER, *command], entrypoint=command[:1], name=name,
                 labels={LABEL_JOB: request.job_id, LABEL_ATTEMPT: request.attempt_id}, **kwargs,
             )
         except docker.errors.Conflict:  # another runner process created it a moment ago: adopt it
@@ -103,11 +106,7 @@ class DockerBackend(Backend):
             return Launched(self._handle(container), None, False, rate, rate, adopted=True)
         except docker.errors.APIError as e:
             raise BackendError(self._explain(e)) from None
-        try:
-            container.start()
-        except docker.errors.APIError as e:
-            container.remove(force=True)
-            raise BackendError(self._explain(e)) from None
+        self._start(container, request)
         deadline = time.monotonic() + timeout_s
         container.reload()
         while container.status == "created":
@@ -118,16 +117,37 @@ class DockerBackend(Backend):
             container.reload()
         return Launched(self._handle(container), None, False, rate, rate)
 
+    def _start(self, container: Any, request: LaunchRequest) -> None:
+        """Start ``container`` and hand it the job's environment on its standard input: attached
+        before the start, so the launcher cannot miss the line; the engine closes the container's
+        standard input when this one attachment ends (``StdinOnce``)."""
+        import docker.errors
+
+        try:
+            sock = container.attach_socket(params={"stdin": 1, "stream": 1})
+            raw = getattr(sock, "_sock", sock)  # a local engine's SocketIO wraps the socket itself
+            try:
+                container.start()
+                raw.sendall(secrets_line(dict(request.env)))
+            finally:
+                sock.close()
+                raw.close()
+        except (docker.errors.APIError, OSError) as e:
+            container.remove(force=True)
+            raise BackendError(self._explain(e)) from None
+
     def _run_options(self, request: LaunchRequest) -> dict[str, Any]:
         import docker.types
 
-        env = dict(request.env)
-        env[ENV_ATTEMPT_ID] = request.attempt_id
-        env["PYTHONUNBUFFERED"] = "1"
+        # Only what says nothing about the job: its env and secrets go in through standard input.
+        env = {ENV_ATTEMPT_ID: request.attempt_id, "PYTHONUNBUFFERED": "1"}
         options: dict[str, Any] = {
             "environment": env, "network_mode": "host", "shm_size": SHM_SIZE, "init": True,
             # One process per GPU asked for; without GPUs (a CPU engine) as many ranks on CPU with gloo.
-            "nproc": request.gpu_count, "detach": True,
+            "nproc": request.gpu_count,
+            # An open standard input, closed after the first attachment: the Docker SDK asks the engine
+            # for StdinOnce only when detach is off (the container still starts in the background).
+            "stdin_open": True, "detach": False,
         }
         if request.gpus:
             wanted = os.environ.get(ENV_GPUS, "").strip().lower() or str(request.gpu_count)

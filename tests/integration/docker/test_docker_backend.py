@@ -125,7 +125,8 @@ def test_a_job_on_two_gpus_runs_torchrun_with_two_processes_in_its_container(doc
         assert record["state"] == "done" and [a["outcome"] for a in record["attempts"]] == ["done"]
         container = docker_engine.containers.get(container_name(f"{job_id}-1"))
         command = [*(container.attrs["Config"]["Entrypoint"] or []), *container.attrs["Config"]["Cmd"]]
-        assert command[:5] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"], command
+        assert command[:3] == ["python", "-m", "trainer.contract"], command  # the launcher reading stdin
+        assert command[3:8] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"], command
         log = Run(s3, record["run_uri"]).get(contract.TRAINER_LOG).decode()
         assert "batch 16 per process x 2 process(es)" in log and "done at step 80" in log
         assert "process group up: rank 0 of 2 (gloo)" in log

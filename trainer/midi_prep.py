@@ -1,8 +1,7 @@
 """MIDI files → piano-roll training windows, cached by content.
 
-A folder of ``.mid``/``.midi`` files (searched recursively) becomes one array of windows
-``[N, 88, window]`` (uint8 velocities, pitches A0..C8, time in frames on a beat grid), with the
-file each window came from and that file's label: the first folder under the dataset root, as
+A folder of ``.mid``/``.midi`` files (searched recursively) becomes windows ``[N, 88, window]``
+(uint8 velocities, pitches A0..C8, time in frames on a beat grid), with the file each window came from and that file's label: the first folder under the dataset root, as
 PiJAMA lays out its pianists (``<root>/<pianist>/<album>/<n>.mid``).
 
 * Parsing and piano rolls are symusic's (a C++ MIDI parser): it reads a performance in about a
@@ -10,6 +9,9 @@ PiJAMA lays out its pianists (``<root>/<pianist>/<album>/<n>.mid``).
   ``pianoroll`` is the same grid a model trains on, so there is no conversion code of our own to get wrong.
 * Files are prepared in a process pool, in sorted order, and their windows concatenated in that
   order: the result is the same bytes whatever the number of workers.
+* Each file's piano roll is kept once, with the frame where each of its windows starts: windows
+  overlap (a hop of 16 frames under a window of 256 repeats every frame 16 times), so materialising
+  them would move and store the same bytes many times over. A window is cut when it is read.
 * The result is cached under a key made of every file's bytes and the settings, so a relaunch on
   the same machine (or a second stage over the same data) loads it instead of parsing again, and a
   changed file or setting can never be served a stale cache.
@@ -40,7 +42,7 @@ import numpy as np
 log = logging.getLogger("trainer")
 
 #: Bumped whenever the way windows are made changes, so older caches are never read as current.
-PREP_VERSION = 1
+PREP_VERSION = 2
 LOW_PITCH, HIGH_PITCH = 21, 109  # the 88 keys of a piano, A0..C8 (end exclusive)
 N_PITCHES = HIGH_PITCH - LOW_PITCH
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -66,11 +68,38 @@ class PrepSettings:
         return self.hop or self.window
 
 
+class WindowArray:
+    """``[N, 88, width]`` windows cut on demand from concatenated piano rolls ``[88, frames]``: reads
+    like an array (``len``, ``shape``, an index, a mask or index array, ``np.asarray``)."""
+
+    def __init__(self, rolls: np.ndarray, starts: np.ndarray, width: int):
+        self.rolls, self.starts, self.width = rolls, starts, width
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.starts), N_PITCHES, self.width)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index):  # noqa: ANN001 - an int, a slice, a mask or an index array
+        if isinstance(index, (int, np.integer)):
+            start = int(self.starts[index])
+            return self.rolls[:, start : start + self.width]
+        starts = self.starts[index]
+        return np.stack([self.rolls[:, s : s + self.width] for s in starts.tolist()]) if len(starts) else \
+            np.zeros((0, N_PITCHES, self.width), np.uint8)
+
+    def __array__(self, dtype=None, copy=None):  # noqa: ANN001 - numpy's protocol
+        out = self[np.arange(len(self))]
+        return out.astype(dtype) if dtype is not None else out
+
+
 @dataclass
 class Prepared:
     """The windows of a folder, and what happened to every file in it."""
 
-    windows: np.ndarray  # [N, 88, window] uint8 velocity (0 = silent)
+    windows: WindowArray  # [N, 88, window] uint8 velocity (0 = silent)
     file_index: np.ndarray  # [N] int32: which of ``files`` each window came from
     files: list[str]  # paths relative to the root, posix, sorted: the files that were read
     labels: list[str]  # per file: the first folder under the root ("" for a file directly in it)
@@ -103,9 +132,9 @@ def label_of(relative: str) -> str:
     return parts[0] if len(parts) > 1 else ""
 
 
-def file_windows(data: bytes, settings: PrepSettings) -> np.ndarray:
-    """The windows of one MIDI file's bytes, ``[n, 88, window]`` uint8. Raises ValueError for a file
-    that holds no note, and symusic's RuntimeError for one it cannot parse."""
+def file_windows(data: bytes, settings: PrepSettings) -> tuple[np.ndarray, np.ndarray]:
+    """One MIDI file's piano roll ``[88, frames]`` uint8 and the frames where its windows start.
+    Raises ValueError for a file that holds no note, and symusic's RuntimeError for one it cannot parse."""
     from symusic import Score  # imported here: pool workers pay for it once, callers only when used
 
     score = Score.from_midi(data)
@@ -126,10 +155,10 @@ def file_windows(data: bytes, settings: PrepSettings) -> np.ndarray:
     keep = offsets[notes_in >= settings.min_notes]
     if len(keep) == 0:
         raise ValueError(f"no window of {w} frames with at least {settings.min_notes} note(s)")
-    return np.stack([roll[:, o : o + w] for o in keep]).astype(np.uint8, copy=False)
+    return np.ascontiguousarray(roll, dtype=np.uint8), keep.astype(np.int64)
 
 
-def _prepare_one(args: tuple[str, PrepSettings]) -> np.ndarray | str:
+def _prepare_one(args: tuple[str, PrepSettings]) -> tuple[np.ndarray, np.ndarray] | str:
     """Pool task: the windows of one file, or why it was skipped."""
     path, settings = args
     try:
@@ -180,18 +209,22 @@ def prepare(root: str | Path, settings: PrepSettings, cache_dir: str | Path | No
     relative = [p.relative_to(root).as_posix() for p in files]
     tasks = [(str(p), settings) for p in files]
     results = _run(tasks, workers, progress)
-    chunks, index, skipped = [], [], []
+    rolls, starts, index, skipped = [], [], [], []
+    frames = 0
     for i, (rel, result) in enumerate(zip(relative, results, strict=True)):
         if isinstance(result, str):
             skipped.append((rel, result))
             continue
-        chunks.append(result)
-        index.append(np.full(len(result), i, dtype=np.int32))
-    if not chunks:
+        roll, offsets = result
+        rolls.append(roll)
+        starts.append(offsets + frames)  # where the file's roll begins in the concatenation
+        index.append(np.full(len(offsets), i, dtype=np.int32))
+        frames += roll.shape[1]
+    if not rolls:
         raise ValueError(f"none of the {len(files)} MIDI file(s) under {root} could be used: "
                          + "; ".join(f"{r}: {why}" for r, why in skipped[:5]))
-    prepared = Prepared(np.concatenate(chunks), np.concatenate(index), relative,
-                        [label_of(r) for r in relative], skipped, entry, False)
+    windows = WindowArray(np.concatenate(rolls, axis=1), np.concatenate(starts), settings.window)
+    prepared = Prepared(windows, np.concatenate(index), relative, [label_of(r) for r in relative], skipped, entry, False)
     _store(entry, prepared, settings)
     log.info("prepared %d windows from %d MIDI file(s) under %s in %.1fs; cached in %s",
              len(prepared.windows), len(files) - len(skipped), root, time.perf_counter() - t0, entry)
@@ -199,7 +232,8 @@ def prepare(root: str | Path, settings: PrepSettings, cache_dir: str | Path | No
     return prepared
 
 
-def _run(tasks: list[tuple[str, PrepSettings]], workers: int | None, progress: bool) -> list[np.ndarray | str]:
+def _run(tasks: list[tuple[str, PrepSettings]], workers: int | None,
+         progress: bool) -> list[tuple[np.ndarray, np.ndarray] | str]:
     from tqdm import tqdm
 
     if not workers:
@@ -238,9 +272,11 @@ def _store(entry: Path, p: Prepared, settings: PrepSettings) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        np.save(staging / "windows.npy", p.windows)
+        np.save(staging / "rolls.npy", p.windows.rolls)
+        np.save(staging / "starts.npy", p.windows.starts)
         np.save(staging / "file_index.npy", p.file_index)
-        meta = {"version": PREP_VERSION, "settings": asdict(settings), "files": p.files, "labels": p.labels,
+        meta = {"version": PREP_VERSION, "settings": asdict(settings), "width": p.windows.width, "files": p.files,
+                "labels": p.labels,
                 "skipped": p.skipped}
         (staging / "meta.json").write_text(json.dumps(meta))
         # Fails when another process cached the same key first: theirs holds the same content.
@@ -257,7 +293,8 @@ def _load(entry: Path) -> Prepared | None:
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("version") != PREP_VERSION:
             return None
-        windows = np.load(entry / "windows.npy", mmap_mode="r")  # mapped: MAESTRO's windows need not fit in RAM
+        # mapped: MAESTRO's rolls need not fit in RAM
+        windows = WindowArray(np.load(entry / "rolls.npy", mmap_mode="r"), np.load(entry / "starts.npy"), meta["width"])
         index = np.load(entry / "file_index.npy")
     except (OSError, ValueError):
         return None

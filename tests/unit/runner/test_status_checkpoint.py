@@ -23,7 +23,7 @@ def test_status_shows_the_last_durable_checkpoint_and_a_failed_write(runner_home
     state = st.State.open()
     with state.transaction():
         state.create_job(id="quickstart-1", name="quickstart", job_file=str(spec.path), job_sha256=spec.sha256,
-                         spec=spec.record(), workdir=str(tmp_path), backend="local", run_uri=str(run), max_steps=300)
+                         spec=spec.spec, workdir=str(tmp_path), backend="local", run_uri=str(run), max_steps=300)
         state.set_job_state("quickstart-1", st.RUNNING, "attempt 1 running", "launched", step=42)
     state.close()
     main(["status", "quickstart-1"])

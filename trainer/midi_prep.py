@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -46,8 +47,11 @@ PREP_VERSION = 2
 LOW_PITCH, HIGH_PITCH = 21, 109  # the 88 keys of a piano, A0..C8 (end exclusive)
 N_PITCHES = HIGH_PITCH - LOW_PITCH
 MIDI_SUFFIXES = (".mid", ".midi")
-#: Fewer files than this are parsed in the calling process (see :func:`_run`).
+#: Fewer files, or fewer bytes, than this are prepared in the calling process (see :func:`_run`).
 POOL_MIN_FILES = 64
+POOL_MIN_BYTES = 64 << 20
+#: Cache entries this process is still writing (see :func:`prepare`).
+_WRITING: dict[Path, threading.Thread] = {}
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,10 @@ def file_windows(data: bytes, settings: PrepSettings) -> tuple[np.ndarray, np.nd
     # Onto a beat grid of frames_per_beat ticks per quarter; min_dur=1 keeps very short notes visible.
     grid = score.resample(tpq=settings.frames_per_beat, min_dur=1)
     roll = grid.pianoroll(modes=["frame"], pitch_range=(LOW_PITCH, HIGH_PITCH), encode_velocity=True)
-    roll = roll[0].max(axis=0) if roll.shape[1] else np.zeros((N_PITCHES, 0), np.uint8)  # all tracks on one roll
+    if roll.shape[1] == 1:  # one track: its roll (a max over one track costs a pass over every cell)
+        roll = roll[0, 0]
+    else:  # all tracks on one roll
+        roll = roll[0].max(axis=0) if roll.shape[1] else np.zeros((N_PITCHES, 0), np.uint8)
     starts = np.concatenate([t.notes.numpy()["time"] for t in grid.tracks if len(t.notes)] or [np.zeros(0)])
     w, step = settings.window, settings.step
     n = max(0, (roll.shape[1] - w) // step + 1)
@@ -198,6 +205,9 @@ def prepare(root: str | Path, settings: PrepSettings, cache_dir: str | Path | No
         raise FileNotFoundError(f"no .mid or .midi file under {root}")
     key = cache_key(root, files, settings)
     entry = Path(cache_dir or default_cache_dir()) / f"{key[:32]}"
+    writing = _WRITING.pop(entry, None)
+    if writing is not None:  # this process is still caching the same content: wait for it, then read it
+        writing.join()
     cached = _load(entry)
     if cached is not None:
         log.info("MIDI windows of %s from the cache %s (%d windows, %d file(s) skipped when prepared)",
@@ -225,7 +235,12 @@ def prepare(root: str | Path, settings: PrepSettings, cache_dir: str | Path | No
                          + "; ".join(f"{r}: {why}" for r, why in skipped[:5]))
     windows = WindowArray(np.concatenate(rolls, axis=1), np.concatenate(starts), settings.window)
     prepared = Prepared(windows, np.concatenate(index), relative, [label_of(r) for r in relative], skipped, entry, False)
-    _store(entry, prepared, settings)
+    # Written in the background: the rolls are several times the MIDI's size, and training need not wait
+    # for them to reach the disk. A later prepare of the same content in this process waits for it;
+    # the interpreter waits for it at exit (not a daemon).
+    writer = threading.Thread(target=_store, args=(entry, prepared, settings), name="midi-cache")
+    _WRITING[entry] = writer
+    writer.start()
     log.info("prepared %d windows from %d MIDI file(s) under %s in %.1fs; cached in %s",
              len(prepared.windows), len(files) - len(skipped), root, time.perf_counter() - t0, entry)
     _report_skipped(root, skipped)
@@ -240,9 +255,11 @@ def _run(tasks: list[tuple[str, PrepSettings]], workers: int | None,
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     bar = tqdm(total=len(tasks), desc="MIDI", unit="file", disable=not progress, mininterval=0.5)
     try:
-        # Starting the workers costs about a second (spawn imports numpy and symusic afresh): more than
-        # a few dozen files take to parse in this process.
-        if workers <= 1 or len(tasks) < POOL_MIN_FILES:
+        # Starting the workers costs a second or more (spawn imports numpy and symusic afresh), while this
+        # process prepares ~25 MB of MIDI a second: the pool pays only for a large corpus (MAESTRO's
+        # 90 MB). symusic holds the GIL, so threads do not help.
+        size = sum(os.path.getsize(path) for path, _settings in tasks)
+        if workers <= 1 or len(tasks) < POOL_MIN_FILES or size < POOL_MIN_BYTES:
             out = []
             for task in tasks:
                 out.append(_prepare_one(task))
@@ -257,6 +274,12 @@ def _run(tasks: list[tuple[str, PrepSettings]], workers: int | None,
             return out
     finally:
         bar.close()
+
+
+def wait_for_cache() -> None:
+    """Wait until every cache entry this process started writing is on disk."""
+    while _WRITING:
+        _WRITING.pop(next(iter(_WRITING))).join()
 
 
 def _report_skipped(root: Path, skipped: list[tuple[str, str]]) -> None:

@@ -27,6 +27,7 @@ def dataset(tmp_path_factory):
 
 def test_prep_is_deterministic_across_worker_counts(dataset, tmp_path, monkeypatch):
     serial = prepare(dataset, SETTINGS, tmp_path / "a", workers=1, progress=False)
+    monkeypatch.setattr(midi_prep, "POOL_MIN_BYTES", 1)
     monkeypatch.setattr(midi_prep, "POOL_MIN_FILES", 1)  # the process pool, even for a handful of files
     pooled = prepare(dataset, SETTINGS, tmp_path / "b", workers=2, progress=False)
     assert serial.windows.shape == (len(PIANISTS) * 3 * 8, 88, 32)

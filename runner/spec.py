@@ -253,8 +253,8 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
         problems += more
         problems += _check_env(spec, doc)
         if spec.backend == "local":
-            for prefix in _train_prefixes(raw):
-                problems += _check_local_data(_at(raw, prefix), doc, path, prefix)
+            for prefix, section in train_sections(raw):
+                problems += _check_local_data(section, doc, path, prefix)
 
     if problems:
         problems = sorted(dict.fromkeys(redact(p, found_secrets) for p in problems), key=_line_of)
@@ -263,26 +263,25 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
     return Job(path, hashlib.sha256(path.read_bytes()).hexdigest(), spec, gpus, storage_root)
 
 
-def _train_prefixes(raw: dict[str, Any]) -> list[tuple[str, ...]]:
+def train_sections(raw: Any) -> list[tuple[tuple[str, ...], Any]]:
+    """Each ``train:`` section of a parsed job file with its key path: the file's own, or every
+    stage's for a pipeline."""
+    if not isinstance(raw, dict):
+        return []
     stages = raw.get("stages")
     if isinstance(stages, dict):
-        return [("stages", str(n), "train") for n, st in stages.items() if isinstance(st, dict) and "train" in st]
-    return [("train",)] if "train" in raw else []
-
-
-def _at(raw: Any, loc: tuple[str, ...]) -> Any:
-    for key in loc:
-        raw = raw[key]
-    return raw
+        return [(("stages", str(n), "train"), st["train"]) for n, st in stages.items()
+                if isinstance(st, dict) and "train" in st]
+    return [(("train",), raw["train"])] if "train" in raw else []
 
 
 def _train_sections(raw: dict[str, Any], doc: LocatedYaml) -> tuple[dict[str, Any], list[str]]:
     """``raw`` with each train: section replaced by its validated config, and the problems found."""
     problems: list[str] = []
     out = dict(raw)
-    for prefix in _train_prefixes(raw):
+    for prefix, section in train_sections(raw):
         try:
-            train = parse_train(_at(raw, prefix), doc, prefix)
+            train = parse_train(section, doc, prefix)
         except JobFileError as e:
             problems += e.problems
             train = TrainConfig.model_construct()

@@ -408,8 +408,9 @@ class State:
 
     def find_pipeline(self, ref: str) -> list[JobRow]:
         """A pipeline's stages by its id or its job file's name (the newest); none when ``ref`` is neither."""
-        if self.pipeline_jobs(str(ref)):
-            return self.pipeline_jobs(str(ref))
+        stages = self.pipeline_jobs(str(ref))
+        if stages:
+            return stages
         newest = self.pipelines_named(str(ref))
         return self.pipeline_jobs(newest[0]) if newest else []
 

@@ -32,6 +32,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _heads_divide(model: Any) -> Any:
+    """A transformer's width is split evenly between its attention heads (TinyGPT, Hybrid)."""
+    if model.n_embd % model.n_head:
+        raise ValueError(f"n_embd ({model.n_embd}) must be a multiple of n_head ({model.n_head})")
+    return model
+
+
 # --- model recipes --------------------------------------------------------------------------------
 class TinyGPT(_Section):
     """A small GPT built from a config (nanoGPT's shape): the quickstart model."""
@@ -46,10 +53,8 @@ class TinyGPT(_Section):
     vocab_size: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> TinyGPT:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        return self
+    def _heads(self) -> TinyGPT:
+        return _heads_divide(self)
 
 
 class LoRA(_Section):
@@ -155,10 +160,8 @@ class Hybrid(MusicRecipe):
     new_params_lr: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> Hybrid:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        return self
+    def _heads(self) -> Hybrid:
+        return _heads_divide(self)
 
 
 MUSIC_RECIPES = ("vqvae", "style_encoder", "hybrid")

@@ -28,7 +28,7 @@ from typing import Any
 
 from runner import paths
 from runner.backends.base import BackendError
-from runner.spec import Image
+from runner.spec import Image, train_sections
 
 #: Where the Dockerfile puts the project inside the image (its WORKDIR).
 IMAGE_ROOT = PurePosixPath("/app")
@@ -224,14 +224,10 @@ def _local_data_paths(job_file: Path) -> Iterator[tuple[str, Path]]:
         doc = jobvars.resolve(raw, jobvars.declared(raw)).data
     except JobFileError:
         return
-    if not isinstance(doc, dict):
-        return
-    stages = doc.get("stages") if isinstance(doc.get("stages"), dict) else {}
-    sections = [(f"stages.{n}.train", st.get("train")) for n, st in stages.items() if isinstance(st, dict)]
     seen: set[tuple[str, str]] = set()
-    for prefix, train in sections or [("train", doc.get("train"))]:
+    for prefix, train in train_sections(doc):
         if isinstance(train, dict):
-            yield from _section_paths(job_file, train, prefix, seen, resolve_path)
+            yield from _section_paths(job_file, train, ".".join(prefix), seen, resolve_path)
 
 
 def _section_paths(job_file: Path, train: dict[str, Any], prefix: str, seen: set[tuple[str, str]],

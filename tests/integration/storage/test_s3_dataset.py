@@ -77,16 +77,8 @@ def test_a_missing_prefix_fails_the_trainer_with_the_location_and_the_fix(s3_buc
     assert "upload the dataset there" in done.stderr
 
 
-@pytest.fixture
-def bucket_env(s3_bucket: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    for name, value in s3_bucket.env().items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
-    return s3_bucket
-
-
-def test_the_cache_downloads_only_what_is_missing_changed_or_corrupted(bucket_env: S3Server, tmp_path: Path):
-    s3 = bucket_env
+def test_the_cache_downloads_only_what_is_missing_changed_or_corrupted(env: S3Server, tmp_path: Path):  # env: the bucket's AWS_* set here (conftest)
+    s3 = env
     files = {f"midi/pianist-{p}/{n}.mid": bytes([p, n]) * (1000 + 97 * n) for p in range(3) for n in range(4)}
     upload(s3, files)
     uri = f"s3://{s3.bucket}/midi/"
@@ -121,8 +113,8 @@ def test_the_cache_downloads_only_what_is_missing_changed_or_corrupted(bucket_en
     assert {k: after[k] for k in untouched} == untouched  # the intact files were not downloaded again
 
 
-def test_single_objects_patterns_and_checksum_sidecars(bucket_env: S3Server, tmp_path: Path):
-    s3 = bucket_env
+def test_single_objects_patterns_and_checksum_sidecars(env: S3Server, tmp_path: Path):  # env: the bucket's AWS_* set here (conftest)
+    s3 = env
     good = b'{"text": "hello"}\n' * 50
     upload(s3, {"d/train.jsonl": good, "d/train.jsonl.sha256": f"{hashlib.sha256(good).hexdigest()}  train.jsonl\n".encode(),
                 "d/val.jsonl": b'{"text": "bye"}\n', "d/notes.txt": b"x",

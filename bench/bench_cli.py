@@ -36,7 +36,7 @@ def fill_state(home: Path, jobs: int) -> None:
 
     spec = load_job(ROOT / "jobs" / "quickstart.yaml")
     state = st.State.open()
-    record = spec.record()
+    record = spec.spec  # the validated job, as submit records it
     for i in range(jobs):
         job_id = f"quickstart-{i:06x}"
         with state.transaction():

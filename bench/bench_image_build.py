@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 
 from runner.backends.docker_client import connect  # noqa: E402
-from runner.backends.docker_image import ImageSettings, build, plan_build  # noqa: E402
+from runner.backends.docker_image import build, plan_build  # noqa: E402
+from runner.spec import Image  # noqa: E402
 from tests.fixtures.jobs import copy_project  # noqa: E402
 
 BASE = "spot-runner-base:cpu"
@@ -108,7 +109,7 @@ def bench_base(client, out: Console) -> str:
 
 def timed_build(client, job: Path, base: str, out: Console, logs: Path, nocache: bool = False) -> tuple[float, str]:
     started = time.perf_counter()  # hashing the inputs is part of what a launch pays
-    plan = plan_build(client, job, ImageSettings(base=base))
+    plan = plan_build(client, job, Image(base=base))
     build(client, plan, out, logs, nocache=nocache)
     return time.perf_counter() - started, plan.tag
 
@@ -144,7 +145,7 @@ def main() -> None:
             code.append(seconds)
             log.print(f"code-only rebuild {i + 1}: {seconds:.1f}s")
         started = time.perf_counter()
-        plan_build(client, job, ImageSettings(base=base))  # what a relaunch of an unchanged job costs
+        plan_build(client, job, Image(base=base))  # what a relaunch of an unchanged job costs
         unchanged = time.perf_counter() - started
         # The image the tests and a Debian CPU host run: on the base that has the dependencies.
         _, cpu_tag = timed_build(client, job, BASE, out, logs)

@@ -25,16 +25,17 @@ this module decides when to write, how to write safely and what to keep:
   checkpoint from a shared bucket cannot run code. The checksum record holds ``xxh3_128`` and
   ``sha256`` (:mod:`trainer.checksums`: the fast one is checked; records with only sha256, written
   before, still verify). From S3 the file is downloaded into memory, hashed as it arrives, and
-  mapped by ``torch.load`` instead of copied (resume speed: ``bench/bench_s3_resume.py``).
+  its tensors are made as views of those bytes, not copies (resume speed: ``bench/bench_s3_resume.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
+import io
 import json
 import logging
-import mmap
 import os
 import shutil
 import threading
@@ -407,7 +408,7 @@ class CheckpointManager:
             if path is not None:
                 digest, size = checksums.file_digest(path, algo)
             elif (get_in_memory := getattr(self.storage, "get_in_memory", None)) is not None:
-                # S3: into memory, hashed while it arrives, then mapped by torch.load, not copied.
+                # S3: into memory, hashed while it arrives, then loaded without a copy.
                 fetched = get_in_memory(key, checksums.maker(algo))
                 if fetched is None:
                     log.warning("skipping %s: it vanished while resuming", key)
@@ -426,7 +427,7 @@ class CheckpointManager:
                 )
                 return None
             if fetched is not None:
-                return _load_mapped(fetched[0])
+                return _load_from_memory(fetched[0].buffer)
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             log.warning("skipping %s: it vanished while resuming", key)
@@ -436,18 +437,65 @@ class CheckpointManager:
             return None
         finally:
             if fetched is not None:
-                fetched[0].close()  # the tensors mapped from it keep their pages
+                fetched[0].close()  # the tensors made from it keep its pages
             if downloaded is not None:
                 downloaded.unlink(missing_ok=True)
 
 
-def _load_mapped(mem: Any) -> dict[str, Any]:
-    """``torch.load`` of a verified download held in memory, its tensors mapping the downloaded pages
-    instead of copying them (a copy of a large checkpoint costs as much as fetching it from a fast
-    store). Shared, where the memory is this process's own (a memfd): the optimizer's first step then
-    writes its moments in place instead of copying each page on first write. The model's tensors
-    are copied out by ``load_state_dict``; the moments keep the mapping, and with it the download's
-    pages, while the optimizer on the CPU holds them (on a GPU they are copied there and it goes)."""
-    flags = mmap.MAP_SHARED if mem.shared else mmap.MAP_PRIVATE
-    with torch.serialization.set_default_mmap_options(flags):
-        return torch.load(mem.path, map_location="cpu", weights_only=True, mmap=True)
+class _ViewFile(io.RawIOBase):
+    """A read-only file over bytes in memory, without copying them (``io.BytesIO`` would copy)."""
+
+    def __init__(self, buffer: Any) -> None:
+        self.view, self.pos = memoryview(buffer), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: len(self.view)}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        n = max(0, min(len(b), len(self.view) - self.pos))
+        b[:n] = self.view[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+def _zero_copy_load_available() -> bool:
+    ser = torch.serialization
+    try:
+        return (callable(getattr(ser, "_open_zipfile_reader", None)) and hasattr(ser, "_weights_only_unpickler")
+                and "overall_storage" in inspect.signature(ser._load).parameters)
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+_ZERO_COPY_LOAD = _zero_copy_load_available()
+
+
+def _load_from_memory(buffer: Any) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a checkpoint held in ``buffer``, its tensors views of
+    those very bytes instead of copies (copying a large checkpoint costs as much as fetching it from
+    a fast store: the allocation's page faults, then the copy).
+
+    This is what ``torch.load(path, mmap=True)`` does with the file it maps, given the bytes this
+    process already holds: the same reader and the same weights-only unpickler, torch's own, used
+    through ``torch.serialization._load``. That is torch's internal API, so it is checked for at
+    import, and without it the checkpoint is loaded by ``torch.load`` from the buffer, copied:
+    slower, equally safe. The model's tensors are copied out by ``load_state_dict``; the
+    optimizer's moments stay views, so the buffer lives while a CPU optimizer holds them (on a GPU
+    they are copied there and it goes)."""
+    if not _ZERO_COPY_LOAD:
+        return torch.load(_ViewFile(buffer), map_location="cpu", weights_only=True)
+    ser = torch.serialization
+    storage = torch.frombuffer(buffer, dtype=torch.uint8).untyped_storage()
+    with ser._open_zipfile_reader(_ViewFile(buffer)) as zip_file:
+        return ser._load(zip_file, "cpu", ser._weights_only_unpickler, overall_storage=storage, encoding="utf-8")

@@ -373,31 +373,54 @@ class CheckpointManager:
         """The newest checkpoint under the run URI that verifies, and its key; None for a fresh run."""
         keys = set(self.storage.list(contract.CHECKPOINT_DIR + "/"))
         candidates = [k for k in keys if k == contract.LATEST or contract.parse_step_checkpoint(k) is not None]
-        records: list[tuple[int, int, str, dict]] = []
-        for key in candidates:
-            raw = self.storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
-            if raw is None:
-                log.warning("skipping %s: it has no checksum (a write that did not finish)", key)
-                continue
-            try:
-                record = json.loads(raw)
-                checksums.pick(record)
-                records.append((int(record["step"]), key == contract.LATEST, key, record))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                log.warning("skipping %s: its checksum file is unreadable", key)
-        for step, _, key, record in sorted(records, reverse=True):
-            payload = self._load_verified(key, record)
-            if payload is not None:
-                if int(payload.get("step", -1)) != step:
-                    log.warning("skipping %s: it holds step %s, its checksum says %d", key, payload.get("step"), step)
-                    continue
-                algo, digest = checksums.pick(record)
-                log.info("resuming from %s (step %d, %s %s… verified)", key, step, algo, digest[:12])
-                self.last_written_step = step
-                return payload, key
+        records: list[tuple[int, bool, str, dict]] = []
+        # latest.pt is normally the newest: when its record says so, it is tried before the other
+        # records are read (each one a request to a remote store, on the resume's critical path).
+        if contract.LATEST in candidates:
+            candidates.remove(contract.LATEST)
+            latest = self._record(contract.LATEST)
+            newest_named = max((contract.parse_step_checkpoint(k) or 0 for k in candidates), default=-1)
+            if latest is not None and latest[0] >= newest_named:
+                found = self._try(*latest)
+                if found is not None:
+                    return found
+                records.append((latest[0], True, contract.LATEST, {}))  # tried: not again
+            elif latest is not None:
+                records.append(latest)
+        records += [r for key in candidates if (r := self._record(key)) is not None]
+        for step, _, key, record in sorted(records, key=lambda r: r[:3], reverse=True):
+            if record and (found := self._try(step, key == contract.LATEST, key, record)) is not None:
+                return found
         if records:
             log.error("no checkpoint under %s verified; starting from scratch", self.storage.uri)
         return None
+
+    def _record(self, key: str) -> tuple[int, bool, str, dict] | None:
+        """``(step, is latest.pt, key, checksum record)`` of ``key``; None (and why, in the log) when
+        it has no readable record."""
+        raw = self.storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
+        if raw is None:
+            log.warning("skipping %s: it has no checksum (a write that did not finish)", key)
+            return None
+        try:
+            record = json.loads(raw)
+            checksums.pick(record)
+            return int(record["step"]), key == contract.LATEST, key, record
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("skipping %s: its checksum file is unreadable", key)
+            return None
+
+    def _try(self, step: int, _latest: bool, key: str, record: dict) -> tuple[dict[str, Any], str] | None:
+        payload = self._load_verified(key, record)
+        if payload is None:
+            return None
+        if int(payload.get("step", -1)) != step:
+            log.warning("skipping %s: it holds step %s, its checksum says %d", key, payload.get("step"), step)
+            return None
+        algo, digest = checksums.pick(record)
+        log.info("resuming from %s (step %d, %s %s… verified)", key, step, algo, digest[:12])
+        self.last_written_step = step
+        return payload, key
 
     def _load_verified(self, key: str, record: dict) -> dict[str, Any] | None:
         algo, expected = checksums.pick(record)

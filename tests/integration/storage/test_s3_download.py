@@ -89,7 +89,7 @@ def test_a_per_connection_limit_gets_parallel_ranges(env: S3Server, slow_link: s
     assert got is not None and got.digest == hashlib.sha256(data).hexdigest() and got.size == size
     assert (tmp_path / "out.bin").read_bytes() == data
     assert got.streams >= 4 and got.ranged_parts >= got.streams - 1, got
-    assert took < 0.75 * one_stream, (took, one_stream, got)
+    assert took < 0.85 * one_stream, (took, one_stream, got)  # ~0.45 on a quiet machine
 
 
 def test_an_object_replaced_during_the_download_is_read_again(env: S3Server, tmp_path: Path,

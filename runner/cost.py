@@ -392,7 +392,8 @@ def checkpoint_minutes(train: TrainConfig, job_name: str, gpu: str | None, spot:
 
 
 def estimate(job: Any, state: st.State | None = None) -> Estimate:
-    """Time and cost of ``job`` (a validated :class:`runner.spec.Job`) before it is launched:
+    """Time and cost of ``job`` (a validated :class:`runner.spec.Job`, not a pipeline: see
+    :func:`estimate_stages`) before it is launched:
     steps x seconds per step, from earlier runs of the same job on the same GPU when there are any,
     else from the catalog's rough throughput for the recipe; then the expected overhead of
     preemptions at the GPU's observed rate, with the checkpoint interval the launch will use."""
@@ -435,6 +436,16 @@ def estimate(job: Any, state: st.State | None = None) -> Estimate:
         every = _effective_interval_minutes(minutes, train.checkpoint.every_steps, seconds, work_h)
         expectation = iv.expected(work_h, every, ccost.seconds, prate.mtbf_hours, restart)
     return Estimate(per_hour, on_demand, steps, seconds, basis, expectation=expectation, **extra)
+
+
+def estimate_stages(job: Any, state: st.State | None = None) -> list[tuple[str | None, Estimate]]:
+    """:func:`estimate` of each stage of a pipeline, in order, by stage name; of the job itself (name
+    None) when it is no pipeline."""
+    if not job.spec.stages:
+        return [(None, estimate(job, state))]
+    from dataclasses import replace
+
+    return [(name, estimate(replace(job, spec=job.spec.stage_spec(name)), state)) for name in job.spec.stages]
 
 
 def _effective_interval_minutes(minutes: float | None, every_steps: int | None, seconds_per_step: float,

@@ -19,6 +19,18 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise SystemExit(code)
 
 
+def act(do, errors: type[Exception] = ValueError):
+    """Run an action; its refusal (:class:`runner.actions.ActionError`, or ``errors``) becomes an exit with its message."""
+    from runner.actions import ActionError
+
+    try:
+        return do()
+    except ActionError as e:
+        fail(str(e), e.code)
+    except errors as e:
+        fail(str(e))
+
+
 def print_json(data: Any) -> None:
     import json
 

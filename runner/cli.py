@@ -14,6 +14,7 @@ from runner.show import (  # noqa: F401  (EXIT_* are the command line's exit cod
     EXIT_DETACHED,
     EXIT_JOB_NOT_DONE,
     EXIT_OK,
+    act,
     fail,
     find_job,
     follow,
@@ -43,38 +44,9 @@ class Commands:
             dry_run: print the plan (backend, GPU, price, estimated time and cost) and launch nothing.
             json: print the job (or the plan) as JSON on stdout; progress goes to stderr.
         """
-        from runner.spec import load_job
-        from trainer.jobfile import JobFileError
+        from runner import submit_flow
 
-        if isinstance(gpu, (tuple, list)):  # fire turns "a,b" into a tuple
-            gpu = ",".join(map(str, gpu))
-        variables = {}
-        for item in env or []:
-            name, sep, value = str(item).partition("=")
-            if not sep or not name:
-                fail(f"--env {item!r}: expected NAME=VALUE, e.g. --env PRESET=tiny", EXIT_BAD_INPUT)
-            variables[name] = value
-        try:
-            spec_job = load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=variables)
-        except JobFileError as e:
-            fail(f"{e}\nNothing was launched; fix the file and submit again.")
-        if dry_run:
-            from runner.show import print_plan
-
-            return print_plan(spec_job, json)
-        if spec_job.spec.stages:
-            state, rows, done = _act(lambda: actions.submit_pipeline(spec_job))
-            kept = "".join(f"\nstage {r.stage} is done already: {r.run_uri}" for r in done)
-            if not rows:
-                return new_console().print(f"pipeline {done[0].pipeline} is done: every stage finished{kept}", highlight=False)
-            if detach:
-                return _launch_detached(state, rows[0], json, "launched", hint=True)
-            return follow(state, [r.id for r in rows], json=json,
-                          announce=f"submitted pipeline {rows[0].pipeline}: {', '.join(r.stage for r in rows)}{kept}")
-        state, row = _act(lambda: actions.submit(spec_job))
-        if detach:
-            return _launch_detached(state, row, json, "launched", hint=True)
-        return follow(state, [row.id], json=json, announce=f"submitted {row.id}: run {row.run_uri}")
+        return submit_flow.submit(job, gpu=gpu, backend=backend, env=env, detach=detach, dry_run=dry_run, json=json)
 
     def status(self, job: str | None = None, json: bool = False) -> None:
         """Show one job in detail, or the active and recent jobs.
@@ -128,7 +100,7 @@ class Commands:
         row = find_job(state, job)
         if row.active:
             with new_console(stderr=json).status(f"cancelling {row.id} (its trainer writes an emergency checkpoint first)"):
-                row = _act(lambda: actions.cancel(state, row))
+                row = act(lambda: actions.cancel(state, row))
         elif not json:
             return print(f"{row.id} is already {row.state}; nothing to cancel.")
         return print_json(job_record(state, row)) if json else new_console().print(f"{row.id} {row.state}: {row.reason}")
@@ -174,7 +146,7 @@ class Commands:
         from runner.cost import parse_since, report
 
         state = open_state()
-        since_t = _act(lambda: parse_since(since)) if since is not None else None
+        since_t = act(lambda: parse_since(since)) if since is not None else None
         stages = state.find_pipeline(job) if state and job is not None else []
         jobs = stages or ([find_job(state, job)] if job is not None else (state.jobs() if state else []))
         return show.print_costs(state, jobs, report(state, jobs, since=since_t), json=json, csv=csv, plot=plot)
@@ -201,12 +173,9 @@ class Commands:
             detach: relaunch, print the job id and return; `python -m runner watch` supervises it.
             json: print the job as JSON at the end; progress goes to stderr.
         """
-        state = open_state()
-        row = find_job(state, job)
-        note, spent = _act(lambda: actions.reopen(state, row, budget))
-        if detach:
-            return _launch_detached(state, row, json, "relaunched", hint=False)
-        return follow(state, [row.id], json=json, announce=f"resuming {row.id}{note} (spent so far: ${spent:.2f})")
+        from runner import submit_flow
+
+        return submit_flow.resume(job, budget=budget, detach=detach, json=json)
 
     def simulate(self, job: str | None = None, gpu: str | None = None, hours: float | None = None,
                  mtbf_hours: float | None = None, checkpoint_seconds: float | None = None,
@@ -238,30 +207,14 @@ class Commands:
         """
         from runner.simulate import ScenarioError, build_scenario, simulate
 
-        scenario, notes = _act(lambda: build_scenario(open_state(), job, gpu, hours, mtbf_hours, checkpoint_seconds,
-                                                      restart_minutes, fixed_minutes, wait_minutes, trace, trace_job),
-                               ScenarioError)
+        scenario, notes = act(lambda: build_scenario(open_state(), job, gpu, hours, mtbf_hours, checkpoint_seconds,
+                                                     restart_minutes, fixed_minutes, wait_minutes, trace, trace_job),
+                              ScenarioError)
         if int(trials) < 1:
             fail("--trials must be at least 1")
         return show.print_simulation(scenario, notes, simulate(scenario, trials=int(trials), seed=int(seed)),
                                      json=json, plot=plot)
 
-
-def _act(do, errors: type[Exception] = ValueError):
-    """Run an action; its refusal (:class:`runner.actions.ActionError`, or ``errors``) becomes an exit with its message."""
-    try:
-        return do()
-    except actions.ActionError as e:
-        fail(str(e), e.code)
-    except errors as e:
-        fail(str(e))
-
-
-def _launch_detached(state, row, json: bool, default: str, hint: bool) -> None:
-    from runner.supervisor import Supervisor
-
-    Supervisor(state).run([row.id], until_launched=True)
-    return show.print_launched(state, row, json, default, hint)
 
 def main(argv: list[str] | None = None) -> None:
     from runner import cli_args

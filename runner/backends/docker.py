@@ -82,7 +82,7 @@ class DockerBackend(Backend):
     def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
         import docker.errors
 
-        rate = local_rate_per_hour()
+        rate = local_rate_per_hour(request.price_per_hour)
         name = container_name(request.attempt_id)
         found = self._find(name)
         if found is not None:

@@ -246,6 +246,16 @@ class Commands:
         return show.print_simulation(scenario, notes, simulate(scenario, trials=int(trials), seed=int(seed)),
                                      json=json, plot=plot)
 
+    def check(self, job: str | None = None, json: bool = False) -> None:
+        """Check what jobs rely on: RunPod key, S3 bucket, registry login, Docker engine, GPU; ok or the fix.
+
+        Args:
+            job: a job file: check what it needs (its bucket with its trainer's keys, its registry, its backend).
+            json: print JSON.
+        """
+        from runner.check import main as check_main
+        return check_main(job, json)
+
 
 def _act(do, errors: type[Exception] = ValueError):
     """Run an action; its refusal (:class:`runner.actions.ActionError`, or ``errors``) becomes an exit with its message."""

@@ -256,6 +256,16 @@ class Commands:
         from runner.check import main as check_main
         return check_main(job, json)
 
+    def prune(self, dry_run: bool = False, json: bool = False) -> None:
+        """Remove what ended jobs left: exited containers, images built for them, stray RunPod pods of ours.
+
+        Args:
+            dry_run: list what would be removed and remove nothing.
+            json: print JSON.
+        """
+        from runner.prune import main as prune_main
+        return prune_main(dry_run, json)
+
 
 def _act(do, errors: type[Exception] = ValueError):
     """Run an action; its refusal (:class:`runner.actions.ActionError`, or ``errors``) becomes an exit with its message."""

@@ -215,6 +215,26 @@ class Commands:
         return show.print_simulation(scenario, notes, simulate(scenario, trials=int(trials), seed=int(seed)),
                                      json=json, plot=plot)
 
+    def check(self, job: str | None = None, json: bool = False) -> None:
+        """Check what jobs rely on: RunPod key, S3 bucket, registry login, Docker engine, GPU; ok or the fix.
+
+        Args:
+            job: a job file: check what it needs (its bucket with its trainer's keys, its registry, its backend).
+            json: print JSON.
+        """
+        from runner.check import main as check_main
+        return check_main(job, json)
+
+    def prune(self, dry_run: bool = False, json: bool = False) -> None:
+        """Remove what ended jobs left: exited containers, images built for them, stray RunPod pods of ours.
+
+        Args:
+            dry_run: list what would be removed and remove nothing.
+            json: print JSON.
+        """
+        from runner.prune import main as prune_main
+        return prune_main(dry_run, json)
+
 
 def main(argv: list[str] | None = None) -> None:
     from runner import cli_args

@@ -115,7 +115,7 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
     if stop.requested:
         return contract.EXIT_INTERRUPTED
 
-    from trainer.loop import Diverged, JobSetupError, train
+    from trainer.loop import Diverged, GradNormStop, JobSetupError, train
     from trainer.reporter import Reporter
 
     try:
@@ -124,6 +124,10 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
         log.error("%s", e)
         _record_failure(storage, Reporter, str(e), contract.EXIT_DIVERGED)
         return contract.EXIT_DIVERGED
+    except GradNormStop as e:
+        log.error("%s", e)
+        _record_failure(storage, Reporter, str(e), contract.EXIT_GRAD_NORM)
+        return contract.EXIT_GRAD_NORM
     except JobSetupError as e:
         log.error("the job cannot be set up: %s", e)
         _record_failure(storage, Reporter, f"the job cannot be set up: {e}", contract.EXIT_BAD_CONFIG)

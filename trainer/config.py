@@ -339,6 +339,10 @@ class Guard(_Section):
     max_nonfinite_in_a_row: int = Field(5, ge=1)
     #: Log a warning when the gradient norm (before clipping) exceeds this.
     warn_grad_norm: float = Field(100.0, gt=0)
+    #: Stop the run when a finite gradient norm (before clipping) exceeds this: the step is not
+    #: applied, the last good state is written as an emergency checkpoint and the trainer exits
+    #: ``EXIT_GRAD_NORM``. The seeds' rule ("stop on norms over ~100"); ``null`` turns it off.
+    stop_grad_norm: float | None = Field(100.0, gt=0)
 
 
 class Logging(_Section):

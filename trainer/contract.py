@@ -25,11 +25,15 @@ EXIT_BAD_CONFIG = 2
 EXIT_STORAGE = 3
 #: Training diverged: too many non-finite steps in a row. Retrying from the same checkpoint repeats it.
 EXIT_DIVERGED = 4
+#: The gradient-norm guard stopped the run (``train.guard.stop_grad_norm``): the step that would have
+#: applied the gradient was skipped and the last good state written as ``checkpoints/latest.pt``.
+#: Relaunching the same job repeats it; lower the learning rate or raise the threshold first.
+EXIT_GRAD_NORM = 5
 #: Stopped by SIGTERM/SIGINT after a clean emergency checkpoint (EX_TEMPFAIL): relaunch to continue.
 EXIT_INTERRUPTED = 75
 
 #: Exit codes after which relaunching the same command cannot succeed.
-EXIT_PERMANENT = frozenset({EXIT_BAD_CONFIG, EXIT_STORAGE, EXIT_DIVERGED})
+EXIT_PERMANENT = frozenset({EXIT_BAD_CONFIG, EXIT_STORAGE, EXIT_DIVERGED, EXIT_GRAD_NORM})
 
 EXIT_MEANING = {
     EXIT_DONE: "done",
@@ -37,6 +41,7 @@ EXIT_MEANING = {
     EXIT_BAD_CONFIG: "invalid job file",
     EXIT_STORAGE: "storage misconfigured",
     EXIT_DIVERGED: "training diverged",
+    EXIT_GRAD_NORM: "gradient norm above the guard's limit (last good state checkpointed)",
     EXIT_INTERRUPTED: "interrupted (emergency checkpoint written)",
 }
 

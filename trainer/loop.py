@@ -45,6 +45,10 @@ class Diverged(RuntimeError):
     """Too many steps in a row with a non-finite loss or gradient."""
 
 
+class GradNormStop(RuntimeError):
+    """The gradient-norm guard stopped the run; the last good state is checkpointed (``EXIT_GRAD_NORM``)."""
+
+
 class JobSetupError(ValueError):
     """The job cannot be set up as written (data files, recipe module, sizes): a rerun cannot help."""
 
@@ -383,6 +387,16 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             # a step is skipped and the scale halved, without counting against the guard until the scale is
             # below 1 (then the unscaled gradients overflow fp16 and halving further cannot help).
             overflow = not finite and scaler is not None and math.isfinite(train_loss) and scaler.get_scale() >= 1
+            limit = cfg.guard.stop_grad_norm
+            if finite and limit is not None and grad_norm > limit:
+                # The gradient is not applied: the weights and optimizer are still the last good state.
+                snapshot = state()
+                written = world.is_main and _guard_checkpoint(checkpoints, step, snapshot)
+                raise GradNormStop(
+                    f"step {step + 1}: gradient norm {grad_norm:.4g} is above guard.stop_grad_norm {limit:g}; the step "
+                    f"was not applied and " + (f"the last good state (step {step}) is in {contract.LATEST}" if written
+                                               else f"the last good state could not be written: {checkpoints.last_error}")
+                    + "; lower the learning rate, check the data, or raise guard.stop_grad_norm (null turns it off)")
             if finite:
                 if scaler:
                     scaler.step(optimizer)
@@ -509,6 +523,12 @@ def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int
     reporter.finish(contract.INTERRUPTED, step=step, exit_code=contract.EXIT_INTERRUPTED)
     distributed.barrier(world)
     return Outcome(contract.EXIT_INTERRUPTED if ok else contract.EXIT_FAILED, step, save_s)
+
+
+def _guard_checkpoint(checkpoints: CheckpointManager, step: int, snapshot: dict[str, Any]) -> bool:
+    """Write the state before a step the guard refused, and wait until it is durable."""
+    checkpoints.save(step, snapshot)
+    return checkpoints.flush(timeout=120)
 
 
 def _write_final(recipe: Recipe, model: nn.Module, ema: EMA | None, storage: Storage) -> None:

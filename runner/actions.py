@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -25,11 +25,18 @@ def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
     return forwarded(names, environ)[1]
 
 
-def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:
-    """Check everything the job needs here (:mod:`runner.preflight`), then record it: (state, job row)."""
+def _preflight(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
+    """Everything the job needs here (:mod:`runner.preflight`), or a refusal listing every problem at once."""
     from runner import preflight
 
-    preflight.require(spec_job, environ)
+    problems = preflight.check(spec_job, environ, extra).problems
+    if problems:
+        raise ActionError(preflight.refusal(problems))
+
+
+def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:
+    """Check everything the job needs here (:mod:`runner.preflight`), then record it: (state, job row)."""
+    _preflight(spec_job, environ)
     import secrets as token
 
     from runner import paths
@@ -54,9 +61,7 @@ def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> t
 
     given = [(f"stages.{stage}.init_from", _checkpoint_file(ref)) for stage, section in spec_job.spec.stages.items()
              for ref in section.inputs().values() if ref not in spec_job.spec.stages]  # earlier stages' come later
-    from runner import preflight
-
-    preflight.require(spec_job, environ, given)
+    _preflight(spec_job, environ, given)
     import secrets as token
 
     from runner import paths

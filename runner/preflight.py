@@ -68,17 +68,6 @@ def check(job: Any, environ: Mapping[str, str] = os.environ, extra: Sequence[tup
     return found
 
 
-def require(job: Any, environ: Mapping[str, str] = os.environ, extra: Sequence[tuple[str, str]] = ()) -> list[Any]:
-    """:func:`check`, refusing with every problem at once (:class:`runner.actions.ActionError`, exit 2);
-    otherwise what each data location holds."""
-    from runner.actions import ActionError
-
-    found = check(job, environ, extra)
-    if found.problems:
-        raise ActionError(refusal(found.problems))
-    return found.data
-
-
 def refusal(problems: Sequence[str]) -> str:
     """The message of a refused submit: each problem, then that nothing happened."""
     one = len(problems) == 1

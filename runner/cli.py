@@ -235,6 +235,16 @@ class Commands:
         from runner.prune import main as prune_main
         return prune_main(dry_run, json)
 
+    def tensorboard(self, job: str, port: int = 6006) -> None:
+        """Serve a job's TensorBoard on 127.0.0.1; an S3 run's events are copied here, and again as they grow.
+
+        Args:
+            job: a job id, a unique prefix of one, or a job name (its newest job).
+            port: the port to serve on (when it is taken, a free one).
+        """
+        from runner.tensorboard import serve
+        return serve(job, port)
+
 
 def main(argv: list[str] | None = None) -> None:
     from runner import cli_args

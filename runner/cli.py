@@ -31,7 +31,9 @@ class Commands:
     """
 
     def submit(self, job: str, gpu: str | None = None, backend: str | None = None, env: list[str] | None = None,
-               detach: bool = False, dry_run: bool = False, json: bool = False) -> None:
+               detach: bool = False, dry_run: bool = False, json: bool = False, smoke: bool = False,
+               smoke_first: bool = False, smoke_steps: int | None = None, smoke_seconds: float | None = None,
+               stage: str | None = None) -> None:
         """Validate a job file, launch it and follow it until it ends (--detach: return at once).
 
         Args:
@@ -42,7 +44,14 @@ class Commands:
             detach: launch, print the job id and return; `python -m runner watch` supervises it.
             dry_run: print the plan (backend, GPU, price, estimated time and cost) and launch nothing.
             json: print the job (or the plan) as JSON on stdout; progress goes to stderr.
+            smoke: train the job here (CPU or this GPU) for 100 steps or 60 s, launch nothing: does the loss fall,
+                any NaN/Inf, gradient norms, memory, speed, and the full job's hours and dollars on the GPU.
+            smoke_first: a smoke run first; launch only if it passes.
+            smoke_steps: the smoke run's steps at most (default 100).
+            smoke_seconds: the smoke run's seconds at most, setting up included (default 60).
+            stage: smoke only this stage of a pipeline (default: every stage, in order).
         """
+        from runner.smoke import SmokeOptions, before_submit
         from runner.spec import load_job
         from trainer.jobfile import JobFileError
 
@@ -58,6 +67,7 @@ class Commands:
             spec_job = load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=variables)
         except JobFileError as e:
             fail(f"{e}\nNothing was launched; fix the file and submit again.")
+        before_submit(spec_job, SmokeOptions(smoke, smoke_first, smoke_steps, smoke_seconds, stage, dry_run, json))
         if dry_run:
             from runner.show import print_plan
 

@@ -72,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.smoke import run_smoke
 
         _console_logging()
-        return run_smoke(args.job, args.out, args.steps, args.seconds, args.processes, started=_STARTED_CLOCK)
+        code = run_smoke(args.job, args.out, args.steps, args.seconds, args.processes, started=_STARTED_CLOCK)
+        # The result is written: end now. Tearing torch down costs seconds of a loaded machine, and the
+        # user waits for this process to end.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if args.command == "restart-loop":
         from trainer.restart import restart_loop
 

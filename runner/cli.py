@@ -32,7 +32,9 @@ class Commands:
     """
 
     def submit(self, job: str, gpu: str | None = None, backend: str | None = None, env: list[str] | None = None,
-               detach: bool = False, dry_run: bool = False, json: bool = False) -> None:
+               detach: bool = False, dry_run: bool = False, json: bool = False, smoke: bool = False,
+               smoke_first: bool = False, smoke_steps: int | None = None, smoke_seconds: float | None = None,
+               stage: str | None = None) -> None:
         """Validate a job file, launch it and follow it until it ends (--detach: return at once).
 
         Args:
@@ -43,10 +45,19 @@ class Commands:
             detach: launch, print the job id and return; `python -m runner watch` supervises it.
             dry_run: print the plan (backend, GPU, price, estimated time and cost) and launch nothing.
             json: print the job (or the plan) as JSON on stdout; progress goes to stderr.
+            smoke: train the job here (CPU or this GPU) for 100 steps or 60 s, launch nothing: does the loss fall,
+                any NaN/Inf, gradient norms, memory, speed, and the full job's hours and dollars on the GPU.
+            smoke_first: a smoke run first; launch only if it passes.
+            smoke_steps: the smoke run's steps at most (default 100).
+            smoke_seconds: the smoke run's seconds at most, setting up included (default 60).
+            stage: smoke only this stage of a pipeline (default: every stage, in order).
         """
         from runner import submit_flow
+        from runner.smoke import SmokeOptions
 
-        return submit_flow.submit(job, gpu=gpu, backend=backend, env=env, detach=detach, dry_run=dry_run, json=json)
+        smoke_options = SmokeOptions(smoke, smoke_first, smoke_steps, smoke_seconds, stage, dry_run, json)
+        return submit_flow.submit(job, gpu=gpu, backend=backend, env=env, detach=detach, dry_run=dry_run, json=json,
+                                  smoke=smoke_options)
 
     def status(self, job: str | None = None, json: bool = False) -> None:
         """Show one job in detail, or the active and recent jobs.

@@ -38,10 +38,15 @@ def load(job: str, gpu: Any = None, backend: str | None = None, env: Iterable[An
 
 
 def submit(job: str, *, gpu: Any = None, backend: str | None = None, env: Iterable[Any] | None = None,
-           detach: bool = False, dry_run: bool = False, json: bool = False) -> None:
+           detach: bool = False, dry_run: bool = False, json: bool = False, smoke: Any = None) -> None:
     """Validate, then plan (``dry_run``), or record and launch: followed here until the job ends, or
-    with ``detach`` launched and left to ``runner watch``."""
+    with ``detach`` launched and left to ``runner watch``. ``smoke`` (:class:`runner.smoke.SmokeOptions`)
+    runs the smoke run first when asked for: instead of launching, or as the gate before it."""
     spec_job = load(job, gpu, backend, env)
+    if smoke is not None:
+        from runner.smoke import before_submit
+
+        before_submit(spec_job, smoke)
     if dry_run:
         from runner.show import print_plan
 

@@ -123,6 +123,67 @@ class Status:
         return cls.from_json(raw) if raw else None
 
 
+# --- the smoke run (``python -m trainer smoke``, run by ``runner submit --smoke``) ---------------------
+#: What the smoke run writes into its ``--out`` folder: the result (:class:`SmokeResult` as JSON) and the
+#: weights it ended with (a checkpoint an ``init_from`` can load, for the next pipeline stage's smoke).
+SMOKE_RESULT = "smoke.json"
+SMOKE_WEIGHTS = "weights.pt"
+#: A loss "falls" when the mean of its last steps is at least this fraction below the mean of its first.
+SMOKE_MIN_DROP = 0.01
+#: A loss that ends this fraction above where it started has diverged (not merely failed to fall).
+SMOKE_DIVERGED_RISE = 0.10
+
+
+@dataclass
+class SmokeResult:
+    """A short run of the job's own recipe and data on this machine, as the trainer measured it. The
+    runner adds the projection for the full job on the chosen GPU (it owns the catalog)."""
+
+    passed: bool
+    reason: str
+    recipe: str
+    device: str  # cpu or cuda
+    device_name: str  # the GPU's name (torch.cuda.get_device_name) or the CPU's
+    threads: int
+    steps: int  # optimizer steps taken
+    steps_asked: int
+    seconds_asked: float
+    stopped_by: str  # steps, time, job_length, nonfinite, grad_norm
+    batch_size: int  # examples per micro-batch used here
+    job_batch_size: int  # ... and what the job asks for (per process)
+    grad_accum: int
+    tokens_per_step: float  # per optimizer step, as measured
+    job_steps: int | None  # the full job's optimizer steps (max_steps, or epochs over the whole data)
+    params: int
+    trainable_params: int
+    losses: list[float | None] = field(default_factory=list)  # per step; None where not finite
+    loss_start: float | None = None
+    loss_end: float | None = None
+    loss_fell: bool = False
+    nonfinite_steps: list[int] = field(default_factory=list)
+    max_grad_norm: float | None = None
+    max_grad_norm_step: int | None = None
+    stop_grad_norm: float | None = None
+    peak_rss_bytes: int = 0
+    cuda_peak_bytes: int | None = None
+    seconds_per_step: float | None = None  # median over the steps after the first
+    first_step_seconds: float | None = None  # includes one-off warm-up (allocations, kernels)
+    setup_seconds: float = 0.0  # data and model, before the first step
+    optimizer: str = "adamw"
+    warmup_steps: int = 0  # as used here (a long warmup is compressed so the smoke reaches the peak rate)
+    data: str = ""  # what of the data the smoke trained on
+    notes: list[str] = field(default_factory=list)
+    weights: str | None = None  # the weights it ended with (SMOKE_WEIGHTS), when written
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> SmokeResult:
+        raw: dict[str, Any] = json.loads(data)
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
 # --- TensorBoard tags the runner reads back (``runner curves``, ``runner cost``) ------------------------
 TAG_TRAIN_LOSS = "train/loss"
 TAG_VAL_LOSS = "val/loss"

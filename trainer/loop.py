@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from trainer import contract, distributed
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import CheckpointManager, to_cpu_copy
 from trainer.config import TrainConfig
 from trainer.data import EpochSampler
 from trainer.recipes import Recipe, build_recipe
@@ -350,6 +350,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     model.train()
     window_t0, window_tokens = time.perf_counter(), 0
     outcome: Outcome | None = None
+    over_limit, before_streak = 0, None  # steps in a row above guard.stop_grad_norm, and the state before them
     try:
         while step < max_steps and not progress.early_stopped:  # early_stopped: a resume after an early stop
             # Storage that refuses for good (rank 0's writers; the other ranks stop with it): steps
@@ -389,14 +390,20 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             overflow = not finite and scaler is not None and math.isfinite(train_loss) and scaler.get_scale() >= 1
             limit = cfg.guard.stop_grad_norm
             if finite and limit is not None and grad_norm > limit:
-                # The gradient is not applied: the weights and optimizer are still the last good state.
-                snapshot = state()
-                written = world.is_main and _guard_checkpoint(checkpoints, step, snapshot)
-                raise GradNormStop(
-                    f"step {step + 1}: gradient norm {grad_norm:.4g} is above guard.stop_grad_norm {limit:g}; the step "
-                    f"was not applied and " + (f"the last good state (step {step}) is in {contract.LATEST}" if written
-                                               else f"the last good state could not be written: {checkpoints.last_error}")
-                    + "; lower the learning rate, check the data, or raise guard.stop_grad_norm (null turns it off)")
+                if not over_limit:  # the state no over-limit gradient has touched yet: the last good one
+                    before_streak = (step, to_cpu_copy(state()))
+                over_limit += 1
+                if over_limit >= cfg.guard.stop_grad_norm_in_a_row:  # this step's gradient is not applied
+                    good_step, snapshot = before_streak
+                    written = world.is_main and _guard_checkpoint(checkpoints, good_step, snapshot)
+                    raise GradNormStop(
+                        f"step {step + 1}: gradient norm {grad_norm:.4g}; {over_limit} steps in a row above "
+                        f"guard.stop_grad_norm {limit:g}: the run stopped and " +
+                        (f"the last good state (step {good_step}) is in {contract.LATEST}" if written
+                         else f"the last good state could not be written: {checkpoints.last_error}")
+                        + "; lower the learning rate, check the data, or raise guard.stop_grad_norm (null turns it off)")
+            elif finite:
+                over_limit, before_streak = 0, None
             if finite:
                 if scaler:
                     scaler.step(optimizer)

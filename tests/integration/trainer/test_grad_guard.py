@@ -1,6 +1,8 @@
 """The gradient-norm guard (``train.guard.stop_grad_norm``, the seeds' "stop on norms over ~100"):
-a spike stops the run with its own exit code, before the gradient is applied, and the last good
-state is the emergency checkpoint: loadable, and the very state a run without the spike had there."""
+gradient norms above the limit for ``stop_grad_norm_in_a_row`` steps stop the run with its own exit
+code, and the emergency checkpoint is the last good state (before the first of those steps):
+complete, loadable, and the very state a run without the spikes had there. A lone spike is only
+clipped and warned about."""
 
 from __future__ import annotations
 
@@ -27,14 +29,14 @@ def job_file(folder, options: dict, **train) -> str:
     return str(path)
 
 
-def test_a_gradient_spike_stops_the_run_with_the_last_good_state_checkpointed(tmp_path):
+def test_gradient_spikes_in_a_row_stop_the_run_with_the_last_good_state_checkpointed(tmp_path):
     spiked = tmp_path / "spiked"
-    result = run_trainer(job_file(tmp_path / "a", {"spike_at_step": 7}), str(spiked))
+    result = run_trainer(job_file(tmp_path / "a", {"spike_at_step": 7, "spike_steps": 3}), str(spiked))
     assert result.returncode == contract.EXIT_GRAD_NORM, result.stderr[-3000:]
-    assert "step 7: gradient norm" in result.stderr and "above guard.stop_grad_norm 100" in result.stderr
+    assert "step 9: gradient norm" in result.stderr and "3 steps in a row above guard.stop_grad_norm 100" in result.stderr
     status = json.loads((spiked / contract.STATUS).read_text())
     assert status["state"] == contract.FAILED and status["exit_code"] == contract.EXIT_GRAD_NORM
-    assert "last good state (step 6)" in status["error"]
+    assert "the last good state (step 6)" in status["error"]
     assert not (spiked / contract.FINAL_DIR).exists()
 
     # The emergency checkpoint is complete (its checksum matches) and loads into the job's model.
@@ -43,14 +45,14 @@ def test_a_gradient_spike_stops_the_run_with_the_last_good_state_checkpointed(tm
     assert record["sha256"] == sha256_file(latest)[0]
     ckpt = torch.load(latest, map_location="cpu", weights_only=True)
     assert ckpt["step"] == 6
-    assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {6}  # the spike was never applied
+    assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {6}  # before any spike was applied
     from tests.fixtures.custom_recipe import build
     from trainer.config import load_train_config
 
     cfg, _ = load_train_config(tmp_path / "a" / "job.yaml")
     build(cfg, {}).model.load_state_dict(ckpt["model"], strict=True)
 
-    # It is the state a run without the spike had after step 6, to the bit.
+    # It is the state a run without the spikes had after step 6, to the bit.
     clean = tmp_path / "clean"
     result = run_trainer(job_file(tmp_path / "b", {}, checkpoint={"every_steps": 6, "every_minutes": None,
                                                                    "keep_last": 10}), str(clean))
@@ -60,8 +62,10 @@ def test_a_gradient_spike_stops_the_run_with_the_last_good_state_checkpointed(tm
         assert torch.equal(ckpt["model"][name], tensor), name
 
 
-def test_the_guard_can_be_turned_off(tmp_path):
-    run = tmp_path / "run"
-    result = run_trainer(job_file(tmp_path, {"spike_at_step": 7}, max_steps=10, guard={"stop_grad_norm": None}), str(run))
+def test_a_lone_spike_is_clipped_and_warned_about_and_the_guard_can_be_turned_off(tmp_path):
+    result = run_trainer(job_file(tmp_path / "a", {"spike_at_step": 7}, max_steps=10), str(tmp_path / "a" / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "step 7: gradient norm" in result.stderr  # still warned about (warn_grad_norm)
+    assert "step 7: gradient norm" in result.stderr  # warn_grad_norm
+    result = run_trainer(job_file(tmp_path / "b", {"spike_at_step": 3, "spike_steps": 5}, max_steps=10,
+                                  guard={"stop_grad_norm": None}), str(tmp_path / "b" / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -9,6 +9,7 @@ import os
 import sys
 
 from runner import actions, show
+from runner.remote.commands import SupervisorCommands
 from runner.show import (  # noqa: F401  (EXIT_* are the command line's exit codes)
     EXIT_BAD_INPUT,
     EXIT_DETACHED,
@@ -30,8 +31,10 @@ class Commands:
     State lives in $RUNNER_HOME (default: $XDG_STATE_HOME/spot-runner).
     """
 
+    supervisor = SupervisorCommands
+
     def submit(self, job: str, gpu: str | None = None, backend: str | None = None, env: list[str] | None = None,
-               detach: bool = False, dry_run: bool = False, json: bool = False) -> None:
+               supervisor: str | None = None, detach: bool = False, dry_run: bool = False, json: bool = False) -> None:
         """Validate a job file, launch it and follow it until it ends (--detach: return at once).
 
         Args:
@@ -39,6 +42,7 @@ class Commands:
             gpu: GPU alias, RunPod GPU id, or a comma-separated failover list; overrides resources.gpu.
             backend: local, docker or runpod; overrides the job file's backend (default local).
             env: NAME=VALUE for a job variable declared under envs: (give it again for more).
+            supervisor: none, docker or runpod: who relaunches it while this machine is off; overrides the job file's.
             detach: launch, print the job id and return; `python -m runner watch` supervises it.
             dry_run: print the plan (backend, GPU, price, estimated time and cost) and launch nothing.
             json: print the job (or the plan) as JSON on stdout; progress goes to stderr.
@@ -55,7 +59,8 @@ class Commands:
                 fail(f"--env {item!r}: expected NAME=VALUE, e.g. --env PRESET=tiny", EXIT_BAD_INPUT)
             variables[name] = value
         try:
-            spec_job = load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=variables)
+            spec_job = load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=variables,
+                                supervisor=supervisor)
         except JobFileError as e:
             fail(f"{e}\nNothing was launched; fix the file and submit again.")
         if dry_run:
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"runner {_version()}")
         return
     if args[0] in cli_args.commands(commands) and any(a in ("-h", "--help") for a in args[1:]):
-        print(cli_args.command_help(commands, args[0]))
+        print(cli_args.help_for(commands, args))
         return
     # The whole line is checked before anything runs: fire would run the command with what it could
     # match and only then complain, so a misspelled --dryrun used to launch the job.
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             reconcile_pods()
     import fire  # after --help and the checks: its imports (asyncio) cost 70 ms
 
-    spec = cli_args.params(cli_args.commands(commands)[name])
+    spec = cli_args.params(cli_args.method(commands, name))
     fire.Fire(commands, command=cli_args.canonical(name, spec, options), name="runner")
 
 

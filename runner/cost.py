@@ -74,6 +74,10 @@ class JobCost:
     steps: int = 0  # training steps reached
     usd_per_1k_steps: float | None = None
     billed_by: str = "runner"  # "provider" when every segment is the provider's record, "mixed", "runner"
+    #: A supervisor elsewhere (an always-on machine or a RunPod CPU pod): its hours on this job and this
+    #: job's share of its dollars (included in ``usd``, and in ``on_demand_usd``: it costs the same either way).
+    supervisor_hours: float = 0.0
+    supervisor_usd: float = 0.0
     interval: IntervalAdvice | None = field(default=None, compare=False)
 
     @property
@@ -182,7 +186,13 @@ def job_cost(state: st.State, job: st.JobRow, now: float | None = None, since: f
             if attempt is not None:
                 s, h, d = lost_work(attempt, seg, job_per_step, now)
                 lost_steps, lost_h, lost_usd = lost_steps + s, lost_h + h, lost_usd + d
-    usd = compute + storage
+    supervisor_h = supervisor_usd = 0.0
+    for sseg in state.supervisor_segments(job.id):
+        f = _fraction(sseg, since, now)  # type: ignore[arg-type]  (started/ended, as a billing segment)
+        supervisor_h += sseg.hours(now) * f
+        supervisor_usd += sseg.cost(now) * f
+    usd = compute + storage + supervisor_usd
+    on_demand += supervisor_usd
     steps = job.step
     spot_wanted = job.spec.resources.spot
     wanted = job.wanted_gpus()
@@ -198,7 +208,7 @@ def job_cost(state: st.State, job: st.JobRow, now: float | None = None, since: f
                    state=job.state, gpu=gpu, capacity=capacity, compute_usd=compute, storage_usd=storage,
                    idle_hours=idle_h, idle_usd=idle_usd, lost_steps=lost_steps, lost_hours=lost_h, lost_usd=lost_usd,
                    steps=steps, usd_per_1k_steps=usd / steps * 1000 if steps else None, billed_by=billed_by,
-                   interval=interval)
+                   interval=interval, supervisor_hours=supervisor_h, supervisor_usd=supervisor_usd)
 
 
 @dataclass(frozen=True)
@@ -209,7 +219,8 @@ class Report:
 
     def total(self) -> dict[str, Any]:
         keys = ("gpu_hours", "usd", "compute_usd", "storage_usd", "on_demand_usd", "saving_usd", "idle_hours",
-                "idle_usd", "preemptions", "lost_steps", "lost_hours", "lost_usd", "steps", "attempts")
+                "idle_usd", "preemptions", "lost_steps", "lost_hours", "lost_usd", "steps", "attempts", "supervisor_hours",
+                "supervisor_usd")
         total: dict[str, Any] = {k: sum(getattr(c, k) for c in self.jobs) for k in keys}
         total["usd_per_1k_steps"] = total["usd"] / total["steps"] * 1000 if total["steps"] else None
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in total.items()}
@@ -234,7 +245,8 @@ def report(state: st.State | None, jobs: list[st.JobRow], *, since: float | None
 
 CSV_COLUMNS = ("job_id", "name", "state", "gpu", "capacity", "attempts", "gpu_hours", "compute_usd", "storage_usd", "usd",
                "on_demand_usd", "saving_usd", "idle_hours", "idle_usd", "preemptions", "lost_steps", "lost_hours",
-               "lost_usd", "steps", "usd_per_1k_steps", "billed_by", "checkpoint_interval", "recommended_interval_min")
+               "lost_usd", "steps", "usd_per_1k_steps", "billed_by", "checkpoint_interval", "recommended_interval_min",
+               "supervisor_hours", "supervisor_usd")
 
 
 def to_csv(rep: Report) -> str:
@@ -251,7 +263,8 @@ def to_csv(rep: Report) -> str:
         d["recommended_interval_min"] = round(c.interval.recommended_minutes, 2) if c.interval else ""
         w.writerow(["" if d.get(k) is None else d.get(k) for k in CSV_COLUMNS])
     t = rep.total()
-    w.writerow(["total", "", "", "", "", *["" if t.get(k) is None else t.get(k) for k in CSV_COLUMNS[5:20]], "", "", ""])
+    w.writerow(["total", "", "", "", "", *["" if t.get(k) is None else t.get(k) for k in CSV_COLUMNS[5:20]], "", "", "",
+                *[t[k] for k in CSV_COLUMNS[23:]]])
     return out.getvalue()
 
 

@@ -80,14 +80,18 @@ def ensure_up(on: str, storage_root: str, image: str | None, environ: Mapping[st
     if not image:
         raise PlaceError(f"no image for the supervisor: give --image, or set {ENV_IMAGE} (any image of this project: "
                          f"the jobs' own image will do)")
-    store = open_store(control_root(storage_root), dict(environ))
-    if control.supervisor_alive(control.read_supervisor(store), lease_seconds()):
-        record = control.read_supervisor(store) or {}
-        return Started(str(record.get("place") or "elsewhere"), fresh=False)
     env = credentials(environ, secret_names)
     if on == "docker":
         return _docker_up(storage_root, image, env, settings(environ))
     return _runpod_up(storage_root, image, env, settings(environ))
+
+
+def _running_elsewhere(storage_root: str) -> Started | None:
+    """A supervisor of the root that is alive somewhere else than where this one would start (its record)."""
+    record = control.read_supervisor(open_store(control_root(storage_root)))
+    if control.supervisor_alive(record, lease_seconds()):
+        return Started(str((record or {}).get("place") or "elsewhere"), fresh=False)
+    return None
 
 
 def down(on: str, storage_root: str) -> str:
@@ -122,7 +126,8 @@ def _docker_up(storage_root: str, image: str, secrets: dict[str, str], tuning: d
             return Started(where, fresh=False)
         old.remove(force=True)  # ended: its credentials were in its memory only, so a new one is made
     except docker.errors.NotFound:
-        pass
+        if (elsewhere := _running_elsewhere(storage_root)) is not None:
+            return elsewhere
     command = [*SECRETS_LAUNCHER, "python", "-m", "runner", "supervisor", "run", "--storage", storage_root]
     try:
         container = client.containers.create(
@@ -164,10 +169,13 @@ def _runpod_up(storage_root: str, image: str, secrets: dict[str, str], tuning: d
     client = RunPodClient()
     name = supervisor_name(storage_root)
     try:
-        for pod in client.pods_named(name):
+        pods = client.pods_named(name)
+        for pod in pods:
             if pod.status in ALIVE:
                 return Started(f"RunPod pod {pod.id}", fresh=False)
             client.terminate(pod.id)  # stopped or failed: a new one gets the credentials again
+        if not pods and (elsewhere := _running_elsewhere(storage_root)) is not None:
+            return elsewhere
         body = {"name": name, "image": image, "cpu": dict(RUNPOD_CPU), "cloud": "SECURE", "disk": RUNPOD_DISK_GB,
                 "env": {**tuning, **secrets, ENV_PLACE: f"RunPod pod {name}"},
                 # CreatePodRequest.args: one string, given to the image's entrypoint (supervisor mode)

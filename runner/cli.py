@@ -9,6 +9,7 @@ import os
 import sys
 
 from runner import actions, show
+from runner.remote.commands import SupervisorCommands
 from runner.show import (  # noqa: F401  (EXIT_* are the command line's exit codes)
     EXIT_BAD_INPUT,
     EXIT_DETACHED,
@@ -31,10 +32,12 @@ class Commands:
     State lives in $RUNNER_HOME (default: $XDG_STATE_HOME/spot-runner).
     """
 
+    supervisor = SupervisorCommands
+
     def submit(self, job: str, gpu: str | None = None, backend: str | None = None, env: list[str] | None = None,
-               detach: bool = False, dry_run: bool = False, json: bool = False, smoke: bool = False,
-               smoke_first: bool = False, smoke_steps: int | None = None, smoke_seconds: float | None = None,
-               stage: str | None = None) -> None:
+               supervisor: str | None = None, detach: bool = False, dry_run: bool = False, json: bool = False,
+               smoke: bool = False, smoke_first: bool = False, smoke_steps: int | None = None,
+               smoke_seconds: float | None = None, stage: str | None = None) -> None:
         """Validate a job file, launch it and follow it until it ends (--detach: return at once).
 
         Args:
@@ -42,6 +45,7 @@ class Commands:
             gpu: GPU alias, RunPod GPU id, or a comma-separated failover list; overrides resources.gpu.
             backend: local, docker or runpod; overrides the job file's backend (default local).
             env: NAME=VALUE for a job variable declared under envs: (give it again for more).
+            supervisor: none, docker or runpod: who relaunches it while this machine is off; overrides the job file's.
             detach: launch, print the job id and return; `python -m runner watch` supervises it.
             dry_run: print the plan (backend, GPU, price, estimated time and cost) and launch nothing.
             json: print the job (or the plan) as JSON on stdout; progress goes to stderr.
@@ -56,8 +60,8 @@ class Commands:
         from runner.smoke import SmokeOptions
 
         smoke_options = SmokeOptions(smoke, smoke_first, smoke_steps, smoke_seconds, stage, dry_run, json)
-        return submit_flow.submit(job, gpu=gpu, backend=backend, env=env, detach=detach, dry_run=dry_run, json=json,
-                                  smoke=smoke_options)
+        return submit_flow.submit(job, gpu=gpu, backend=backend, env=env, supervisor=supervisor, detach=detach,
+                                  dry_run=dry_run, json=json, smoke=smoke_options)
 
     def status(self, job: str | None = None, json: bool = False) -> None:
         """Show one job in detail, or the active and recent jobs.
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"runner {_version()}")
         return
     if args[0] in cli_args.commands(commands) and any(a in ("-h", "--help") for a in args[1:]):
-        print(cli_args.command_help(commands, args[0]))
+        print(cli_args.help_for(commands, args))
         return
     # The whole line is checked before anything runs: fire would run the command with what it could
     # match and only then complain, so a misspelled --dryrun used to launch the job.
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             reconcile_pods()
     import fire  # after --help and the checks: its imports (asyncio) cost 70 ms
 
-    spec = cli_args.params(cli_args.commands(commands)[name])
+    spec = cli_args.params(cli_args.method(commands, name))
     fire.Fire(commands, command=cli_args.canonical(name, spec, options), name="runner")
 
 

@@ -24,7 +24,8 @@ def parse_variables(items: Iterable[Any] | None) -> dict[str, str]:
     return variables
 
 
-def load(job: str, gpu: Any = None, backend: str | None = None, env: Iterable[Any] | None = None) -> Any:
+def load(job: str, gpu: Any = None, backend: str | None = None, env: Iterable[Any] | None = None,
+         supervisor: str | None = None) -> Any:
     """The validated job file with the command line's overrides; an invalid one exits 2 with every problem."""
     from runner.spec import load_job
     from trainer.jobfile import JobFileError
@@ -32,17 +33,18 @@ def load(job: str, gpu: Any = None, backend: str | None = None, env: Iterable[An
     if isinstance(gpu, (tuple, list)):  # fire turns "a,b" into a tuple
         gpu = ",".join(map(str, gpu))
     try:
-        return load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=parse_variables(env))
+        return load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=parse_variables(env),
+                        supervisor=supervisor)
     except JobFileError as e:
         fail(f"{e}\nNothing was launched; fix the file and submit again.")
 
 
 def submit(job: str, *, gpu: Any = None, backend: str | None = None, env: Iterable[Any] | None = None,
-           detach: bool = False, dry_run: bool = False, json: bool = False, smoke: Any = None) -> None:
+           supervisor: str | None = None, detach: bool = False, dry_run: bool = False, json: bool = False, smoke: Any = None) -> None:
     """Validate, then plan (``dry_run``), or record and launch: followed here until the job ends, or
     with ``detach`` launched and left to ``runner watch``. ``smoke`` (:class:`runner.smoke.SmokeOptions`)
     runs the smoke run first when asked for: instead of launching, or as the gate before it."""
-    spec_job = load(job, gpu, backend, env)
+    spec_job = load(job, gpu, backend, env, supervisor)
     if smoke is not None:
         from runner.smoke import before_submit
 

@@ -236,7 +236,8 @@ class JobSupervisor:
             workdir=Path(self.job.workdir), env=env, gpus=self._gpus(), gpu_count=attempt.gpu_count,
             spot=bool(attempt.spot), max_bid_per_gpu=resources.max_bid_per_gpu,
             container_disk_gb=resources.container_disk_gb, volume_gb=resources.volume_gb,
-            image=self.spec.image, bid_margin_per_gpu=resources.bid_margin_per_gpu, price_per_hour=resources.price_per_hour,
+            image=self.spec.image, image_ref=self.job.image_ref, bid_margin_per_gpu=resources.bid_margin_per_gpu,
+            price_per_hour=resources.price_per_hour,
             report=lambda kind, message: self._event(kind, message, attempt.id),
         )
 

@@ -33,6 +33,8 @@ ENV_SNAPSHOT_SECONDS = "RUNNER_SUPERVISOR_SNAPSHOT_SECONDS"
 ENV_IMAGE = "RUNNER_SUPERVISOR_IMAGE"
 #: What an hour of the always-on machine costs, for a supervisor on Docker (a RunPod pod's own rate is used there).
 ENV_USD_PER_HOUR = "RUNNER_SUPERVISOR_USD_PER_HOUR"
+#: Where a supervisor runs, in words (set by whoever started it: "docker container …", "RunPod pod …").
+ENV_PLACE = "RUNNER_SUPERVISOR_PLACE"
 #: The RunPod account key, handed to a supervisor pod under this name: RunPod sets RUNPOD_API_KEY in every
 #: pod to a key that may act on that pod only.
 ENV_ACCOUNT_KEY = "RUNNER_RUNPOD_ACCOUNT_KEY"

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runner.remote import control_root
-from runner.remote.store import Store, StoreError, VersionConflict, open_store
+from runner.remote.store import Store, VersionConflict, open_store
 
 if TYPE_CHECKING:
-    from runner.state import JobRow, State
+    from runner.state import JobRow
 
 #: Columns of a job that belong to the machine holding the record (paths there, its own process lease).
 LOCAL_COLUMNS = ("job_file", "workdir", "supervisor_pid", "supervisor_ident")
@@ -149,28 +149,3 @@ def owner(store: Store) -> str:
         got = store.get(OWNER_KEY)
         assert got is not None
         return got[0].decode().strip()
-
-
-# --- the submitting machine's side ------------------------------------------------------------------------
-def hand_over(state: State, rows: list[JobRow], job_text: bytes) -> None:
-    """Put the jobs just recorded here (one, or a pipeline's stages) where their supervisor finds them."""
-    for row in rows:
-        store = store_for(row)
-        store.check_conditional()
-        store.put(job_file_key(row.id), job_text)
-        store.put(snapshot_key(row.id), encode_snapshot(state.job_bundle(row.id), "submit"), if_absent=True)
-
-
-def refresh(state: State, jobs: list[JobRow] | None = None) -> list[str]:
-    """Bring this machine's record of the jobs supervised elsewhere up to date with their snapshots
-    (default: every one not ended here yet). Returns what could not be read, for a note; never raises."""
-    problems = []
-    for job in jobs if jobs is not None else state.remote_jobs(active=True):
-        try:
-            snapshot = read_snapshot(store_for(job), job.id)
-        except (StoreError, ValueError, KeyError) as e:
-            problems.append(f"{job.id}: could not read its supervisor's snapshot: {e}")
-            continue
-        if snapshot is not None and snapshot.session != "submit":
-            state.load_bundle(snapshot.bundle, keep=LOCAL_COLUMNS)
-    return problems

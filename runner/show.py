@@ -542,34 +542,6 @@ def print_pipeline(state, stages: list, json: bool) -> None:
     return None
 
 
-def print_logs(state, row, follow_: bool, attempt: int | None) -> None:
-    """A job's output attempt by attempt; with ``follow_``, new output through relaunches until it ends."""
-    from runner.backends import BackendUnavailable, get_backend
-
-    try:
-        backend = get_backend(row.backend)
-    except BackendUnavailable as e:
-        fail(str(e))
-    shown: set[str] = set()
-    try:
-        while True:
-            for a in state.attempts(row.id):
-                if a.id in shown or a.handle is None or (attempt is not None and a.number != int(attempt)):
-                    continue
-                print(f"── attempt {a.number} ({a.id}) ──", flush=True)
-                live = follow_ and a.state != "ended"
-                for line in backend.logs(a.handle, follow=live, until=lambda: not state.job(row.id).active):
-                    print(line, flush=live)
-                shown.add(a.id)
-            if not follow_ or not state.job(row.id).active:
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        raise SystemExit(EXIT_DETACHED) from None
-    if not shown:
-        print(f"{row.id} has no output yet ({row.state}).", file=sys.stderr)
-
-
 def print_launched(state, row, json: bool, default: str, hint: bool) -> None:
     """A job just launched with --detach: its record, or a line and how to follow and supervise it."""
     row = state.job(row.id)

@@ -68,6 +68,7 @@ def state_path() -> str:
 
 def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = False, announce: str = "") -> None:
     """Supervise jobs in the foreground with a live view; exit 0 when every one ended done."""
+    from runner.background import wait_for_launchers
     from runner.describe import job_record
     from runner.supervisor import Supervisor
     from runner.view import FollowView, state_text
@@ -76,6 +77,7 @@ def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = Fals
     if announce:
         console.print(announce, highlight=False)
     try:
+        wait_for_launchers(state, job_ids, console)  # a --detach submit's launcher: never launch twice
         with FollowView(console) as view:
             results = Supervisor(state, view).run(job_ids, forever=forever)
     except KeyboardInterrupt:
@@ -120,6 +122,8 @@ def print_job(state, row, record: dict[str, Any]) -> None:
                 checkpoint_failed = [("checkpoint", f"[red]{escape(status.checkpoint_error)}[/]")]
     supervised = (f"runner process {row.supervisor_pid}" if row.supervised() else
                   "[yellow]nobody: run `python -m runner watch`[/]") if row.active else "-"
+    if row.active and row.launching_in_background():
+        supervised = f"runner process {row.launcher_pid}, launching it in the background ({escape(row.launcher_log or '')})"
     cost = record["cost"]
     budget = f" of ${record['budget_usd']:.2f} budget" if record.get("budget_usd") else ""
     console.print(kv_table([
@@ -542,17 +546,16 @@ def print_pipeline(state, stages: list, json: bool) -> None:
     return None
 
 
-def print_launched(state, row, json: bool, default: str, hint: bool) -> None:
-    """A job just launched with --detach: its record, or a line and how to follow and supervise it."""
+def print_detached(state, row, json: bool, what: str, pid: int, log) -> None:
+    """A job handed to a background launcher (``--detach``): its record, or a line and how to follow it."""
     row = state.job(row.id)
     if json:
         from runner.describe import job_record
 
         return print_json(job_record(state, row))
-    print(f"{row.id} {row.state}: {row.reason or default}")
-    if hint:
-        print(f"  follow it:  python -m runner logs {row.id} --follow\n"
-              f"  supervise:  python -m runner watch   (relaunches it after a preemption)")
+    print(f"{row.id} {what}; runner process {pid} builds, pushes and launches it in the background (its output: {log})")
+    print(f"  follow it:  python -m runner logs {row.id} --follow\n"
+          f"  status:     python -m runner status {row.id}")
     return None
 
 

@@ -99,8 +99,10 @@ class Commands:
             follow: keep printing new output, through relaunches, until the job ends.
             attempt: only this attempt number.
         """
+        from runner.job_logs import print_logs
+
         state = open_state()
-        return show.print_logs(state, find_job(state, job), follow, attempt)
+        return print_logs(state, find_job(state, job), follow, attempt)
 
     def cancel(self, job: str, json: bool = False) -> None:
         """Stop a job for good: its trainer writes an emergency checkpoint, then nothing of it runs.

@@ -58,9 +58,22 @@ def _check_image_contents(spec_job: Any) -> None:
 
 
 def _check_launchable(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
-    """The job's backend works here, its secrets are set in this shell, and what it reads is there."""
+    """The job fits its GPUs, its backend works here, its secrets are set in this shell, and what it
+    reads is there."""
     from runner.backends import BackendError, get_backend
+    from runner.memory import MemoryFitError, check_fit
 
+    try:
+        notes = check_fit(spec_job)
+    except MemoryFitError as e:
+        raise ActionError(str(e)) from None
+    if notes:
+        from rich.markup import escape
+
+        from runner.show import new_console
+
+        for note in notes:
+            new_console(stderr=True).print(f"[yellow]note:[/] {escape(note)}")
     try:
         get_backend(spec_job.backend).preflight(spec_job.spec.resources.gpu_count)
     except BackendError as e:

@@ -274,8 +274,7 @@ def check_fit(job: Any) -> list[str]:
                 problems.append(f"{where}: needs about {est.breakdown()}; {gpu.alias} has {gpu.vram_gb} GiB. "
                                 f"{advice(train, est, gpu.vram_gb * GIB)}")
     if problems:
-        raise MemoryFitError(f"{job.path}: the job does not fit in GPU memory:\n" + "\n".join(problems)
-                             + "\nNothing was launched.")
+        raise MemoryFitError(f"{job.path}: the job does not fit in GPU memory:\n" + "\n".join(problems))
     return notes
 
 

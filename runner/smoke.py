@@ -109,16 +109,18 @@ def smoke_job(job: Any, stages: list[str | None], steps: int, seconds: float, st
     it takes ``init_from`` (a stage whose smoke did not run here starts fresh; a URI is used as
     given). Stops at the first stage that fails. The report: ``job``, ``passed``, ``reason``, and
     per stage the trainer's result with ``stage``, ``projection`` and ``notes``."""
-    from runner.actions import check_inputs
+    from runner.datacheck import check_job_data
     from runner.secret_guard import forwarded
+    from runner.show import fail
 
     values, missing = forwarded(job.spec.secrets, os.environ)
     if missing:
-        from runner.show import fail
-
         fail(f"{job.path}: secrets: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} listed but not set "
              f"in this shell; the smoke run reads the job's data with them: export them and try again")
-    check_inputs(job)  # the data is there (the trainer reads the same locations)
+    # The data is there (the trainer reads the same locations); the backend and image checks are for a launch.
+    problems = [d.problem for d in check_job_data(job, (), os.environ, strict=False) if d.problem]
+    if problems:
+        fail("\n".join(problems) + "\nNothing was run.")
     t_start = time.perf_counter() - _process_age()  # the budget counts from when the command started
     weights: dict[str, str] = {}
     results: list[dict[str, Any]] = []

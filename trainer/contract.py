@@ -57,7 +57,9 @@ TRAINER_LOG = "logs/trainer.log"
 #: The weights a run started from (``train.init_from``): ``{name: {"uri", "sha256", "size", "step"}}``,
 #: written at its first start before any step.
 INIT_RECORD = "init.json"
-#: Sidecar written after each checkpoint: ``{"sha256": ..., "size": ..., "step": ...}``.
+#: Sidecar written after each checkpoint: ``{"sha256": ..., "xxh3_128": ..., "size": ..., "step": ...,
+#: "source": ...}`` (hex digests; readers check the fastest one present, see ``trainer.checksums``;
+#: older records have only ``sha256``).
 CHECKSUM_SUFFIX = ".sha256"
 #: Under torchrun, what a rank other than 0 failed with (JSON: rank, attempt, time, error). Only rank 0
 #: writes status.json; it reads these back so the failure it records names the rank that failed first.

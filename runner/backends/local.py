@@ -44,11 +44,15 @@ PASS_THROUGH = (
 )
 
 
-def local_rate_per_hour() -> float:
+def local_rate_per_hour(price_per_hour: float | None = None) -> float:
+    """What an hour of a machine of yours costs: the job's ``resources.price_per_hour``, else
+    ``RUNNER_LOCAL_USD_PER_HOUR``, else nothing."""
+    from runner.cost import own_machine_rate
+
     try:
-        return max(0.0, float(os.environ.get(ENV_LOCAL_RATE, "0") or 0))
-    except ValueError:
-        raise BackendError(f"{ENV_LOCAL_RATE}={os.environ[ENV_LOCAL_RATE]!r} is not a number of dollars per hour") from None
+        return own_machine_rate(price_per_hour)
+    except ValueError as e:
+        raise BackendError(str(e)) from None
 
 
 def nvidia_gpu_count() -> int | None:
@@ -112,7 +116,7 @@ class LocalBackend(Backend):
         return self.root / attempt_id
 
     def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
-        rate = local_rate_per_hour()
+        rate = local_rate_per_hour(request.price_per_hour)
         adir = self.attempt_dir(request.attempt_id)
         adir.mkdir(parents=True, exist_ok=True)
         # The attempt's lock is the key that makes launch idempotent: it is taken here, inherited by

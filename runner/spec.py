@@ -22,14 +22,14 @@ from runner.catalog import GpuType, load_catalog
 from runner.secret_guard import ENV_NAME, looks_like_secret_name, looks_like_secret_value, redact
 from trainer import jobvars
 from trainer.config import TrainConfig, parse_train, resolve_path
-from trainer.contract import ENV_ATTEMPT_ID
+from trainer.contract import ENV_ATTEMPT_ID, RUNNER_BILLING_ENV
 from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, validation_problems
 
 BACKENDS = ("local", "docker", "runpod")
 #: Backends whose trainer runs on another machine: it cannot write to a folder on this one.
 REMOTE_BACKENDS = ("runpod",)
 #: Environment variables the runner sets itself; a job may not set them.
-RESERVED_ENV = frozenset({ENV_ATTEMPT_ID})
+RESERVED_ENV = frozenset({ENV_ATTEMPT_ID, *RUNNER_BILLING_ENV})
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 

@@ -150,6 +150,7 @@ ENV_BILLED_USD = "RUNNER_BILLED_USD"
 ENV_BILLED_HOURS = "RUNNER_BILLED_HOURS"
 ENV_PREEMPTIONS = "RUNNER_PREEMPTIONS"
 ENV_USD_PER_HOUR = "RUNNER_USD_PER_HOUR"
+RUNNER_BILLING_ENV = (ENV_BILLED_USD, ENV_BILLED_HOURS, ENV_PREEMPTIONS, ENV_USD_PER_HOUR)
 #: RunPod: the API both halves talk to (the runner to schedule, a pod's trainer to stop its own pod),
 #: the pod's own id and key (set by RunPod in every pod).
 ENV_RUNPOD_BASE_URL = "RUNPOD_API_BASE_URL"

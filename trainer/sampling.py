@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,8 @@ import torch
 from trainer.config import Samples
 
 #: A piano-roll cell whose predicted velocity (as a fraction of 127) reaches this sounds. The music
-#: models predict each cell's expected velocity/127 (0 for silence), so a cell the model is unsure of
-#: comes out low; a quiet note (velocity 25) still passes.
+#: models predict each cell's expected velocity/127 (0 for silence), so a cell the model is sure of
+#: comes out near its velocity; a quiet note (velocity 25) still passes.
 NOTE_ON = 0.2
 #: MIDI ticks per frame: with ``frames_per_beat`` frames a beat the file has 120 x that ticks a quarter.
 TICKS_PER_FRAME = 120
@@ -81,11 +82,37 @@ def write_text_samples(folder: Path, rows: Sequence[tuple[str, str]]) -> list[Pa
     return [*written, folder / "samples.json"]
 
 
-def probabilities_to_roll(probs: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Predicted velocity/127 per cell [88, T] → a uint8 velocity roll: cells below :data:`NOTE_ON` are silent."""
+@dataclass(frozen=True)
+class RollStats:
+    """What the training windows sound like: the fraction of cells that sound, and their mean velocity."""
+
+    density: float
+    velocity: int
+
+
+def roll_statistics(windows: Sequence, count: int = 64) -> RollStats:
+    """:class:`RollStats` of up to ``count`` windows spread over ``windows`` (items ``(roll, label)``)."""
+    rolls = [np.asarray(windows[i][0]) for i in spread(len(windows), count)]
+    cells = sum(r.size for r in rolls)
+    sounding = np.concatenate([r[r > 0] for r in rolls]) if rolls else np.zeros(0)
+    return RollStats(len(sounding) / cells if cells else 0.0, int(round(float(sounding.mean()))) if len(sounding) else 64)
+
+
+def probabilities_to_roll(probs: torch.Tensor | np.ndarray, stats: RollStats) -> np.ndarray:
+    """Predicted velocity/127 per cell [88, T] → a uint8 velocity roll.
+
+    A cell sounds when its prediction reaches :data:`NOTE_ON` (at the velocity predicted), and so do
+    the likeliest cells up to the training data's density (at its mean velocity): a model still unsure
+    of where notes go predicts small values everywhere, and its best guesses are what it has to say."""
     p = probs.detach().float().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs, dtype=np.float32)
-    velocity = np.clip(np.rint(p * 127.0), 1, 127).astype(np.uint8)
-    return np.where(p >= NOTE_ON, velocity, 0).astype(np.uint8)
+    keep = int(round(stats.density * p.size))
+    ranked = np.zeros(p.shape, dtype=bool)
+    if keep > 0:
+        order = np.argsort(p, axis=None, kind="stable")[::-1][:keep]
+        ranked.flat[order] = p.flat[order] > 0
+    sure = p >= NOTE_ON
+    velocity = np.where(sure, np.rint(p * 127.0), stats.velocity)
+    return np.where(sure | ranked, np.clip(velocity, 1, 127), 0).astype(np.uint8)
 
 
 def write_midi(roll: np.ndarray, frames_per_beat: int, path: Path, low_pitch: int = 21) -> int:

@@ -42,7 +42,14 @@ from trainer.recipes.music import (
 )
 from trainer.recipes.style_encoder import StyleNet
 from trainer.recipes.tiny_gpt import Block
-from trainer.sampling import continue_ids, generator, probabilities_to_roll, spread, write_midi
+from trainer.sampling import (
+    continue_ids,
+    generator,
+    probabilities_to_roll,
+    roll_statistics,
+    spread,
+    write_midi,
+)
 
 log = logging.getLogger("trainer")
 
@@ -129,6 +136,7 @@ def build(cfg: TrainConfig, job_path: str | Path, init: dict[str, dict[str, torc
         """New windows (``sample-<n>.mid``), code by code, each in the style of a held-out window
         (``sample-<n>.style.mid``), rendered by the VQ-VAE's decoder."""
         windows = val_set or train_set
+        stats = roll_statistics(train_set)
         device = next(m.parameters()).device
         gen = generator(cfg.seed, device)
         written = []
@@ -138,7 +146,7 @@ def build(cfg: TrainConfig, job_path: str | Path, init: dict[str, dict[str, torc
             codes = continue_ids(lambda c, style=style: m.code_logits(style, c), torch.zeros(1, 0, dtype=torch.long,
                                  device=device), m.wpe.size(0), settings, gen)
             probs = torch.sigmoid(m.decoder(m.quantizer.lookup(codes))[0])
-            for name, notes in ((f"sample-{n}.mid", probabilities_to_roll(probs)), (f"sample-{n}.style.mid", roll.numpy())):
+            for name, notes in ((f"sample-{n}.mid", probabilities_to_roll(probs, stats)), (f"sample-{n}.style.mid", roll.numpy())):
                 write_midi(notes, cfg.data.midi.frames_per_beat, folder / name)
                 written.append(folder / name)
         return written

@@ -26,7 +26,7 @@ from trainer.recipes.music import (
     collate,
     load_windows,
 )
-from trainer.sampling import probabilities_to_roll, spread, write_midi
+from trainer.sampling import probabilities_to_roll, roll_statistics, spread, write_midi
 
 
 class VQVAEModel(nn.Module):
@@ -79,12 +79,13 @@ def build(cfg: TrainConfig, job_path: str | Path, init: dict[str, dict[str, torc
         """The reconstructions of held-out windows (``sample-<n>.mid``) beside the windows themselves
         (``sample-<n>.original.mid``): what the codes keep of the music, by ear."""
         windows = val_set or train_set
+        stats = roll_statistics(train_set)
         device = next(m.parameters()).device
         written = []
         for n, i in enumerate(spread(len(windows), settings.count), 1):
             roll, _ = windows[i]
             recon, _, _ = m(roll.float().div(127.0).unsqueeze(0).to(device))
-            for name, notes in ((f"sample-{n}.mid", probabilities_to_roll(torch.sigmoid(recon[0]))),
+            for name, notes in ((f"sample-{n}.mid", probabilities_to_roll(torch.sigmoid(recon[0]), stats)),
                                 (f"sample-{n}.original.mid", roll.numpy())):
                 write_midi(notes, cfg.data.midi.frames_per_beat, folder / name)
                 written.append(folder / name)

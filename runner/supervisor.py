@@ -227,7 +227,7 @@ class JobSupervisor:
 
     def _request(self, attempt: st.AttemptRow, log: LaunchLog | None = None) -> LaunchRequest:
         values, _missing = forwarded(self.spec.secrets, self.environ)
-        env = {**self.spec.env_text(), **values, **self._checkpoint_env(attempt)}
+        env = {**self.spec.env_text(), **values, **self._checkpoint_env(attempt), **self._billing_env(attempt)}
         if self.job.stage:
             env[contract.ENV_STAGE] = self.job.stage
             env[contract.ENV_INIT_FROM] = json.dumps(self.job.inputs)
@@ -335,6 +335,20 @@ class JobSupervisor:
             self._event("checkpoint_interval", f"every {minutes:.1f} min ({why})", attempt.id)
 
         return {contract.ENV_CHECKPOINT_EVERY_MINUTES: f"{self._auto_minutes[attempt.id]:.3f}"}
+
+    def _billing_env(self, attempt: st.AttemptRow) -> dict[str, str]:
+        """What the job cost before this attempt, for the trainer's report: billed dollars and machine
+        hours, preemptions survived, and this attempt's rate when the GPU is known before launch."""
+        now = time.time()
+        segments = self.state.segments(self.job.id)
+        env = {contract.ENV_BILLED_USD: f"{sum(s.total_cost(now) for s in segments):.6f}",
+               contract.ENV_BILLED_HOURS: f"{sum(s.hours(now) for s in segments):.6f}",
+               contract.ENV_PREEMPTIONS: str(self.state.job(self.job.id).preemptions)}
+        gpu = load_catalog().resolve(attempt.gpu) if attempt.gpu else None
+        if gpu is not None or self.job.backend == "local":
+            rate, _ = cost.rate(gpu, attempt.gpu_count, bool(attempt.spot), self.job.backend)
+            env[contract.ENV_USD_PER_HOUR] = f"{rate + self._storage_rate():.6f}"
+        return env
 
     def _storage_rate(self) -> float:
         resources = self.spec.resources

@@ -66,8 +66,9 @@ def run_smoke(job: str, out: str | Path, steps: int = 100, seconds: float = 60.0
         log.error("%s", e)
         return contract.EXIT_BAD_CONFIG
     try:
-        result = _smoke(cfg, job, out, max(1, steps), max(0.1, seconds), max(1, processes),
-                        time.perf_counter() if started is None else started)
+        with tempfile.TemporaryDirectory(prefix="smoke-data-") as data_dir:  # the slice lives while the smoke runs
+            result = _smoke(cfg, job, out, max(1, steps), max(0.1, seconds), max(1, processes),
+                            time.perf_counter() if started is None else started, Path(data_dir))
     except JobSetupError as e:
         log.error("the job cannot be set up: %s", e)
         return contract.EXIT_BAD_CONFIG
@@ -97,8 +98,18 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, processes: int,
-           started: float) -> contract.SmokeResult:
+           started: float, data_dir: Path) -> contract.SmokeResult:
+    from trainer.smoke_data import slice_data
+
     t_setup = time.perf_counter()
+    data_note, fraction = "no data section (the recipe makes its own)", 1.0
+    if cfg.data is not None:
+        try:
+            sliced = slice_data(cfg.data, job, data_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise JobSetupError(str(e)) from e
+        cfg = cfg.model_copy(update={"data": sliced.data})
+        data_note, fraction = sliced.description, sliced.fraction
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads or min(torch.get_num_threads(), 8))
     device = pick_device(cfg.device)
@@ -122,8 +133,12 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     trainable = [p for p in model.parameters() if p.requires_grad]
     n = len(recipe.train_set)
-    job_steps = cfg.max_steps or (math.ceil(cfg.epochs * ((n // processes) // job_batch) / cfg.grad_accum)
-                                  if n // processes >= job_batch else None)
+    n_whole = round(n / fraction)  # the examples of the whole data, for a length in epochs
+    job_steps = cfg.max_steps or (math.ceil(cfg.epochs * ((n_whole // processes) // job_batch) / cfg.grad_accum)
+                                  if n_whole // processes >= job_batch else None)
+    if cfg.max_steps is None and fraction < 1:
+        notes.append(f"the job's {cfg.epochs:g} epochs are counted over the whole data: about {n_whole:,} examples "
+                     f"from the {n:,} of the slice ({fraction:.1%} of its bytes)")
     steps = min(steps, job_steps) if job_steps else steps
     stopped_by = "job_length" if job_steps is not None and steps == job_steps else "steps"
     warmup = cfg.schedule.warmup_steps
@@ -232,7 +247,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
         cuda_peak_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         seconds_per_step=statistics.median(times[1:] or times) if times else None,
         first_step_seconds=times[0] if times else None, setup_seconds=round(setup_s, 3), optimizer=optimizer_name,
-        warmup_steps=warmup, data=f"{n:,} training examples", notes=notes)
+        warmup_steps=warmup, data=f"{data_note}; {n:,} training examples", notes=notes)
     if grad_norms:
         result.max_grad_norm, result.max_grad_norm_step = max(grad_norms)
     if spikes and stopped_by != "grad_norm":

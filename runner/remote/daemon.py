@@ -166,9 +166,11 @@ class RemoteCustody(Custody):
     def _drop(self, job_id: str) -> None:
         """Custody lost: forget the job without writing anything more of it."""
         self.lost.add(job_id)
-        self.taken.discard(job_id)
-        self.state.release(job_id, self.pid, self.ident)
-        self._share()
+        self.leases.forget(job_id)
+        if job_id in self.taken:
+            self.taken.discard(job_id)
+            self.state.release(job_id, self.pid, self.ident)
+            self._share()
 
     def round(self, held: Mapping[str, JobSupervisor]) -> bool:
         self.beat = time.monotonic()
@@ -239,6 +241,7 @@ class RemoteCustody(Custody):
                                      if_version=self.versions.get(job_id))
         except VersionConflict:
             self.log(f"{job_id}: another supervisor wrote its record; this one stops acting on it")
+            self._drop(job_id)
             raise CustodyLost(job_id) from None
         except StoreError as e:
             if force:
@@ -272,7 +275,7 @@ class RemoteCustody(Custody):
             if snapshot is None:
                 continue
             if not self._known(job_id):
-                self.log(f"{job_id}: handed over ({snapshot.job_state})")
+                self.log(f"{job_id}: found ({snapshot.job_state})")
             self._import(snapshot)
             if snapshot.job_state not in st.ACTIVE_STATES:
                 self.ended.add(job_id)

@@ -412,6 +412,8 @@ def serve(storage_root: str, environ: Mapping[str, str] | None = None) -> int:
     assert state is not None
     session = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
     place = env.get(ENV_PLACE) or f"host {socket.gethostname()}"
+    if env.get("RUNPOD_POD_ID"):  # RunPod tells a pod its id; the one who created it knew only its name
+        place = f"RunPod pod {env['RUNPOD_POD_ID']}"
     leases = Leases(store, session, place, lease_seconds())
     custody = RemoteCustody(state, store, leases, session=session, place=place, rate_per_hour=_own_rate(env),
                             environ=env)

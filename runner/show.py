@@ -293,6 +293,9 @@ def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
             ("capacity", plan["capacity"]), ("price", price), ("steps", steps),
             ("est. time", f"{duration(est.hours * 3600) if est.hours is not None else 'unknown'} of training [dim]({escape(est.basis)})[/]"),
             *plan_overhead_rows(est, escape, duration),
+            *([("supervisor", f"on {job.spec.supervisor}: ${est.supervisor_rate_per_hour:.3f}/h for as long as the job "
+                              f"runs, in the expected cost [dim]({escape(est.supervisor_basis)})[/]")]
+              if job.spec.supervisor != "none" else []),
             ("est. cost", cost), ("budget", budget), ("run URI", escape(plan["run_uri"])), ("secrets", secrets),
             ("retry", retry_text)]
     rows += [(f"data ({d.field.removeprefix('train.data.')})",

@@ -92,7 +92,10 @@ def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = Fals
         for r in rows:
             console.print(f"{r.id} {state_text(r.state)}: {r.reason}", highlight=False)
         if not rows:
-            console.print("No active jobs to supervise.")
+            elsewhere_now = state.remote_jobs(active=True)
+            console.print("No active jobs to supervise." + (
+                f" {len(elsewhere_now)} are supervised elsewhere (`python -m runner status` shows them)."
+                if elsewhere_now else ""))
     if any(r.state != "done" for r in rows):
         raise SystemExit(EXIT_JOB_NOT_DONE)
 
@@ -499,7 +502,7 @@ def print_jobs(state, jobs: list | None, json: bool, overview: bool = False) -> 
     total = sum(counts.values())
     console.print(f"[dim]{total} jobs in total: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                   + ". `python -m runner list` shows them all.[/]")
-    if any(not j.supervised() for j in active):
+    if any(not j.supervised() and not j.remote for j in active):
         console.print("[yellow]* unsupervised: no runner process watches it; `python -m runner watch` relaunches it "
                       "after a preemption.[/]")
     return None

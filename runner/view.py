@@ -113,7 +113,8 @@ def jobs_table(state: st.State, jobs: list[st.JobRow], title: str | None = None,
     rows, reasons = [], []
     for job in jobs:
         gpu = ",".join(job.wanted_gpus()) or "-"
-        state_cell = job.state + ("*" if job.active and not job.supervised() else "")  # * unsupervised
+        # * unsupervised (a job supervised elsewhere is its supervisor's: `status JOB` says how it is)
+        state_cell = job.state + ("*" if job.active and not job.remote and not job.supervised() else "")
         rows.append((job.id, state_cell, job.backend, gpu, f"{job.step}/{job.max_steps}" if job.max_steps else "-",
                      str(counts.get(job.id, 0)), ago(job.created, now)))
         reasons.append(job.reason)

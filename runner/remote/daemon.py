@@ -399,6 +399,10 @@ def _terminate_own_pod(environ: Mapping[str, str]) -> None:
 def serve(storage_root: str, environ: Mapping[str, str] | None = None) -> int:
     """Supervise the jobs handed over under ``storage_root`` until none is left. The exit code."""
     env = dict(os.environ if environ is None else environ)
+    # A state of its own, whatever machine it runs on: it must never take the jobs, or the pod owner id,
+    # of a runner that shares the machine (its SQLite file is only a cache of the snapshots anyway).
+    home = paths.state_dir() / "supervisor" / hashlib.sha256(storage_root.rstrip("/").encode()).hexdigest()[:12]
+    os.environ[paths.ENV_HOME] = env[paths.ENV_HOME] = str(home)
     if env.get(ENV_ACCOUNT_KEY):  # in a pod RUNPOD_API_KEY is RunPod's pod-scoped key: use the account's
         os.environ["RUNPOD_API_KEY"] = env["RUNPOD_API_KEY"] = env[ENV_ACCOUNT_KEY]
     store = open_store(control_root(storage_root), env)

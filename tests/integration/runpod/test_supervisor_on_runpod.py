@@ -23,10 +23,10 @@ SUPERVISOR_ENV = {"RUNNER_SUPERVISOR_LEASE_SECONDS": "4", "RUNNER_SUPERVISOR_CON
 def test_a_runpod_cpu_pod_supervises_the_job_and_ends_itself(runner, emulator, s3_bucket, runpod_project):
     runner.env.update(SUPERVISOR_ENV)
     write_job(runpod_project, s3_bucket, {"supervisor": "runpod", "backend": "runpod", "resources": {"gpu": "rtx3090"}})
-    submitted = runner.run("submit", "jobs/quickstart.yaml", "--detach", timeout=180)
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    [job_id] = runner.job_ids()
-    [supervisor] = [p for p in emulator.pods.values() if p.cpu]
+    # Without --detach, submit follows the job from its snapshots until it ends.
+    submit = runner.start("submit", "jobs/quickstart.yaml")
+    [job_id] = wait_for(runner.job_ids, timeout=120, what="the job row")
+    [supervisor] = emulator.wait_until(lambda: [p for p in emulator.pods.values() if p.cpu], 120, "the supervisor pod")
     assert supervisor.gpu_id is None and supervisor.cpu["id"] == "cpu3c" and supervisor.args.startswith("supervisor run")
     # The account key reaches it under a name of its own (RunPod's RUNPOD_API_KEY in a pod is pod-scoped).
     assert supervisor.env["RUNNER_RUNPOD_ACCOUNT_KEY"] == emulator.api_key
@@ -42,7 +42,10 @@ def test_a_runpod_cpu_pod_supervises_the_job_and_ends_itself(runner, emulator, s
     wait_for(lambda: (s := bucket.status(run_uri)) is not None and s.attempt == f"{job_id}-1" and s.step >= 15,
              timeout=240, what="attempt 1 to train")
     emulator.preempt(gpu_pod(1).id)
-    emulator.wait_until(lambda: supervisor.status == "TERMINATED", 300, "the supervisor pod to end itself")
+    assert submit.wait(timeout=300) == 0, submit.log_path.read_text()[-3000:]
+    followed = submit.log_path.read_text()
+    assert "preempted" in followed and "relaunched" in followed and f"{job_id} done" in followed, followed[-3000:]
+    emulator.wait_until(lambda: supervisor.status == "TERMINATED", 120, "the supervisor pod to end itself")
 
     record = runner.record(job_id)
     assert record["state"] == "done", record

@@ -21,57 +21,18 @@ def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
     return forwarded(names, environ)[1]
 
 
-def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ, extra: Sequence[tuple[str, str]] = ()) -> list[Any]:
-    """Every location the job reads (its data, and ``extra`` ``(field, URI)`` pairs such as a stage's
-    ``init_from``) exists and is readable with the trainer's credentials: checked here, before an
-    image is built or pushed or a pod is started. What each holds (``runner.datacheck.DataLocation``)."""
-    from runner.backends import BackendError
-    from runner.datacheck import DataCheckError, check_job_data
+def _preflight(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
+    """Everything the job needs here (:mod:`runner.preflight`), or a refusal listing every problem at once."""
+    from runner import preflight
 
-    try:
-        found = check_job_data(spec_job, extra, environ)
-    except DataCheckError as e:
-        raise ActionError(f"{e}\nNothing was built or launched; fix the location (or upload the data) and submit again.") from None
-    try:
-        _check_image_contents(spec_job)
-    except BackendError as e:
-        raise ActionError(f"{e}\nNothing was built or launched.") from None
-    return found
-
-
-def _check_image_contents(spec_job: Any) -> None:
-    """A job whose image is built from its project must find every local file it reads in that image:
-    the .dockerignore is applied now (no engine needed), not after a build and a push."""
-    if spec_job.backend not in ("docker", "runpod"):
-        return
-    from runner.backends.docker_image import check_contents, context_files, find_context
-
-    settings = spec_job.spec.image
-    if settings.name:  # a prebuilt image: what is in it is its maker's business
-        return
-    context, dockerfile = find_context(spec_job.path, settings)
-    check_contents(spec_job.path, context, context_files(context, dockerfile))
-
-
-def _check_launchable(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
-    """The job's backend works here, its secrets are set in this shell, and what it reads is there."""
-    from runner.backends import BackendError, get_backend
-
-    try:
-        get_backend(spec_job.backend).preflight(spec_job.spec.resources.gpu_count)
-    except BackendError as e:
-        raise ActionError(f"{e}\nNothing was launched.") from None
-    missing = _missing_secrets(spec_job.spec.secrets, environ)
-    if missing:
-        raise ActionError(f"{spec_job.path}: secrets: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} listed "
-                          f"but not set in this shell; export {'it' if len(missing) == 1 else 'them'} and submit again. "
-                          f"Nothing was launched.")
-    check_inputs(spec_job, environ, extra)
+    problems = preflight.check(spec_job, environ, extra).problems
+    if problems:
+        raise ActionError(preflight.refusal(problems))
 
 
 def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:
-    """Check that the job can be launched here (its backend, its secrets), then record it: (state, job row)."""
-    _check_launchable(spec_job, environ)
+    """Check everything the job needs here (:mod:`runner.preflight`), then record it: (state, job row)."""
+    _preflight(spec_job, environ)
     import secrets as token
 
     from runner import paths
@@ -111,7 +72,7 @@ def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> t
 
     given = [(f"stages.{stage}.init_from", _checkpoint_file(ref)) for stage, section in spec_job.spec.stages.items()
              for ref in section.inputs().values() if ref not in spec_job.spec.stages]  # earlier stages' come later
-    _check_launchable(spec_job, environ, given)
+    _preflight(spec_job, environ, given)
     import secrets as token
 
     from runner import paths

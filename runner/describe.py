@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from runner import state as st
-from runner.cost import job_cost
+from runner.cost import job_cost, spot_applies
 
 
 def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: float | None = None) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         "run_uri": job.run_uri,
         "job_file": job.job_file,
         "gpu": job.wanted_gpus(),
-        "spot": job.spec.resources.spot and job.backend != "local",
+        "spot": spot_applies(job.backend, job.spec.resources.spot),
         "step": job.step,
         "max_steps": job.max_steps,
         "preemptions": job.preemptions,

@@ -19,6 +19,18 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise SystemExit(code)
 
 
+def act(do, errors: type[Exception] = ValueError):
+    """Run an action; its refusal (:class:`runner.actions.ActionError`, or ``errors``) becomes an exit with its message."""
+    from runner.actions import ActionError
+
+    try:
+        return do()
+    except ActionError as e:
+        fail(str(e), e.code)
+    except errors as e:
+        fail(str(e))
+
+
 def print_json(data: Any) -> None:
     import json
 
@@ -135,7 +147,7 @@ def print_job(state, row, record: dict[str, Any]) -> None:
         ("job", escape(row.id)), ("state", f"{state_text(row.state)} {escape(row.reason)}"),
         ("backend", row.backend), ("run URI", escape(row.run_uri)), ("job file", escape(row.job_file)),
         ("progress", progress), *checkpoint_failed, ("preemptions", str(row.preemptions)), ("failures", str(row.failures)),
-        ("cost", f"${cost['usd']:.2f}{budget} ({cost['gpu_hours']:.3f} GPU hours"
+        ("cost", f"${cost['usd']:.2f}{budget} ({cost['gpu_hours']:.3f} {cost['unit']} hours"
                  + (f", supervisor ${cost['supervisor_usd']:.4f}" if cost.get("supervisor_hours") else "") + ")"),
         ("supervised by", supervised),
     ]))
@@ -217,7 +229,7 @@ def _print_pipeline_plan(job, json: bool) -> None:
 def _plan(job, stage: str | None = None) -> tuple[dict, Any, list]:
     from runner import paths
     from runner.backends import AVAILABLE
-    from runner.cost import estimate
+    from runner.cost import estimate, spot_applies
     from runner.datacheck import check_job_data
     from runner.secret_guard import forwarded
 
@@ -228,13 +240,14 @@ def _plan(job, stage: str | None = None) -> tuple[dict, Any, list]:
     est = estimate(job, state)
     _values, missing = forwarded(job.spec.secrets, os.environ)
     gpu = job.gpus[0] if job.gpus else None
-    spot = job.spec.resources.spot and job.backend != "local"
+    spot = spot_applies(job.backend, job.spec.resources.spot)
     root = job.storage_root or str(paths.default_runs_dir())
     plan = {
         "name": job.name, "job_file": str(job.path), "backend": job.backend, "backend_available": job.backend in AVAILABLE,
         "gpu": [g.alias for g in job.gpus], "gpu_id": gpu.id if gpu else None, "gpu_count": job.spec.resources.gpu_count,
-        "capacity": ("spot" if spot else "on-demand") if job.backend != "local" else "this machine",
+        "capacity": _capacity(job.backend, spot),
         "rate_per_hour": round(est.rate_per_hour, 4), "on_demand_rate_per_hour": round(est.on_demand_rate_per_hour, 4),
+        "price_basis": _price_basis(job, spot),
         "steps": est.steps, "seconds_per_step": est.seconds_per_step, "estimate_basis": est.basis,
         "estimated_hours": est.hours, "estimated_usd": est.usd, **plan_extras(est),
         "budget_usd": job.spec.budget.max_usd if job.spec.budget else None,
@@ -250,6 +263,27 @@ def _plan(job, stage: str | None = None) -> tuple[dict, Any, list]:
     if est.expected_usd is not None:
         plan["expected_usd"] = est.expected_usd
     return plan, est, data
+
+
+def _capacity(backend: str, spot: bool) -> str:
+    if backend == "local":
+        return "this machine"
+    if backend == "docker":
+        from runner.backends.docker_client import describe
+
+        return describe().removeprefix("the ")  # "Docker engine on this machine", or the remote one's address
+    return "spot" if spot else "on-demand"
+
+
+def _price_basis(job, spot: bool) -> str:
+    """Where the plan's price comes from: the provider's catalog, or what the job says a machine of yours costs."""
+    from runner.cost import own_machine
+
+    if not own_machine(job.backend):
+        return f"catalog {'spot' if spot else 'on-demand'}"
+    if job.spec.resources.price_per_hour is not None:
+        return "resources.price_per_hour"
+    return "RUNNER_LOCAL_USD_PER_HOUR" if float(os.environ.get("RUNNER_LOCAL_USD_PER_HOUR") or 0) else "free"
 
 
 def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
@@ -269,10 +303,12 @@ def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
     else:
         gpu_text = "none asked for" + (" (this machine's own devices)" if job.backend == "local" else "")
     price = f"${est.rate_per_hour:.2f}/h"
-    if job.backend != "local" and spot and est.on_demand_rate_per_hour > est.rate_per_hour:
+    if spot and est.on_demand_rate_per_hour > est.rate_per_hour:
         price += f" spot (on-demand ${est.on_demand_rate_per_hour:.2f}/h)"
-    elif job.backend == "local":
-        price += " (this machine; RUNNER_LOCAL_USD_PER_HOUR sets what it costs you)"
+    elif plan["price_basis"] == "free":
+        price += " (your own machine: free; resources.price_per_hour sets what an hour of it costs you)"
+    elif plan["price_basis"] in ("resources.price_per_hour", "RUNNER_LOCAL_USD_PER_HOUR"):
+        price += f" (your own machine, at {plan['price_basis']})"
     steps = f"{est.steps:,}" if est.steps else "unknown (the job gives epochs; known after its first run)"
     cost = "unknown" if est.usd is None else f"${est.usd:.2f}"
     if est.expectation is not None and est.expected_usd is not None:
@@ -359,7 +395,7 @@ def print_cost_report(rep) -> None:
         table = Table(box=None, header_style="bold", show_footer=True, title=f"What jobs cost{since}", title_justify="left")
         columns = [("job", "total", lambda c: escape(c.job_id)),
                    ("GPU", "", lambda c: "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"),
-                   ("GPU h", f"{total['gpu_hours']:.2f}", lambda c: f"{c.gpu_hours:.2f}"),
+                   (hours_header(total["unit"]), f"{total['gpu_hours']:.2f}", lambda c: f"{c.gpu_hours:.2f}"),
                    ("billed", money(total["usd"]), lambda c: money(c.usd) + ("" if c.billed_by == "provider" else "*")),
                    ("on-demand", money(total["on_demand_usd"]), lambda c: money(c.on_demand_usd)),
                    ("saved", money(total["saving_usd"]), lambda c: money(c.saving_usd)),
@@ -379,7 +415,7 @@ def print_cost_report(rep) -> None:
             table.add_row(*row)
         console.print(table)
         if not wide:
-            console.print("[dim]GPU hours, on-demand price, idle time, $ per 1,000 steps and the checkpoint interval: "
+            console.print("[dim]Hours, on-demand price, idle time, $ per 1,000 steps and the checkpoint interval: "
                           "on a wider terminal, with `--json` or `--csv`, or per job (`cost JOB`).[/]")
     if any(c.billed_by != "provider" for c in rep.jobs):
         console.print("[dim]* the runner's own observation of each attempt at the rate at launch (no provider billing "
@@ -390,6 +426,11 @@ def print_cost_report(rep) -> None:
         console.print(f"Spot {verdict} [bold]{money(abs(total['saving_usd']))}[/] ({abs(share):.0%}) against the same "
                       f"hours on-demand; {total['preemptions']} preemption(s) threw away {total['lost_steps']:,} steps "
                       f"({total['lost_hours']:.2f} h, {money(total['lost_usd'])}) that were trained again.")
+
+
+def hours_header(unit: str) -> str:
+    """The billed-hours column of jobs whose hours are of ``unit`` ("GPU", "machine", or both)."""
+    return f"{unit} h" if " " not in unit else "hours"
 
 
 def money(x: float | None) -> str:
@@ -411,7 +452,7 @@ def print_cost_card(console, c, since: str) -> None:
              c.saving_usd > 0.005 else f"difference {money(c.saving_usd)}")
     estimated = "" if c.billed_by == "provider" else "[dim]*[/]"  # the runner's own observation
     rows = [
-        ("billed", f"[bold]{money(c.usd)}[/]{estimated} for {c.gpu_hours:.2f} GPU hours (compute "
+        ("billed", f"[bold]{money(c.usd)}[/]{estimated} for {c.gpu_hours:.2f} {c.unit} hours (compute "
                    f"{money(c.compute_usd)}, disks {money(c.storage_usd)}"
                    + (f", supervisor {money(c.supervisor_usd)}" if c.supervisor_hours else "") + ")"),
         ("on-demand", f"{money(c.on_demand_usd)} for the same hours: {saved}"),
@@ -526,7 +567,7 @@ def print_pipeline(state, stages: list, json: bool) -> None:
     console = new_console()
     console.print(jobs_table(state, stages, f"Pipeline {stages[0].pipeline}: {overall}", console.width))
     console.print(f"{len(stages)} stages ({', '.join(f'{r.stage} {r.state}' for r in stages)}); "
-                  f"{total['gpu_hours']:.2f} GPU h, {money(total['usd'])} billed, {total['preemptions']} preemption(s). "
+                  f"{total['gpu_hours']:.2f} {total['unit']} h, {money(total['usd'])} billed, {total['preemptions']} preemption(s). "
                   f"`python -m runner cost {stages[0].pipeline}` breaks it down.", highlight=False)
     return None
 

@@ -27,7 +27,8 @@ from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, validation_pro
 
 BACKENDS = ("local", "docker", "runpod")
 SUPERVISORS = ("none", "docker", "runpod")
-#: Backends whose trainer runs on another machine: it cannot write to a folder on this one.
+#: Backends whose trainer runs on another machine: it cannot write to a folder on this one. A provider
+#: bills those machines; the others run on machines of yours (see ``runner.cost.own_machine``).
 REMOTE_BACKENDS = ("runpod",)
 #: Environment variables the runner sets itself; a job may not set them.
 RESERVED_ENV = frozenset({ENV_ATTEMPT_ID})
@@ -73,6 +74,9 @@ class Resources(_Section):
     container_disk_gb: int = Field(50, ge=1)
     #: A volume disk kept across stops (mounted at /workspace); 0 for none.
     volume_gb: Annotated[int, AfterValidator(_volume_size)] = Field(0, ge=0)
+    #: What an hour of the machine costs you, USD, for the backends that run on your own machines
+    #: (local, docker): free unless set. RunPod jobs pay RunPod's prices (its live ones, or the catalog's).
+    price_per_hour: float | None = Field(None, ge=0)
 
 
 class Budget(_Section):
@@ -263,6 +267,10 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
         storage_root, more = _check_storage(spec, doc, path)
         problems += more
         problems += _check_env(spec, doc)
+        if spec.backend in REMOTE_BACKENDS and spec.resources.price_per_hour is not None:
+            problems.append(f"{doc.where(('resources', 'price_per_hour'))}: resources.price_per_hour: the {spec.backend} "
+                            f"backend pays {spec.backend}'s own prices (`python -m runner gpus`); remove it (it sets what "
+                            f"an hour of your own machine costs, for the local and docker backends)")
         if spec.backend == "local":
             for prefix, section in train_sections(raw):
                 problems += _check_local_data(section, doc, path, prefix)

@@ -168,7 +168,7 @@ class JobSupervisor:
         gpus = self._gpus()
         attempt = self.state.add_attempt(
             self.job.id, backend=self.job.backend, gpu=gpus[0].alias if gpus else None,
-            gpu_count=self.spec.resources.gpu_count, spot=spot and self.job.backend != "local",
+            gpu_count=self.spec.resources.gpu_count, spot=cost.spot_applies(self.job.backend, spot),
             start_step=self.job.step,
         )
         self._launch(attempt, checked=True)
@@ -237,6 +237,7 @@ class JobSupervisor:
             spot=bool(attempt.spot), max_bid_per_gpu=resources.max_bid_per_gpu,
             container_disk_gb=resources.container_disk_gb, volume_gb=resources.volume_gb,
             image=self.spec.image, image_ref=self.job.image_ref, bid_margin_per_gpu=resources.bid_margin_per_gpu,
+            price_per_hour=resources.price_per_hour,
             report=lambda kind, message: self._event(kind, message, attempt.id),
         )
 
@@ -258,7 +259,7 @@ class JobSupervisor:
                                    on_demand_rate_per_hour=(catalog_gpu.on_demand * attempt.gpu_count if catalog_gpu
                                                             else launched.on_demand_rate_per_hour),
                                    adopted=launched.adopted, storage_rate_per_hour=self._storage_rate(),
-                                   rate_source="local" if self.job.backend == "local" else "catalog",
+                                   rate_source="local" if cost.own_machine(self.job.backend) else "catalog",
                                    checkpoint_every_minutes=self._auto_minutes.get(attempt.id))
         self.launched = True
 

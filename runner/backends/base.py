@@ -70,6 +70,8 @@ class LaunchRequest:
     image_ref: tuple[str, str] | None = None
     #: Added to the live minimum spot bid (USD per GPU-hour), never above ``max_bid_per_gpu``.
     bid_margin_per_gpu: float = 0.0
+    #: What an hour of the machine costs, for the backends that run on machines of yours (None: the default).
+    price_per_hour: float | None = None
     #: Where a backend tells what it did along the way (kind, message): the job's events.
     report: Callable[[str, str], None] | None = field(default=None, repr=False, compare=False)
 

@@ -19,8 +19,8 @@ engine or on a remote one (``DOCKER_HOST=ssh://user@gpu-host``).
 - A run URI that is a folder of this machine is mounted into the container at the same path, and
   the trainer runs as your user so the files stay yours; a remote engine needs ``s3://`` storage.
 
-Ended containers are kept, so ``python -m runner logs`` can show every attempt; remove them with
-``docker container prune --filter label=org.spot-runner.job``."""
+Ended containers are kept, so ``python -m runner logs`` can show every attempt; ``runner prune``
+removes those of ended jobs (:mod:`runner.prune`)."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class DockerBackend(Backend):
     def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
         import docker.errors
 
-        rate = local_rate_per_hour()
+        rate = local_rate_per_hour(request.price_per_hour)
         name = container_name(request.attempt_id)
         found = self._find(name)
         if found is not None:

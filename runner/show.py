@@ -106,7 +106,10 @@ def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = Fals
         for r in rows:
             console.print(f"{r.id} {state_text(r.state)}: {r.reason}", highlight=False)
         if not rows:
-            console.print("No active jobs to supervise.")
+            elsewhere_now = state.remote_jobs(active=True)
+            console.print("No active jobs to supervise." + (
+                f" {len(elsewhere_now)} are supervised elsewhere (`python -m runner status` shows them)."
+                if elsewhere_now else ""))
     if any(r.state != "done" for r in rows):
         raise SystemExit(EXIT_JOB_NOT_DONE)
 
@@ -329,6 +332,9 @@ def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
             ("capacity", plan["capacity"]), ("price", price), ("steps", steps),
             ("est. time", f"{duration(est.hours * 3600) if est.hours is not None else 'unknown'} of training [dim]({escape(est.basis)})[/]"),
             *plan_overhead_rows(est, escape, duration),
+            *([("supervisor", f"on {job.spec.supervisor}: ${est.supervisor_rate_per_hour:.3f}/h for as long as the job "
+                              f"runs, in the expected cost [dim]({escape(est.supervisor_basis)})[/]")]
+              if job.spec.supervisor != "none" else []),
             ("est. cost", cost), ("budget", budget), ("run URI", escape(plan["run_uri"])), ("secrets", secrets),
             ("retry", retry_text)]
     rows += [(f"data ({d.field.removeprefix('train.data.')})",
@@ -529,7 +535,7 @@ def print_jobs(state, jobs: list | None, json: bool, overview: bool = False) -> 
     total = sum(counts.values())
     console.print(f"[dim]{total} jobs in total: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                   + ". `python -m runner list` shows them all.[/]")
-    if any(not j.supervised() for j in active):
+    if any(not j.supervised() and not j.remote for j in active):
         console.print("[yellow]* unsupervised: no runner process watches it; `python -m runner watch` relaunches it "
                       "after a preemption.[/]")
     return None

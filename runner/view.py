@@ -113,15 +113,14 @@ def jobs_table(state: st.State, jobs: list[st.JobRow], title: str | None = None,
     rows = []
     for job in jobs:
         gpu = ",".join(job.wanted_gpus()) or "-"
-        state_cell = job.state + ("*" if job.active and not job.supervised() else "")  # * unsupervised
+        # * unsupervised (a job supervised elsewhere is its supervisor's: `status JOB` says how it is)
+        state_cell = job.state + ("*" if job.active and not job.remote and not job.supervised() else "")
         rows.append([job.id, (state_cell, _STATE_STYLE.get(job.state, "white")), job.backend, gpu,
                      f"{job.step}/{job.max_steps}" if job.max_steps else "-", str(counts.get(job.id, 0)),
                      ago(job.created, now), job.reason])
     if not any(job.reason for job in jobs):
         headers, rows = headers[:-1], [r[:-1] for r in rows]
     return fit_table(headers, rows, width, title=title, wrap={"reason"})
-
-
 
 
 def _text_of(cell: Any) -> str:

@@ -10,19 +10,28 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from runner.action_error import ActionError
 
-class ActionError(Exception):
-    """The action cannot be done: the message says why and what to do; ``code`` is the exit code."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
+__all__ = ["ActionError"]
 
 
 def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
     from runner.secret_guard import forwarded
 
     return forwarded(names, environ)[1]
+
+
+def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ,
+                 extra: Sequence[tuple[str, str]] = ()) -> list[Any]:
+    """The data part of the pre-flight alone: every location the job reads (its data, and ``extra``
+    ``(field, URI)`` pairs) exists and is readable with the trainer's credentials; what each holds."""
+    from runner.datacheck import DataCheckError, check_job_data
+
+    try:
+        return check_job_data(spec_job, extra, environ)
+    except DataCheckError as e:
+        raise ActionError(f"{e}\nNothing was built or launched; fix the location (or upload the data) and submit "
+                          f"again.") from None
 
 
 def _preflight(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
@@ -42,13 +51,28 @@ def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any,
     from runner import paths
     from runner.state import State
 
+    image_ref = _prepare_remote(spec_job, environ)
     state = State.open(create=True)
     job_id = f"{spec_job.name}-{token.token_hex(3)}"
     root = spec_job.storage_root or str(paths.default_runs_dir())
     row = state.create_job(id=job_id, name=spec_job.name, job_file=str(spec_job.path), job_sha256=spec_job.sha256,
                            spec=spec_job.spec, workdir=os.getcwd(), backend=spec_job.backend,
-                           run_uri=f"{root.rstrip('/')}/{job_id}", max_steps=spec_job.train.max_steps or 0)
-    return state, row
+                           run_uri=f"{root.rstrip('/')}/{job_id}", max_steps=spec_job.train.max_steps or 0,
+                           supervisor=spec_job.spec.supervisor, image_ref=image_ref)
+    if row.remote:
+        from runner.remote.client import hand_over
+
+        hand_over(state, [row], spec_job, environ)
+    return state, state.job(row.id)
+
+
+def _prepare_remote(spec_job: Any, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """For a job supervised elsewhere, what must hold before it is recorded: the image its pods run."""
+    if spec_job.spec.supervisor == "none":
+        return None
+    from runner.remote.client import prepare
+
+    return prepare(spec_job, environ)
 
 
 def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, list[Any], list[Any]]:
@@ -67,6 +91,7 @@ def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> t
     from runner import paths
     from runner.state import State
 
+    image_ref = _prepare_remote(spec_job, environ)
     state = State.open(create=True)
     spec = spec_job.spec
     root = (spec_job.storage_root or str(paths.default_runs_dir())).rstrip("/")
@@ -91,8 +116,12 @@ def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> t
                 id=f"{pipeline}.{stage}", name=f"{spec_job.name}.{stage}", job_file=str(spec_job.path),
                 job_sha256=spec_job.sha256, spec=spec.stage_spec(stage), workdir=os.getcwd(), backend=spec_job.backend,
                 run_uri=f"{root}/{pipeline}/{stage}", max_steps=section.train.max_steps or 0, pipeline=pipeline,
-                stage=stage, inputs=inputs))
-    return state, rows, []
+                stage=stage, inputs=inputs, supervisor=spec.supervisor, image_ref=image_ref))
+    if rows[0].remote:
+        from runner.remote.client import hand_over
+
+        hand_over(state, rows, spec_job, environ)
+    return state, [state.job(r.id) for r in rows], []
 
 
 def _checkpoint_file(uri: str) -> str:
@@ -115,9 +144,15 @@ def _same_pipeline(state: Any, spec: Any, root: str) -> list[Any]:
     return []
 
 
-def reopen(state: Any, row: Any, budget: Any, environ: Mapping[str, str] = os.environ) -> tuple[str, float]:
+def reopen(state: Any, row: Any, budget: Any, environ: Mapping[str, str] = os.environ,
+           here: bool = False) -> tuple[str, float]:
     """Reopen an ended job to relaunch it from its last checkpoint, with a new budget if given:
-    (a note on the budget for messages, dollars spent so far)."""
+    (a note on the budget for messages, dollars spent so far). A job supervised elsewhere is reopened
+    by its supervisor, asked through the job's storage (``here``: this process is that supervisor)."""
+    if row.remote and not here:
+        from runner.remote.client import resume
+
+        return resume(state, row, budget)
     if row.active:
         raise ActionError(f"{row.id} is {row.state}, not ended: nothing to resume (`python -m runner watch` supervises it)")
     if row.state == "done":
@@ -151,6 +186,10 @@ def cancel(state: Any, row: Any) -> Any:
     here when nobody supervises it; wait until it has ended. The ended job's row."""
     from runner.supervisor import STOP_GRACE_SECONDS, Supervisor
 
+    if row.remote:
+        from runner.remote.client import cancel as cancel_elsewhere
+
+        return cancel_elsewhere(state, row)
     state.request_cancel(row.id)
     deadline = time.monotonic() + STOP_GRACE_SECONDS + 120
     while state.job(row.id).active:

@@ -9,6 +9,7 @@ import os
 import sys
 
 from runner import actions, show
+from runner.remote.commands import SupervisorCommands
 from runner.show import (  # noqa: F401  (EXIT_* are the command line's exit codes)
     EXIT_BAD_INPUT,
     EXIT_DETACHED,
@@ -31,8 +32,12 @@ class Commands:
     State lives in $RUNNER_HOME (default: $XDG_STATE_HOME/spot-runner).
     """
 
+    supervisor = SupervisorCommands
+
     def submit(self, job: str, gpu: str | None = None, backend: str | None = None, env: list[str] | None = None,
-               detach: bool = False, dry_run: bool = False, json: bool = False) -> None:
+               supervisor: str | None = None, detach: bool = False, dry_run: bool = False, json: bool = False,
+               smoke: bool = False, smoke_first: bool = False, smoke_steps: int | None = None,
+               smoke_seconds: float | None = None, stage: str | None = None) -> None:
         """Validate a job file, launch it and follow it until it ends (--detach: return at once).
 
         Args:
@@ -40,13 +45,23 @@ class Commands:
             gpu: GPU alias, RunPod GPU id, or a comma-separated failover list; overrides resources.gpu.
             backend: local, docker or runpod; overrides the job file's backend (default local).
             env: NAME=VALUE for a job variable declared under envs: (give it again for more).
+            supervisor: none, docker or runpod: who relaunches it while this machine is off; overrides the job file's.
             detach: launch, print the job id and return; `python -m runner watch` supervises it.
             dry_run: print the plan (backend, GPU, price, estimated time and cost) and launch nothing.
             json: print the job (or the plan) as JSON on stdout; progress goes to stderr.
+            smoke: train the job here (CPU or this GPU) for 100 steps or 60 s, launch nothing: does the loss fall,
+                any NaN/Inf, gradient norms, memory, speed, and the full job's hours and dollars on the GPU.
+            smoke_first: a smoke run first; launch only if it passes.
+            smoke_steps: the smoke run's steps at most (default 100).
+            smoke_seconds: the smoke run's seconds at most, setting up included (default 60).
+            stage: smoke only this stage of a pipeline (default: every stage, in order).
         """
         from runner import submit_flow
+        from runner.smoke import SmokeOptions
 
-        return submit_flow.submit(job, gpu=gpu, backend=backend, env=env, detach=detach, dry_run=dry_run, json=json)
+        smoke_options = SmokeOptions(smoke, smoke_first, smoke_steps, smoke_seconds, stage, dry_run, json)
+        return submit_flow.submit(job, gpu=gpu, backend=backend, env=env, supervisor=supervisor, detach=detach,
+                                  dry_run=dry_run, json=json, smoke=smoke_options)
 
     def status(self, job: str | None = None, json: bool = False) -> None:
         """Show one job in detail, or the active and recent jobs.
@@ -217,6 +232,36 @@ class Commands:
         return show.print_simulation(scenario, notes, simulate(scenario, trials=int(trials), seed=int(seed)),
                                      json=json, plot=plot)
 
+    def check(self, job: str | None = None, json: bool = False) -> None:
+        """Check what jobs rely on: RunPod key, S3 bucket, registry login, Docker engine, GPU; ok or the fix.
+
+        Args:
+            job: a job file: check what it needs (its bucket with its trainer's keys, its registry, its backend).
+            json: print JSON.
+        """
+        from runner.check import main as check_main
+        return check_main(job, json)
+
+    def prune(self, dry_run: bool = False, json: bool = False) -> None:
+        """Remove what ended jobs left: exited containers, images built for them, stray RunPod pods of ours.
+
+        Args:
+            dry_run: list what would be removed and remove nothing.
+            json: print JSON.
+        """
+        from runner.prune import main as prune_main
+        return prune_main(dry_run, json)
+
+    def tensorboard(self, job: str, port: int = 6006) -> None:
+        """Serve a job's TensorBoard on 127.0.0.1; an S3 run's events are copied here, and again as they grow.
+
+        Args:
+            job: a job id, a unique prefix of one, or a job name (its newest job).
+            port: the port to serve on (when it is taken, a free one).
+        """
+        from runner.tensorboard import serve
+        return serve(job, port)
+
 
 def main(argv: list[str] | None = None) -> None:
     from runner import cli_args
@@ -233,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"runner {_version()}")
         return
     if args[0] in cli_args.commands(commands) and any(a in ("-h", "--help") for a in args[1:]):
-        print(cli_args.command_help(commands, args[0]))
+        print(cli_args.help_for(commands, args))
         return
     # The whole line is checked before anything runs: fire would run the command with what it could
     # match and only then complain, so a misspelled --dryrun used to launch the job.
@@ -248,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             reconcile_pods()
     import fire  # after --help and the checks: its imports (asyncio) cost 70 ms
 
-    spec = cli_args.params(cli_args.commands(commands)[name])
+    spec = cli_args.params(cli_args.method(commands, name))
     fire.Fire(commands, command=cli_args.canonical(name, spec, options), name="runner")
 
 

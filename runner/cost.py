@@ -75,6 +75,10 @@ class JobCost:
     usd_per_1k_steps: float | None = None
     billed_by: str = "runner"  # "provider" when every segment is the provider's record, "mixed", "runner"
     unit: str = "GPU"  # what gpu_hours are hours of: "GPU", or "machine" for a CPU job (see hours_unit)
+    #: A supervisor elsewhere (an always-on machine or a RunPod CPU pod): its hours on this job and this
+    #: job's share of its dollars (included in ``usd``, and in ``on_demand_usd``: it costs the same either way).
+    supervisor_hours: float = 0.0
+    supervisor_usd: float = 0.0
     interval: IntervalAdvice | None = field(default=None, compare=False)
 
     @property
@@ -183,7 +187,13 @@ def job_cost(state: st.State, job: st.JobRow, now: float | None = None, since: f
             if attempt is not None:
                 s, h, d = lost_work(attempt, seg, job_per_step, now)
                 lost_steps, lost_h, lost_usd = lost_steps + s, lost_h + h, lost_usd + d
-    usd = compute + storage
+    supervisor_h = supervisor_usd = 0.0
+    for sseg in state.supervisor_segments(job.id):
+        f = _fraction(sseg, since, now)  # type: ignore[arg-type]  (started/ended, as a billing segment)
+        supervisor_h += sseg.hours(now) * f
+        supervisor_usd += sseg.cost(now) * f
+    usd = compute + storage + supervisor_usd
+    on_demand += supervisor_usd
     steps = job.step
     spot_wanted = job.spec.resources.spot
     wanted = job.wanted_gpus()
@@ -199,7 +209,8 @@ def job_cost(state: st.State, job: st.JobRow, now: float | None = None, since: f
                    state=job.state, gpu=gpu, capacity=capacity, compute_usd=compute, storage_usd=storage,
                    idle_hours=idle_h, idle_usd=idle_usd, lost_steps=lost_steps, lost_hours=lost_h, lost_usd=lost_usd,
                    steps=steps, usd_per_1k_steps=usd / steps * 1000 if steps else None, billed_by=billed_by,
-                   unit=hours_unit(job), interval=interval)
+                   unit=hours_unit(job), interval=interval, supervisor_hours=supervisor_h,
+                   supervisor_usd=supervisor_usd)
 
 
 def hours_label(units: set[str]) -> str:
@@ -215,7 +226,8 @@ class Report:
 
     def total(self) -> dict[str, Any]:
         keys = ("gpu_hours", "usd", "compute_usd", "storage_usd", "on_demand_usd", "saving_usd", "idle_hours",
-                "idle_usd", "preemptions", "lost_steps", "lost_hours", "lost_usd", "steps", "attempts")
+                "idle_usd", "preemptions", "lost_steps", "lost_hours", "lost_usd", "steps", "attempts", "supervisor_hours",
+                "supervisor_usd")
         total: dict[str, Any] = {k: sum(getattr(c, k) for c in self.jobs) for k in keys}
         total["usd_per_1k_steps"] = total["usd"] / total["steps"] * 1000 if total["steps"] else None
         total["unit"] = hours_label({c.unit for c in self.jobs})
@@ -241,7 +253,8 @@ def report(state: st.State | None, jobs: list[st.JobRow], *, since: float | None
 
 CSV_COLUMNS = ("job_id", "name", "state", "gpu", "capacity", "attempts", "gpu_hours", "compute_usd", "storage_usd", "usd",
                "on_demand_usd", "saving_usd", "idle_hours", "idle_usd", "preemptions", "lost_steps", "lost_hours",
-               "lost_usd", "steps", "usd_per_1k_steps", "billed_by", "checkpoint_interval", "recommended_interval_min")
+               "lost_usd", "steps", "usd_per_1k_steps", "billed_by", "checkpoint_interval", "recommended_interval_min",
+               "supervisor_hours", "supervisor_usd")
 
 
 def to_csv(rep: Report) -> str:
@@ -258,7 +271,8 @@ def to_csv(rep: Report) -> str:
         d["recommended_interval_min"] = round(c.interval.recommended_minutes, 2) if c.interval else ""
         w.writerow(["" if d.get(k) is None else d.get(k) for k in CSV_COLUMNS])
     t = rep.total()
-    w.writerow(["total", "", "", "", "", *["" if t.get(k) is None else t.get(k) for k in CSV_COLUMNS[5:20]], "", "", ""])
+    w.writerow(["total", "", "", "", "", *["" if t.get(k) is None else t.get(k) for k in CSV_COLUMNS[5:20]], "", "", "",
+                *[t[k] for k in CSV_COLUMNS[23:]]])
     return out.getvalue()
 
 

@@ -29,6 +29,7 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         "updated": job.updated,
         "finished": job.finished,
         "supervised_by": job.supervisor_pid if job.active and job.supervised() else None,
+        "supervisor": job.supervisor or "none",
         "launcher": ({"pid": job.launcher_pid, "log": job.launcher_log, "running": job.launching_in_background()}
                      if job.launcher_pid else None),
     }
@@ -45,4 +46,7 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         ]
         record["events"] = [{"time": e.time, "kind": e.kind, "message": e.message, "attempt_id": e.attempt_id}
                             for e in state.events(job.id)]
+        record["supervisor_segments"] = [
+            {"session": s.session, "place": s.place, "rate_per_hour": s.rate_per_hour, "started": s.started,
+             "ended": s.ended, "usd": round(s.cost(now), 6)} for s in state.supervisor_segments(job.id)]
     return record

@@ -27,6 +27,16 @@ def print_logs(state: st.State, row: st.JobRow, follow: bool, attempt: int | Non
     shown: set[str] = set()
     unread: list[int] = []  # attempts whose backend output could not be read
     background = _background_log(row)
+    looked = [0.0]
+
+    def active() -> bool:
+        if row.remote and time.monotonic() - looked[0] > 2:  # supervised elsewhere: its snapshot says
+            from runner.remote.client import refresh
+
+            refresh(state, [state.job(row.id)])
+            looked[0] = time.monotonic()
+        return state.job(row.id).active
+
     try:
         if background:
             print(f"── launched in the background: {background} ──", flush=True)
@@ -36,7 +46,7 @@ def print_logs(state: st.State, row: st.JobRow, follow: bool, attempt: int | Non
                     continue
                 print(f"── attempt {a.number} ({a.id}) ──", flush=True)
                 launched = lambda a=a: (not follow or state.attempt(a.id).state != st.LAUNCHING  # noqa: E731
-                                        or not state.job(row.id).active)
+                                        or not active())
                 for line in launch_log.follow(a.id, launched):
                     print(line, flush=follow)
                 a = state.attempt(a.id)
@@ -47,10 +57,10 @@ def print_logs(state: st.State, row: st.JobRow, follow: bool, attempt: int | Non
                     unread.append(a.number)
                 else:
                     live = follow and a.state != st.ENDED
-                    for line in backend.logs(a.handle, follow=live, until=lambda: not state.job(row.id).active):
+                    for line in backend.logs(a.handle, follow=live, until=lambda: not active()):
                         print(line, flush=live)
                 shown.add(a.id)
-            if not follow or not state.job(row.id).active:
+            if not follow or not active():
                 break
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -44,9 +44,16 @@ def new_console(stderr: bool = False):
 
 
 def open_state(create: bool = False):
+    """The state, with the jobs supervised elsewhere brought up to date from their snapshots."""
     from runner.state import State
 
-    return State.open(create=create)
+    state = State.open(create=create)
+    if state is not None and state.remote_jobs(active=True):
+        from runner.remote.client import refresh
+
+        for problem in refresh(state):
+            print(f"note: {problem}", file=sys.stderr)
+    return state
 
 
 def find_job(state, ref: Any):
@@ -76,13 +83,20 @@ def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = Fals
     console = new_console(stderr=json)
     if announce:
         console.print(announce, highlight=False)
+    elsewhere = bool(job_ids) and all(state.job(j).remote for j in job_ids)
     try:
         wait_for_launchers(state, job_ids, console)  # a --detach submit's launcher: never launch twice
         with FollowView(console) as view:
-            results = Supervisor(state, view).run(job_ids, forever=forever)
+            if elsewhere:  # supervised elsewhere: shown from their snapshots
+                from runner.remote.client import follow as follow_elsewhere
+
+                results = follow_elsewhere(state, list(job_ids or []), view)
+            else:
+                results = Supervisor(state, view).run(job_ids, forever=forever)
     except KeyboardInterrupt:
-        console.print("\n[yellow]Detached.[/] The trainers keep running; `python -m runner watch` supervises them again, "
-                      "`python -m runner cancel JOB` stops one.")
+        console.print("\n[yellow]Detached.[/] The trainers keep running; " + (
+            "their supervisor elsewhere goes on" if elsewhere else "`python -m runner watch` supervises them again")
+            + ", `python -m runner cancel JOB` stops one.")
         raise SystemExit(EXIT_DETACHED) from None
     rows = [state.job(j) for j in results]
     if json:
@@ -123,13 +137,19 @@ def print_job(state, row, record: dict[str, Any]) -> None:
                   "[yellow]nobody: run `python -m runner watch`[/]") if row.active else "-"
     if row.active and row.launching_in_background():
         supervised = f"runner process {row.launcher_pid}, launching it in the background ({escape(row.launcher_log or '')})"
+    if row.remote and row.active:
+        from runner.remote.client import supervised_text
+
+        supervised = escape(supervised_text(row))
     cost = record["cost"]
     budget = f" of ${record['budget_usd']:.2f} budget" if record.get("budget_usd") else ""
     console.print(kv_table([
         ("job", escape(row.id)), ("state", f"{state_text(row.state)} {escape(row.reason)}"),
         ("backend", row.backend), ("run URI", escape(row.run_uri)), ("job file", escape(row.job_file)),
         ("progress", progress), *checkpoint_failed, ("preemptions", str(row.preemptions)), ("failures", str(row.failures)),
-        ("cost", f"${cost['usd']:.2f}{budget} ({cost['gpu_hours']:.3f} {cost['unit']} hours)"), ("supervised by", supervised),
+        ("cost", f"${cost['usd']:.2f}{budget} ({cost['gpu_hours']:.3f} {cost['unit']} hours"
+                 + (f", supervisor ${cost['supervisor_usd']:.4f}" if cost.get("supervisor_hours") else "") + ")"),
+        ("supervised by", supervised),
     ]))
     rows = [[str(a["number"]), a["state"], a["outcome"] or "-", clock(a["started"]), clock(a["ended"]),
              f"{a['start_step']}→{a['end_step']}" if a["end_step"] is not None else f"{a['start_step']}→",
@@ -422,13 +442,17 @@ def print_cost_card(console, c, since: str) -> None:
     estimated = "" if c.billed_by == "provider" else "[dim]*[/]"  # the runner's own observation
     rows = [
         ("billed", f"[bold]{money(c.usd)}[/]{estimated} for {c.gpu_hours:.2f} {c.unit} hours (compute "
-                   f"{money(c.compute_usd)}, disks {money(c.storage_usd)})"),
+                   f"{money(c.compute_usd)}, disks {money(c.storage_usd)}"
+                   + (f", supervisor {money(c.supervisor_usd)}" if c.supervisor_hours else "") + ")"),
         ("on-demand", f"{money(c.on_demand_usd)} for the same hours: {saved}"),
         ("idle", f"{c.idle_hours:.2f} h billed while not training ({money(c.idle_usd)}): boot, image, loading"),
         ("preemptions", f"{c.preemptions}: {c.lost_steps:,} steps trained again, {c.lost_hours:.2f} h, "
                         f"{money(c.lost_usd)}"),
         ("per 1k steps", f"{money(c.usd_per_1k_steps)} ({c.steps:,} steps)"),
     ]
+    if c.supervisor_hours:
+        rows.insert(1, ("supervisor", f"${c.supervisor_usd:.4f} for {c.supervisor_hours:.2f} h of its supervisor "
+                                      f"elsewhere (included above)"))
     if iv is not None:
         rows.append(("checkpoints", f"{escape(iv.in_use)}; Young/Daly: [bold]every {iv.recommended_minutes:.1f} "
                                     f"min[/] for a {iv.checkpoint_seconds:.2f} s checkpoint {mtbf}"))
@@ -534,13 +558,19 @@ def print_pipeline(state, stages: list, json: bool) -> None:
     return None
 
 
-def print_detached(state, row, json: bool, what: str, pid: int, log) -> None:
-    """A job handed to a background launcher (``--detach``): its record, or a line and how to follow it."""
+def print_detached(state, row, json: bool, what: str, pid: int | None, log) -> None:
+    """A job handed to a background launcher (``--detach``), or to its supervisor elsewhere (``pid`` None):
+    its record, or a line and how to follow it."""
     row = state.job(row.id)
     if json:
         from runner.describe import job_record
 
         return print_json(job_record(state, row))
+    if pid is None:
+        print(f"{row.id} {what}; its supervisor on {row.supervisor} launches it")
+        print(f"  follow it:  python -m runner status {row.id}   (its supervisor on {row.supervisor} relaunches it "
+              f"after a preemption, with this machine off)")
+        return None
     print(f"{row.id} {what}; runner process {pid} builds, pushes and launches it in the background (its output: {log})")
     print(f"  follow it:  python -m runner logs {row.id} --follow\n"
           f"  status:     python -m runner status {row.id}")

@@ -24,7 +24,8 @@ def parse_variables(items: Iterable[Any] | None) -> dict[str, str]:
     return variables
 
 
-def load(job: str, gpu: Any = None, backend: str | None = None, env: Iterable[Any] | None = None) -> Any:
+def load(job: str, gpu: Any = None, backend: str | None = None, env: Iterable[Any] | None = None,
+         supervisor: str | None = None) -> Any:
     """The validated job file with the command line's overrides; an invalid one exits 2 with every problem."""
     from runner.spec import load_job
     from trainer.jobfile import JobFileError
@@ -32,17 +33,24 @@ def load(job: str, gpu: Any = None, backend: str | None = None, env: Iterable[An
     if isinstance(gpu, (tuple, list)):  # fire turns "a,b" into a tuple
         gpu = ",".join(map(str, gpu))
     try:
-        return load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=parse_variables(env))
+        return load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=parse_variables(env),
+                        supervisor=supervisor)
     except JobFileError as e:
         fail(f"{e}\nNothing was launched; fix the file and submit again.")
 
 
 def submit(job: str, *, gpu: Any = None, backend: str | None = None, env: Iterable[Any] | None = None,
-           detach: bool = False, dry_run: bool = False, json: bool = False) -> None:
+           supervisor: str | None = None, detach: bool = False, dry_run: bool = False, json: bool = False,
+           smoke: Any = None) -> None:
     """Validate, then plan (``dry_run``), or check (:mod:`runner.preflight`), record and launch: followed
     here until the job ends (exit 1 unless it ended done), or with ``detach`` handed to a background
-    launcher as soon as it is recorded (:mod:`runner.background`)."""
-    spec_job = load(job, gpu, backend, env)
+    launcher as soon as it is recorded (:mod:`runner.background`). ``smoke`` (:class:`runner.smoke.SmokeOptions`)
+    runs the smoke run first when asked for: instead of launching, or as the gate before it."""
+    spec_job = load(job, gpu, backend, env, supervisor)
+    if smoke is not None:
+        from runner.smoke import before_submit
+
+        before_submit(spec_job, smoke)
     if dry_run:
         from runner.show import print_plan
 
@@ -75,9 +83,12 @@ def resume(job: str, *, budget: float | None = None, detach: bool = False, json:
 
 
 def _launch_detached(state: Any, row: Any, json: bool, what: str) -> None:
-    """Hand the recorded job to a background launcher and return at once."""
+    """Hand the recorded job to a background launcher and return at once (a job supervised elsewhere
+    is its supervisor's to launch)."""
     from runner import background
     from runner.show import print_detached
 
+    if state.job(row.id).remote:
+        return print_detached(state, row, json, what, None, None)
     pid, log = background.spawn(state, row.id)
     return print_detached(state, row, json, what, pid, log)

@@ -237,7 +237,8 @@ class JobSupervisor:
             workdir=Path(self.job.workdir), env=env, gpus=self._gpus(), gpu_count=attempt.gpu_count,
             spot=bool(attempt.spot), max_bid_per_gpu=resources.max_bid_per_gpu,
             container_disk_gb=resources.container_disk_gb, volume_gb=resources.volume_gb,
-            image=self.spec.image, bid_margin_per_gpu=resources.bid_margin_per_gpu, price_per_hour=resources.price_per_hour,
+            image=self.spec.image, image_ref=self.job.image_ref, bid_margin_per_gpu=resources.bid_margin_per_gpu,
+            price_per_hour=resources.price_per_hour,
             report=lambda kind, message: self._report(kind, message, attempt.id, log), log=log,
         )
 
@@ -463,14 +464,65 @@ class JobSupervisor:
         self.finished = True
 
 
+class CustodyLost(Exception):
+    """Another supervisor has taken the job over: this process must not act on it any more."""
+
+
+class StepDeferred(Exception):
+    """The step cannot be taken safely right now (the record of what is about to be done could not be
+    stored first); it is taken again at the next look."""
+
+
+class Custody:
+    """Which jobs this process may supervise. Here: the jobs of this machine's state that no supervisor
+    elsewhere owns, each held by one runner process at a time (its pid and start time in the state).
+    :class:`runner.remote.daemon.RemoteCustody` adds leases, snapshots and commands in the job's storage."""
+
+    def __init__(self, state: st.State):
+        self.state = state
+        self.pid, self.ident = proc.me()
+
+    def candidates(self) -> list[str]:
+        """The jobs to supervise when none are named: every active one."""
+        return [j.id for j in self.state.jobs(active=True) if not j.remote]
+
+    def take(self, job: st.JobRow) -> bool:
+        return not job.remote and self.state.acquire(job.id, self.pid, self.ident)
+
+    def holds(self, job_id: str) -> bool:
+        return True
+
+    def give_back(self, job_id: str) -> None:
+        self.state.release(job_id, self.pid, self.ident)
+
+    def adopt(self, sup: JobSupervisor) -> None:
+        """A job was just taken: its supervisor is ``sup`` (a hook to wrap its backend)."""
+
+    def round(self, held: Mapping[str, JobSupervisor]) -> bool:
+        """Once per look at every job; False ends the loop."""
+        return True
+
+    def me(self) -> str:
+        """This process, in events."""
+        return f"runner process {self.pid}"
+
+    def holder(self, job: st.JobRow) -> str:
+        """Who supervises a job this process may not take, in notes."""
+        if job.remote:
+            return f"a supervisor on {job.supervisor}"
+        return f"runner process {job.supervisor_pid}"
+
+
 class Supervisor:
     """Supervises a set of jobs (``submit``: one; ``watch``: every active job) until they end."""
 
-    def __init__(self, state: st.State, display: Display | None = None, environ: Mapping[str, str] | None = None):
+    def __init__(self, state: st.State, display: Display | None = None, environ: Mapping[str, str] | None = None,
+                 custody: Custody | None = None):
         self.state = state
         self.display = display or NoDisplay()
         self.environ = os.environ if environ is None else environ
-        self.pid, self.ident = proc.me()
+        self.custody = custody or Custody(state)
+        self.pid, self.ident = self.custody.pid, self.custody.ident
         self._seen_event: dict[str, int] = {}
 
     def run(self, job_ids: Iterable[str] | None = None, *, forever: bool = False, until_launched: bool = False) -> dict[str, str]:
@@ -481,26 +533,38 @@ class Supervisor:
         held: dict[str, JobSupervisor] = {}
         results: dict[str, str] = {}
         elsewhere: set[str] = set()
+        custody = self.custody
         try:
-            while True:
-                candidates = wanted if wanted is not None else [j.id for j in self.state.jobs(active=True)]
+            while custody.round(held):
+                candidates = wanted if wanted is not None else custody.candidates()
                 for job_id in candidates:
-                    if job_id in held or job_id in results:
+                    if job_id in held or (wanted is not None and job_id in results):
                         continue
                     job = self.state.job(job_id)
                     if not job.active:
                         results[job_id] = job.state
-                    elif self.state.acquire(job_id, self.pid, self.ident):
+                    elif custody.take(job):
                         held[job_id] = self._take(job)
+                        results.pop(job_id, None)
                         elsewhere.discard(job_id)
                     elif job_id not in elsewhere:
                         elsewhere.add(job_id)
-                        self.display.note(f"{job_id} is supervised by runner process {job.supervisor_pid}; leaving it be")
+                        self.display.note(f"{job_id} is supervised by {custody.holder(job)}; leaving it be")
                 for job_id, sup in list(held.items()):
-                    sup.step()
+                    try:
+                        sup.step()
+                    except StepDeferred:
+                        continue
+                    except CustodyLost:
+                        sup.finished = True
+                    lost = not custody.holds(job_id)
                     self._show(sup)
-                    if sup.finished or (until_launched and sup.launched):
+                    if lost:  # another supervisor has it now: let it go without a word to the store
+                        self.display.note(f"{job_id}: another supervisor has taken it over; leaving it be")
                         self.state.release(job_id, self.pid, self.ident)
+                        del held[job_id]
+                    elif sup.finished or (until_launched and sup.launched):
+                        custody.give_back(job_id)
                         del held[job_id]
                         results[job_id] = self.state.job(job_id).state
                 if not held and not forever:
@@ -508,18 +572,20 @@ class Supervisor:
                         results.update({j: self.state.job(j).state for j in wanted if j not in results})
                     return results
                 time.sleep(POLL_SECONDS)
+            return results
         finally:
             for job_id in held:
-                self.state.release(job_id, self.pid, self.ident)
+                custody.give_back(job_id)
 
     def _take(self, job: st.JobRow) -> JobSupervisor:
         sup = JobSupervisor(self.state, job.id, self.environ)
+        self.custody.adopt(sup)
         events = self.state.events(job.id)
         self._seen_event[job.id] = 0 if len(events) <= 1 else events[-1].id
         if len(events) > 1:  # another runner process worked on it and is gone: say who supervises it now
             attempt = self.state.current_attempt(job.id)
             now = f"; attempt {attempt.number} is {attempt.state}, adopted as it is" if attempt else ""
-            self.state.add_event(job.id, "supervising", f"runner process {self.pid} supervises the job{now}",
+            self.state.add_event(job.id, "supervising", f"{self.custody.me()} supervises the job{now}",
                                  attempt.id if attempt else None)
         return sup
 

@@ -22,16 +22,19 @@ this module decides when to write, how to write safely and what to keep:
   events), so steps trained after it could never be saved; the run stays resumable from its last
   good checkpoint once there is room.
 * ``load`` takes the newest checkpoint that verifies, with ``torch.load(weights_only=True)``: a
-  checkpoint from a shared bucket cannot run code.
+  checkpoint from a shared bucket cannot run code. The checksum record holds ``xxh3_128`` and
+  ``sha256`` (:mod:`trainer.checksums`: the fast one is checked; records with only sha256, written
+  before, still verify). From S3 the file is downloaded into memory, hashed as it arrives, and
+  mapped by ``torch.load`` instead of copied (resume speed: ``bench/bench_s3_resume.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import threading
@@ -43,7 +46,7 @@ from typing import Any
 
 import torch
 
-from trainer import contract
+from trainer import checksums, contract
 from trainer.config import Checkpoint as CheckpointPolicy
 from trainer.storage import Storage, StorageError, remove_stale_temp_files
 
@@ -114,13 +117,13 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class _HashingWriter:
-    """A write-only file that hashes what passes through, so the checksum costs no second read.
+    """A write-only file that hashes what passes through, so the checksums cost no second read.
 
     torch.save turns an exception raised here into its own ("unexpected pos ..."); the OSError is
     kept in ``error`` so that the caller can raise the real one (ENOSPC)."""
 
     def __init__(self, f):
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+        self.f, self.hashes, self.size = f, checksums.Both(), 0
         self.error: OSError | None = None
 
     def write(self, data) -> int:
@@ -129,7 +132,7 @@ class _HashingWriter:
         except OSError as e:
             self.error = e
             raise
-        self.sha.update(data)
+        self.hashes.update(data)
         self.size += len(data)
         return written
 
@@ -137,17 +140,12 @@ class _HashingWriter:
         self.f.flush()
 
 
-def _checksum_record(sha256: str, size: int, step: int, source: str) -> bytes:
-    return json.dumps({"sha256": sha256, "size": size, "step": step, "source": source}).encode()
+def _checksum_record(digests: dict[str, str], size: int, step: int, source: str) -> bytes:
+    return json.dumps({**digests, "size": size, "step": step, "source": source}).encode()
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
-    sha, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            sha.update(chunk)
-            size += len(chunk)
-    return sha.hexdigest(), size
+    return checksums.file_digest(path, checksums.SHA256)
 
 
 @dataclass
@@ -332,32 +330,32 @@ class CheckpointManager:
                     raise out.error from None
                 raise
             os.fsync(raw.fileno())
-        digest, size = out.sha.hexdigest(), out.size
+        digests, size = out.hashes.record(), out.size
         self._last_size = size
         if history:
             key = contract.step_checkpoint(job.step)
-            self._publish_file(staged, key, digest, size, job.step)
+            self._publish_file(staged, key, digests, size, job.step)
             # Durable now: fsynced, published and its checksum beside it, so a resume finds it.
             self.last_written_step = job.step
             self._tell(None)
-            self._publish_copy(key, contract.LATEST, digest, size, job.step)
+            self._publish_copy(key, contract.LATEST, digests, size, job.step)
             if also_best:
-                self._publish_copy(key, contract.BEST, digest, size, job.step)
+                self._publish_copy(key, contract.BEST, digests, size, job.step)
             self._apply_retention()
         else:
-            self._publish_file(staged, contract.BEST, digest, size, job.step)
+            self._publish_file(staged, contract.BEST, digests, size, job.step)
 
-    def _publish_file(self, staged: Path, key: str, digest: str, size: int, step: int) -> None:
+    def _publish_file(self, staged: Path, key: str, digests: dict[str, str], size: int, step: int) -> None:
         sidecar = key + contract.CHECKSUM_SUFFIX
         self.storage.delete(sidecar)
-        self.storage.put_file(staged, key, sha256=digest, move=True)
-        self.storage.put_bytes(sidecar, _checksum_record(digest, size, step, key))
+        self.storage.put_file(staged, key, sha256=digests[checksums.SHA256], move=True)
+        self.storage.put_bytes(sidecar, _checksum_record(digests, size, step, key))
 
-    def _publish_copy(self, src: str, key: str, digest: str, size: int, step: int) -> None:
+    def _publish_copy(self, src: str, key: str, digests: dict[str, str], size: int, step: int) -> None:
         sidecar = key + contract.CHECKSUM_SUFFIX
         self.storage.delete(sidecar)
         self.storage.copy(src, key)
-        self.storage.put_bytes(sidecar, _checksum_record(digest, size, step, src))
+        self.storage.put_bytes(sidecar, _checksum_record(digests, size, step, src))
 
     def _apply_retention(self) -> None:
         steps = sorted(
@@ -382,8 +380,9 @@ class CheckpointManager:
                 continue
             try:
                 record = json.loads(raw)
+                checksums.pick(record)
                 records.append((int(record["step"]), key == contract.LATEST, key, record))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("skipping %s: its checksum file is unreadable", key)
         for step, _, key, record in sorted(records, reverse=True):
             payload = self._load_verified(key, record)
@@ -391,7 +390,8 @@ class CheckpointManager:
                 if int(payload.get("step", -1)) != step:
                     log.warning("skipping %s: it holds step %s, its checksum says %d", key, payload.get("step"), step)
                     continue
-                log.info("resuming from %s (step %d, sha256 %s… verified)", key, step, record["sha256"][:12])
+                algo, digest = checksums.pick(record)
+                log.info("resuming from %s (step %d, %s %s… verified)", key, step, algo, digest[:12])
                 self.last_written_step = step
                 return payload, key
         if records:
@@ -399,29 +399,34 @@ class CheckpointManager:
         return None
 
     def _load_verified(self, key: str, record: dict) -> dict[str, Any] | None:
+        algo, expected = checksums.pick(record)
         path = self.storage.local_path(key)
-        downloaded = None
-        hashed: tuple[str, int] | None = None
-        if path is None:
-            downloaded = path = self.staging / f".{Path(key).name}.{os.getpid()}.download.tmp"
-            # A storage that hashes while it downloads (S3) saves reading the file a second time.
-            fetch_hashed = getattr(self.storage, "get_file_sha256", None)
-            if fetch_hashed is not None:
-                hashed = fetch_hashed(key, path)
-                found = hashed is not None
-            else:
-                found = self.storage.get_file(key, path)
-            if not found:
-                log.warning("skipping %s: it vanished while resuming", key)
-                return None
+        fetched: tuple[Any, Any] | None = None
+        downloaded: Path | None = None
         try:
-            digest, size = hashed or sha256_file(path)
-            if digest != record["sha256"] or size != record["size"]:
+            if path is not None:
+                digest, size = checksums.file_digest(path, algo)
+            elif (get_in_memory := getattr(self.storage, "get_in_memory", None)) is not None:
+                # S3: into memory, hashed while it arrives, then mapped by torch.load, not copied.
+                fetched = get_in_memory(key, checksums.maker(algo))
+                if fetched is None:
+                    log.warning("skipping %s: it vanished while resuming", key)
+                    return None
+                digest, size = fetched[1].digest, fetched[1].size
+            else:
+                downloaded = path = self.staging / f".{Path(key).name}.{os.getpid()}.download.tmp"
+                if not self.storage.get_file(key, path):
+                    log.warning("skipping %s: it vanished while resuming", key)
+                    return None
+                digest, size = checksums.file_digest(path, algo)
+            if digest != expected or size != record["size"]:
                 log.warning(
-                    "skipping %s: its bytes do not match its checksum (torn or corrupt: %d bytes, expected %d); "
-                    "falling back to the previous checkpoint", key, size, record["size"],
+                    "skipping %s: its bytes do not match its checksum (%s; torn or corrupt: %d bytes, expected %d); "
+                    "falling back to the previous checkpoint", key, algo, size, record["size"],
                 )
                 return None
+            if fetched is not None:
+                return _load_mapped(fetched[0])
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             log.warning("skipping %s: it vanished while resuming", key)
@@ -430,5 +435,19 @@ class CheckpointManager:
             log.warning("skipping %s: it cannot be loaded (%s); falling back", key, e)
             return None
         finally:
+            if fetched is not None:
+                fetched[0].close()  # the tensors mapped from it keep their pages
             if downloaded is not None:
                 downloaded.unlink(missing_ok=True)
+
+
+def _load_mapped(mem: Any) -> dict[str, Any]:
+    """``torch.load`` of a verified download held in memory, its tensors mapping the downloaded pages
+    instead of copying them (a copy of a large checkpoint costs as much as fetching it from a fast
+    store). Shared, where the memory is this process's own (a memfd): the optimizer's first step then
+    writes its moments in place instead of copying each page on first write. The model's tensors
+    are copied out by ``load_state_dict``; the moments keep the mapping, and with it the download's
+    pages, while the optimizer on the CPU holds them (on a GPU they are copied there and it goes)."""
+    flags = mmap.MAP_SHARED if mem.shared else mmap.MAP_PRIVATE
+    with torch.serialization.set_default_mmap_options(flags):
+        return torch.load(mem.path, map_location="cpu", weights_only=True, mmap=True)

@@ -339,6 +339,14 @@ class Guard(_Section):
     max_nonfinite_in_a_row: int = Field(5, ge=1)
     #: Log a warning when the gradient norm (before clipping) exceeds this.
     warn_grad_norm: float = Field(100.0, gt=0)
+    #: Stop the run when the gradient norm (before clipping) is above this for ``stop_grad_norm_in_a_row``
+    #: steps in a row: the last of them is not applied, the state from before the first of them (the
+    #: last good state) is written as an emergency checkpoint and the trainer exits ``EXIT_GRAD_NORM``.
+    #: The seeds' rule ("stop on norms over ~100"); ``null`` turns it off.
+    stop_grad_norm: float | None = Field(100.0, gt=0)
+    #: One step above ``stop_grad_norm`` alone is clipped (``grad_clip``) and warned about: a lone spike
+    #: a run recovers from (the quickstart has one of 115 at its peak learning rate) is not divergence.
+    stop_grad_norm_in_a_row: int = Field(3, ge=1)
 
 
 class Logging(_Section):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from trainer import contract, distributed
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import CheckpointManager, to_cpu_copy
 from trainer.config import TrainConfig
 from trainer.data import EpochSampler
 from trainer.recipes import Recipe, build_recipe
@@ -43,6 +43,10 @@ def check_format(payload: dict, key: str) -> None:
 
 class Diverged(RuntimeError):
     """Too many steps in a row with a non-finite loss or gradient."""
+
+
+class GradNormStop(RuntimeError):
+    """The gradient-norm guard stopped the run; the last good state is checkpointed (``EXIT_GRAD_NORM``)."""
 
 
 class JobSetupError(ValueError):
@@ -346,6 +350,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     model.train()
     window_t0, window_tokens = time.perf_counter(), 0
     outcome: Outcome | None = None
+    over_limit, before_streak = 0, None  # steps in a row above guard.stop_grad_norm, and the state before them
     try:
         while step < max_steps and not progress.early_stopped:  # early_stopped: a resume after an early stop
             # Storage that refuses for good (rank 0's writers; the other ranks stop with it): steps
@@ -383,6 +388,22 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             # a step is skipped and the scale halved, without counting against the guard until the scale is
             # below 1 (then the unscaled gradients overflow fp16 and halving further cannot help).
             overflow = not finite and scaler is not None and math.isfinite(train_loss) and scaler.get_scale() >= 1
+            limit = cfg.guard.stop_grad_norm
+            if finite and limit is not None and grad_norm > limit:
+                if not over_limit:  # the state no over-limit gradient has touched yet: the last good one
+                    before_streak = (step, to_cpu_copy(state()))
+                over_limit += 1
+                if over_limit >= cfg.guard.stop_grad_norm_in_a_row:  # this step's gradient is not applied
+                    good_step, snapshot = before_streak
+                    written = world.is_main and _guard_checkpoint(checkpoints, good_step, snapshot)
+                    raise GradNormStop(
+                        f"step {step + 1}: gradient norm {grad_norm:.4g}; {over_limit} steps in a row above "
+                        f"guard.stop_grad_norm {limit:g}: the run stopped and " +
+                        (f"the last good state (step {good_step}) is in {contract.LATEST}" if written
+                         else f"the last good state could not be written: {checkpoints.last_error}")
+                        + "; lower the learning rate, check the data, or raise guard.stop_grad_norm (null turns it off)")
+            elif finite:
+                over_limit, before_streak = 0, None
             if finite:
                 if scaler:
                     scaler.step(optimizer)
@@ -509,6 +530,12 @@ def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int
     reporter.finish(contract.INTERRUPTED, step=step, exit_code=contract.EXIT_INTERRUPTED)
     distributed.barrier(world)
     return Outcome(contract.EXIT_INTERRUPTED if ok else contract.EXIT_FAILED, step, save_s)
+
+
+def _guard_checkpoint(checkpoints: CheckpointManager, step: int, snapshot: dict[str, Any]) -> bool:
+    """Write the state before a step the guard refused, and wait until it is durable."""
+    checkpoints.save(step, snapshot)
+    return checkpoints.flush(timeout=120)
 
 
 def _write_final(recipe: Recipe, model: nn.Module, ema: EMA | None, storage: Storage) -> None:

@@ -12,10 +12,12 @@ How it behaves, and why:
   retries are switched off so that each failed attempt is visible, counted and logged once on the
   ``trainer`` logger. Connect and read timeouts bound every request, so a stalled server costs a
   retry, not the run.
-* Large objects are uploaded as multipart uploads with parallel parts and downloaded with parallel
-  ranged GETs. Each *part* is retried on its own, so one dropped connection costs one part, not
-  the whole checkpoint (boto3's managed transfer would restart the whole file once botocore's
-  retries are off; that is why the parts are driven here and not by ``upload_file``).
+* Large objects are uploaded as multipart uploads with parallel parts. Each *part* is retried on
+  its own, so one dropped connection costs one part, not the whole checkpoint (boto3's managed
+  transfer would restart the whole file once botocore's retries are off; that is why the parts
+  are driven here and not by ``upload_file``). Downloads (:mod:`trainer.s3_download`) start with
+  one stream and add parallel ranged GETs only where the measured link rewards them; a dropped
+  stream resumes from the byte where it stopped.
 * A PUT (or a completed multipart upload) is atomic in S3: a reader sees the previous object or the
   new one, never a part. Downloads land in a temporary file renamed into place.
 * The sha256 of a checkpoint is also stored as object metadata (``x-amz-meta-sha256``), so the
@@ -58,6 +60,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from trainer.s3_download import Destination, Download, Fetched, FileDestination, Hash, MemoryFile, Replaced
 from trainer.storage_api import Storage, StorageError
 
 log = logging.getLogger("trainer")
@@ -441,113 +444,59 @@ class S3Storage(Storage):
         return self._call(f"get {key}", get, doing="read")
 
     def get_file(self, key: str, local: Path) -> bool:
-        return self.get_file_sha256(key, local) is not None
+        return self.get_file_hashed(key, local) is not None
 
     def get_file_sha256(self, key: str, local: Path) -> tuple[str, int] | None:
-        """Download ``key`` to ``local`` like :meth:`get_file`, hashing the bytes on the way in.
+        """Download ``key`` to ``local`` like :meth:`get_file`; ``(sha256 hex, size)`` of what was
+        written, or None when ``key`` does not exist."""
+        got = self.get_file_hashed(key, local, hashlib.sha256)
+        return None if got is None else (got.digest or "", got.size)
 
-        Returns ``(sha256 hex, size)`` of what was written, or None when ``key`` does not exist. A
-        checkpoint is verified against its checksum after download; hashing while the parts arrive
-        saves reading the file a second time (a quarter of a second per GB), on the resume path."""
+    def get_file_hashed(self, key: str, local: Path, new_hash: Callable[[], Hash] | None = None) -> Fetched | None:
+        """Download ``key`` to ``local`` (renamed into place when whole), hashing the bytes on the way
+        in with ``new_hash`` (saves reading the file a second time); None when ``key`` does not exist."""
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         # No fsync: this is a cache, verified after download, and fetched again if lost. The rename
         # still keeps a partial download from ever being seen under the final name.
         tmp = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            for _ in range(3):
-                info = self.head(key)
-                if info is None:
-                    return None
-                size, etag = int(info["ContentLength"]), info["ETag"]
-                try:
-                    if size <= self.multipart_threshold:
-                        digest = self._get_whole(key, tmp, etag)
-                    else:
-                        digest = self._get_ranged(key, tmp, size, etag)
-                except ClientError as e:
-                    code, status = error_code(e)
-                    if code in ("NoSuchKey", "404") or status == 404:
-                        return None
-                    if code == "PreconditionFailed" or status == 412:  # replaced while we read it
-                        log.info("%s changed while it was being downloaded; downloading it again", key)
-                        continue
-                    raise self._misconfigured(e, "read") from None
+            got = self._download(key, FileDestination(fd), new_hash)
+            if got is not None:
                 os.replace(tmp, local)
-                return digest, size
-            raise StorageUnavailable(f"{key} kept changing while it was being downloaded from {self.uri}")
+            return got
         finally:
+            os.close(fd)
             tmp.unlink(missing_ok=True)
 
-    def _get_whole(self, key: str, tmp: Path, etag: str) -> str:
-        def get() -> str:
-            sha = hashlib.sha256()  # per attempt: a retry starts the file and the hash over
-            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
-            with contextlib.closing(resp["Body"]) as body, open(tmp, "wb") as out:
-                for chunk in body.iter_chunks(MiB):
-                    sha.update(chunk)
-                    out.write(chunk)
-            return sha.hexdigest()
-
-        return self._call(f"get {key}", get)
-
-    def _get_ranged(self, key: str, tmp: Path, size: int, etag: str) -> str:
-        ranges = self._part_ranges(size, self.part_size)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        written = [threading.Event() for _ in ranges]
-        failed = threading.Event()
-        sha = hashlib.sha256()
-
-        def hash_in_order() -> None:
-            # Parts land in any order; the hash needs them in order. Each is read back from the page
-            # cache once it is written (bounded memory, unlike holding early parts until their turn).
-            for (offset, length), done in zip(ranges, written, strict=True):
-                done.wait()
-                if failed.is_set():
-                    return
-                end = offset + length
-                while offset < end:
-                    chunk = os.pread(fd, min(8 * MiB, end - offset), offset)
-                    sha.update(chunk)  # hashlib releases the GIL on large buffers
-                    offset += len(chunk)
-
-        def abandon() -> None:  # wake the hasher and let it go: the download failed (or is over)
-            failed.set()
-            for event in written:
-                event.set()
-
-        hasher = threading.Thread(target=hash_in_order, name="s3-hash", daemon=True)
+    def get_in_memory(self, key: str, new_hash: Callable[[], Hash] | None = None) -> tuple[MemoryFile, Fetched] | None:
+        """Download ``key`` into memory that ``torch.load(mmap=True)`` can map by path (see
+        :class:`~trainer.s3_download.MemoryFile`); None when ``key`` does not exist. The caller closes
+        the MemoryFile; tensors mapped from it keep their bytes after that."""
+        mem = MemoryFile(self.work_dir)
         try:
-            os.ftruncate(fd, size)
+            got = self._download(key, mem, new_hash)
+        except BaseException:
+            mem.close()
+            raise
+        if got is None:
+            mem.close()
+            return None
+        mem.release_view()  # written: only the readers' mappings are needed from now on
+        return mem, got
 
-            def fetch(i: int, offset: int, length: int) -> None:
-                def attempt() -> None:
-                    # If-Match: every range comes from the same version of the object.
-                    resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag,
-                                                  Range=f"bytes={offset}-{offset + length - 1}")
-                    with contextlib.closing(resp["Body"]) as body:
-                        data = body.read()
-                    if len(data) != length:
-                        raise IncompleteReadError(actual_bytes=len(data), expected_bytes=length)
-                    os.pwrite(fd, data, offset)
-
-                self._call(f"get {key} part {i}/{len(ranges)}", attempt)
-                written[i - 1].set()
-
-            hasher.start()
+    def _download(self, key: str, dest: Destination, new_hash: Callable[[], Hash] | None) -> Fetched | None:
+        for _ in range(3):
+            download = Download(self.client, self.bucket, self._key(key), dest, call=self._call,
+                                max_streams=self.concurrency, new_hash=new_hash, name=key)
             try:
-                _parallel(self.concurrency, [(lambda i=i, o=o, n=n: fetch(i, o, n))
-                                             for i, (o, n) in enumerate(ranges, 1)])
-            except BaseException:
-                abandon()
-                raise
-            hasher.join()
-            return sha.hexdigest()
-        finally:
-            abandon()
-            if hasher.is_alive():
-                hasher.join()
-            os.close(fd)
+                return download.run()
+            except Replaced:
+                log.info("%s changed while it was being downloaded; downloading it again", key)
+            except ClientError as e:
+                raise self._misconfigured(e, "read") from None
+        raise StorageUnavailable(f"{key} kept changing while it was being downloaded from {self.uri}")
 
     def copy(self, src_key: str, dst_key: str) -> None:
         info = self.head(src_key)

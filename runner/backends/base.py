@@ -65,6 +65,9 @@ class LaunchRequest:
     container_disk_gb: int = 50
     volume_gb: int = 0
     image: Image | None = None  # the job file's image: section; None: its defaults
+    #: (image, job file's path in it) when resolved already: a supervisor elsewhere runs the image the
+    #: submitting machine built and pushed, and has no project to build from.
+    image_ref: tuple[str, str] | None = None
     #: Added to the live minimum spot bid (USD per GPU-hour), never above ``max_bid_per_gpu``.
     bid_margin_per_gpu: float = 0.0
     #: What an hour of the machine costs, for the backends that run on machines of yours (None: the default).

@@ -19,8 +19,8 @@ engine or on a remote one (``DOCKER_HOST=ssh://user@gpu-host``).
 - A run URI that is a folder of this machine is mounted into the container at the same path, and
   the trainer runs as your user so the files stay yours; a remote engine needs ``s3://`` storage.
 
-Ended containers are kept, so ``python -m runner logs`` can show every attempt; remove them with
-``docker container prune --filter label=org.spot-runner.job``."""
+Ended containers are kept, so ``python -m runner logs`` can show every attempt; ``runner prune``
+removes those of ended jobs (:mod:`runner.prune`)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,27 @@ def _signal_of(exit_code: int | None) -> str | None:
         return signal.Signals(exit_code - 128).name
     except ValueError:
         return f"signal {exit_code - 128}"
+
+
+def start_with_env(container: Any, env: dict[str, str]) -> None:
+    """Start ``container`` (made with ``stdin_open`` and no detach, its command behind the launcher of
+    :data:`trainer.contract.SECRETS_LAUNCHER`) and hand it ``env`` on its standard input: attached before
+    the start, so the launcher cannot miss the line; the engine closes the container's standard input
+    when this one attachment ends (``StdinOnce``). The container is removed if it cannot be started."""
+    import docker.errors
+
+    try:
+        sock = container.attach_socket(params={"stdin": 1, "stream": 1})
+        raw = getattr(sock, "_sock", sock)  # a local engine's SocketIO wraps the socket itself
+        try:
+            container.start()
+            raw.sendall(secrets_line(env))
+        finally:
+            sock.close()
+            raw.close()
+    except (docker.errors.APIError, OSError) as e:
+        container.remove(force=True)
+        raise BackendError(str(getattr(e, "explanation", None) or e)) from e
 
 
 class DockerBackend(Backend):
@@ -119,23 +140,10 @@ class DockerBackend(Backend):
         return Launched(self._handle(container), None, False, rate, rate)
 
     def _start(self, container: Any, request: LaunchRequest) -> None:
-        """Start ``container`` and hand it the job's environment on its standard input: attached
-        before the start, so the launcher cannot miss the line; the engine closes the container's
-        standard input when this one attachment ends (``StdinOnce``)."""
-        import docker.errors
-
         try:
-            sock = container.attach_socket(params={"stdin": 1, "stream": 1})
-            raw = getattr(sock, "_sock", sock)  # a local engine's SocketIO wraps the socket itself
-            try:
-                container.start()
-                raw.sendall(secrets_line(dict(request.env)))
-            finally:
-                sock.close()
-                raw.close()
-        except (docker.errors.APIError, OSError) as e:
-            container.remove(force=True)
-            raise BackendError(self._explain(e)) from None
+            start_with_env(container, dict(request.env))
+        except BackendError as e:
+            raise BackendError(self._explain(e.__cause__ or e)) from None
 
     def _run_options(self, request: LaunchRequest) -> dict[str, Any]:
         import docker.types

@@ -89,6 +89,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def trainer_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a trainer started on this machine: what it needs of the runner's own
+    (:data:`PASS_THROUGH`), then ``extra`` (the job's settings and secrets)."""
+    env = {k: v for k, v in os.environ.items() if k in PASS_THROUGH or k.startswith("LC_")}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    # The trainer must be importable whatever the job's working directory is.
+    spec = importlib.util.find_spec("trainer")
+    if spec is not None and spec.origin:
+        root = str(Path(spec.origin).resolve().parent.parent)
+        parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in parts if p != root])
+    return env
+
+
 class LocalBackend(Backend):
     name = "local"
 
@@ -184,17 +199,7 @@ class LocalBackend(Backend):
             time.sleep(0.05)
 
     def _env(self, request: LaunchRequest) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k in PASS_THROUGH or k.startswith("LC_")}
-        env.update(request.env)
-        env[ENV_ATTEMPT_ID] = request.attempt_id
-        env["PYTHONUNBUFFERED"] = "1"
-        # The trainer must be importable whatever the job's working directory is.
-        spec = importlib.util.find_spec("trainer")
-        if spec is not None and spec.origin:
-            root = str(Path(spec.origin).resolve().parent.parent)
-            parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-            env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in parts if p != root])
-        return env
+        return trainer_environment({**request.env, ENV_ATTEMPT_ID: request.attempt_id})
 
     # --- poll / stop ------------------------------------------------------------------------------
     def _reap(self, handle: dict[str, Any]) -> None:

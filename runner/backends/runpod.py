@@ -99,6 +99,9 @@ class RunPodBackend(Backend):
         the image's working directory, which is where the entrypoint runs."""
         from runner.backends.docker_image import IMAGE_ROOT, ensure_image
 
+        if request.image_ref is not None:
+            name, job_path = request.image_ref
+            return name, str(PurePosixPath(job_path).relative_to(IMAGE_ROOT))
         settings = request.image
         client = None
         if settings and not settings.name and settings.push_to:  # only a build needs a Docker engine

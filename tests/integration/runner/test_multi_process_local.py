@@ -72,4 +72,4 @@ def test_two_processes_killed_and_stopped_then_resumed_byte_identical(runner, tm
     log = (run / contract.TRAINER_LOG).read_text()
     assert "x 2 process(es) x accumulation 1 = 32 examples per optimizer step" in log
     assert len(re.findall(r"emergency checkpoint at step \d+", log)) == 1, log[-3000:]
-    assert len(re.findall(r"resuming from \S+ \(step \d+, sha256 \S+ verified\)", log)) == 2, log[-3000:]
+    assert len(re.findall(r"resuming from \S+ \(step \d+, xxh3_128 \S+ verified\)", log)) == 2, log[-3000:]

@@ -175,6 +175,6 @@ def test_trainer_on_a_filling_disk_stops_says_why_and_resumes_from_its_last_good
     ballast.unlink()
     done = run_trainer(job, str(run), timeout=600)
     assert done.returncode == contract.EXIT_DONE, done.stderr
-    assert f"(step {newest}, sha256" in done.stderr  # "resuming from ... (step N, sha256 ... verified)"
+    assert f"(step {newest}, xxh3_128" in done.stderr  # "resuming from ... (step N, xxh3_128 ... verified)"
     final = json.loads((run / contract.STATUS).read_text())
     assert final["state"] == contract.DONE and final["last_checkpoint_step"] == 40 and final["checkpoint_error"] is None

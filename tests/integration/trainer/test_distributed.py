@@ -108,7 +108,7 @@ def test_sigkill_of_the_whole_group_then_resume_is_bit_exact(ddp_job, reference,
     run_to_end(ddp_job, run)
     assert final(run) == reference
     text = (run / contract.TRAINER_LOG).read_text()
-    assert len(re.findall(r"resuming from \S+ \(step \d+, sha256 \S+ verified\)", text)) >= 2, text[-3000:]
+    assert len(re.findall(r"resuming from \S+ \(step \d+, xxh3_128 \S+ verified\)", text)) >= 2, text[-3000:]
 
 
 def test_sigterm_to_one_rank_stops_all_ranks_with_one_checkpoint_and_resumes_exactly(ddp_job, reference, tmp_path):

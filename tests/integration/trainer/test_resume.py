@@ -110,7 +110,7 @@ def test_sigkill_at_random_moments_and_mid_checkpoint_resumes_bit_for_bit(chaos_
     assert sha256_of(final_weights(run)) == reference
 
     trainer_log = (run / contract.TRAINER_LOG).read_text()
-    resumes = re.findall(r"resuming from (\S+) \(step (\d+), sha256 \S+ verified\)", trainer_log)
+    resumes = re.findall(r"resuming from (\S+) \(step (\d+), xxh3_128 \S+ verified\)", trainer_log)
     assert len(resumes) >= 5, trainer_log[-3000:]
     assert "cannot be loaded" not in trainer_log and "do not match" not in trainer_log
     steps = [int(s) for _, s in resumes]

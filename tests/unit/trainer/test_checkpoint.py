@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 
 import pytest
 import torch
+import xxhash
 
 from trainer import contract
 from trainer.checkpoint import CheckpointManager
@@ -95,6 +97,66 @@ def test_file_without_checksum_is_skipped(tmp_path, caplog):
     payload, _ = _manager(tmp_path).load()
     assert payload["step"] == 10
     assert "has no checksum" in caplog.text
+
+
+def test_the_record_holds_both_checksums_and_the_fast_one_is_checked(tmp_path, caplog):
+    mgr = _manager(tmp_path)
+    mgr.save(10, _state(10))
+    assert mgr.flush(timeout=30)
+    mgr.close()
+    latest = tmp_path / "run" / contract.LATEST
+    record = json.loads((tmp_path / "run" / (contract.LATEST + contract.CHECKSUM_SUFFIX)).read_text())
+    data = latest.read_bytes()
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert record["xxh3_128"] == xxhash.xxh3_128(data).hexdigest() and record["size"] == len(data)
+    caplog.set_level(logging.INFO, logger="trainer")
+    payload, key = _manager(tmp_path).load()
+    assert payload["step"] == 10 and key == contract.LATEST
+    assert f"xxh3_128 {record['xxh3_128'][:12]}" in caplog.text
+
+
+def _rewrite_records(run, keep) -> None:
+    for sidecar in (run / "checkpoints").glob("*" + contract.CHECKSUM_SUFFIX):
+        record = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps({k: v for k, v in record.items() if k in keep}))
+
+
+def test_a_record_written_before_xxh3_is_checked_with_sha256(tmp_path, caplog):
+    """Checkpoints of an older trainer (sha256 only) still resume, and still refuse torn bytes."""
+    mgr = _manager(tmp_path, keep_last=3)
+    for step in (10, 20):
+        mgr.save(step, _state(step))
+        assert mgr.flush(timeout=30)
+    mgr.close()
+    run = tmp_path / "run"
+    _rewrite_records(run, keep={"sha256", "size", "step", "source"})
+    caplog.set_level(logging.INFO, logger="trainer")
+    payload, key = _manager(tmp_path, keep_last=3).load()
+    assert payload["step"] == 20 and key == contract.LATEST and "(step 20, sha256 " in caplog.text
+    latest = run / contract.LATEST  # a hard link of step-20: both torn
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    latest.write_bytes(bytes(data))
+    caplog.clear()
+    payload, key = _manager(tmp_path, keep_last=3).load()
+    assert payload["step"] == 10 and key == contract.step_checkpoint(10)
+    assert "do not match its checksum (sha256" in caplog.text
+
+
+def test_a_record_without_a_known_checksum_is_skipped(tmp_path, caplog):
+    mgr = _manager(tmp_path, keep_last=3)
+    for step in (10, 20):
+        mgr.save(step, _state(step))
+        assert mgr.flush(timeout=30)
+    mgr.close()
+    run = tmp_path / "run"
+    for key in (contract.LATEST, contract.step_checkpoint(20)):
+        sidecar = run / (key + contract.CHECKSUM_SUFFIX)
+        record = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps({"md5": "0" * 32, "size": record["size"], "step": record["step"]}))
+    caplog.set_level(logging.INFO, logger="trainer")
+    payload, key = _manager(tmp_path).load()
+    assert payload["step"] == 10 and "checksum file is unreadable" in caplog.text
 
 
 class _RunsCode:

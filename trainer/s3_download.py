@@ -1,0 +1,436 @@
+"""Download one S3 object as fast as the link allows, into memory or into a file.
+
+Resuming from an empty disk is mostly this download, so each choice here was measured
+(``bench/bench_s3_resume.py``, BENCHMARKS.md):
+
+* **No HEAD.** The first GET asks for the whole object; its answer gives the size and the ETag.
+  Every later request for the same object names that ETag (``If-Match``), so all bytes come from
+  one version of it; a replaced object answers 412 and the caller starts again.
+* **One stream first, more only where they pay.** Object stores cap each TCP connection (S3:
+  roughly 50-100 MB/s), so there parallel ranged GETs multiply the speed; but a fast link (a store
+  in the same zone, loopback) is already full with one stream, and extra ones only add contention.
+  The download therefore starts with one stream, measures it, and while the rest would still take
+  a while, adds ranged GETs for the *end* of the object, doubling the streams only as long as each
+  doubling raises the total rate. The first stream keeps reading from the front until it meets the
+  parts claimed from the back, so nothing is read twice.
+* **No copies.** Bytes go from the socket straight into their destination (``readinto`` on the
+  response's underlying ``http.client`` stream; a memfd mapping for :class:`MemoryFile`), and are
+  hashed right after each read while they are still in the CPU's cache.
+* **A dropped connection costs only what was not yet received**: a stream that fails is retried
+  (the caller's retry policy) from the byte where it stopped.
+
+Torch-free: only :mod:`trainer.storage_s3` uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from botocore.exceptions import ClientError, IncompleteReadError
+
+T = TypeVar("T")
+
+MiB = 1 << 20
+#: Bytes read (and hashed) per call: big enough that a call costs little, small enough to stay in cache.
+CHUNK = MiB
+#: How long each measurement of the rate lasts (at least; longer on a link with a slow first byte).
+WINDOW_S = 0.2
+#: Streams are added only while the rest of the download at the current rate would take longer.
+WORTH_PARALLEL_S = 0.5
+#: A doubling of the streams must raise the total rate by this factor to be kept going.
+GAIN = 1.25
+#: A ranged GET is at most this long (smaller near the end, so the streams finish together).
+MAX_PART = 16 * MiB
+
+
+class Hash(Protocol):
+    def update(self, data: Any, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+class Destination(Protocol):
+    """Where the bytes go. ``receive`` reads up to ``n`` bytes of ``stream`` into place at ``offset``
+    and returns them as a buffer (empty at the end of the stream); ``read`` gives back bytes already
+    received (to hash parts in order)."""
+
+    def open(self, size: int) -> None: ...
+    def receive(self, stream: Any, offset: int, n: int, scratch: memoryview) -> memoryview: ...
+    def read(self, offset: int, n: int) -> Any: ...
+
+
+class MemoryFile:
+    """A download held in memory but reachable by a path, so ``torch.load(path, mmap=True)`` maps the
+    very pages the socket wrote into instead of copying them: a memfd on Linux (``/proc/self/fd/N``),
+    elsewhere an unlinked-on-close temporary file in ``fallback_dir``.
+
+    ``shared``: writes through a shared mapping of it touch no one else's bytes (a memfd); with a
+    temporary file they would write back to disk, so map it privately."""
+
+    def __init__(self, fallback_dir: Path | None = None) -> None:
+        self.fd = -1
+        self.size = 0
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        self._tmp: Path | None = None
+        memfd = getattr(os, "memfd_create", None)
+        if memfd is not None:
+            with contextlib.suppress(OSError):
+                fd = memfd("download", os.MFD_CLOEXEC)
+                if os.path.exists(f"/proc/self/fd/{fd}"):
+                    self.fd, self.path, self.shared = fd, f"/proc/{os.getpid()}/fd/{fd}", True
+                else:  # no /proc (an unusual container): torch could not open it by name
+                    os.close(fd)
+        if self.fd < 0:
+            fd, name = tempfile.mkstemp(prefix=".download.", suffix=".tmp", dir=fallback_dir)
+            self.fd, self.path, self.shared, self._tmp = fd, name, False, Path(name)
+
+    def open(self, size: int) -> None:
+        self.release_view()
+        self.size = size
+        os.ftruncate(self.fd, 0)  # a fresh start after a replaced object: no stale bytes
+        os.ftruncate(self.fd, size)
+        if size:
+            self._map = mmap.mmap(self.fd, size)
+            self._view = memoryview(self._map)
+
+    def receive(self, stream: Any, offset: int, n: int, scratch: memoryview) -> memoryview:
+        assert self._view is not None
+        target = self._view[offset:offset + n]
+        got = stream.readinto(target)
+        return target[:got or 0]
+
+    def read(self, offset: int, n: int) -> memoryview:
+        assert self._view is not None
+        return self._view[offset:offset + n]
+
+    def release_view(self) -> None:
+        """Drop this object's own mapping; the bytes stay in the file (and in any other mapping of it)."""
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def close(self) -> None:
+        self.release_view()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> MemoryFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FileDestination:
+    """A download into an open file: each read lands in a per-stream scratch buffer and is written
+    with ``pwrite`` (so a full disk is an ``OSError``, never a SIGBUS from a mapping)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def open(self, size: int) -> None:
+        os.ftruncate(self.fd, 0)
+        os.ftruncate(self.fd, size)
+
+    def receive(self, stream: Any, offset: int, n: int, scratch: memoryview) -> memoryview:
+        got = stream.readinto(scratch[:n]) or 0
+        view = scratch[:got]
+        done = 0
+        while done < got:
+            done += os.pwrite(self.fd, view[done:], offset + done)
+        return view
+
+    def read(self, offset: int, n: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+
+@dataclass
+class Fetched:
+    """What a download got: the object's size and ETag, the hex digest of its bytes (when asked for),
+    the most streams that ran at once and how many ranged GETs the added streams made."""
+
+    size: int
+    etag: str
+    digest: str | None
+    streams: int = 1
+    ranged_parts: int = 0
+
+
+class Replaced(Exception):
+    """The object changed while it was being read (a later request's If-Match failed): start again."""
+
+
+@dataclass
+class _Part:
+    offset: int
+    length: int
+    received: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _raw_stream(body: Any) -> Any:
+    """The response's ``http.client`` stream under botocore's and urllib3's wrappers: its ``readinto``
+    reads from the socket straight into the caller's buffer. (urllib3's own ``readinto`` reads into
+    a new buffer and copies it twice; on a fast link those copies cost a third of the download.)
+    Falls back to the public, slower one if a future urllib3 moves the attribute."""
+    raw = getattr(body, "_raw_stream", body)
+    fp = getattr(raw, "_fp", None)
+    return fp if fp is not None and hasattr(fp, "readinto") else raw
+
+
+class Download:
+    """One object, ``key`` in ``bucket``, into ``dest``. ``call(what, fn)`` runs one request under
+    the caller's retry policy; ``new_hash`` makes the hash of the bytes (None: no digest)."""
+
+    def __init__(self, client: Any, bucket: str, key: str, dest: Destination, *,
+                 call: Callable[[str, Callable[[], T]], T], max_streams: int,
+                 new_hash: Callable[[], Hash] | None = None, name: str | None = None) -> None:
+        self.client, self.bucket, self.key, self.dest = client, bucket, key, dest
+        self.call, self.max_streams, self.new_hash = call, max(1, max_streams), new_hash
+        self.name = name or key
+        self.size = 0
+        self.etag = ""
+        self._lock = threading.Lock()
+        self._front = 0  # the first stream has claimed [0, _front)
+        self._back = 0  # ranged parts have claimed [_back, size)
+        self._parts: list[_Part] = []
+        self._received = 0  # by every stream, for the rate
+        self._workers: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._most_streams = 1
+
+    # --- the first stream: the whole object from the front ---------------------------------------
+    def run(self) -> Fetched | None:
+        """The download; None when the object does not exist. Raises :class:`Replaced` when the
+        object changed underneath, or the last error of a request that kept failing."""
+        scratch = memoryview(bytearray(CHUNK))
+        digest = self.new_hash() if self.new_hash else None
+        pos = 0  # the first stream has received [0, pos)
+        started = [False]
+        ttfb = [0.0]
+
+        def attempt() -> None:
+            nonlocal pos
+            t0 = time.monotonic()
+            if not started[0]:
+                try:
+                    resp = self.client.get_object(Bucket=self.bucket, Key=self.key)
+                except ClientError as e:
+                    if _is_missing(e):
+                        raise _Missing from None
+                    raise
+                self.size = int(resp["ContentLength"])
+                self.etag = resp["ETag"]
+                self.dest.open(self.size)
+                with self._lock:
+                    self._front, self._back = 0, self.size
+                started[0] = True
+                ttfb[0] = time.monotonic() - t0
+            else:  # a retry after a dropped connection: the rest, from the same version
+                with self._lock:
+                    end = self._back
+                if pos >= end:
+                    return
+                resp = self._ranged_get(pos, end)
+            with contextlib.closing(resp["Body"]) as body:
+                stream = _raw_stream(body)
+                controller = _Controller(self, ttfb[0])
+                while True:
+                    with self._lock:
+                        n = min(CHUNK, self._back - pos)
+                        self._front = pos + max(n, 0)
+                    if n <= 0:
+                        return
+                    view = self.dest.receive(stream, pos, n, scratch)
+                    if not len(view):
+                        raise IncompleteReadError(actual_bytes=pos, expected_bytes=self.size)
+                    if digest is not None:
+                        digest.update(view)
+                    pos += len(view)
+                    with self._lock:
+                        self._received += len(view)
+                    controller.tick()
+                    if self._errors:
+                        return
+
+        try:
+            self.call(f"get {self.name}", attempt)
+        except _Missing:
+            return None
+        except BaseException:
+            self._stop.set()
+            self._join()
+            raise
+        if self._errors:
+            self._stop.set()
+        # The parts claimed from the back, in order, hashed as each one lands.
+        for part in sorted(self._parts, key=lambda p: p.offset):
+            while not part.done.wait(0.1):
+                if self._errors or not any(w.is_alive() for w in self._workers):
+                    break
+            if self._errors or not part.done.is_set():
+                break
+            if digest is not None:
+                end, at = part.offset + part.length, part.offset
+                while at < end:
+                    n = min(8 * MiB, end - at)
+                    digest.update(self.dest.read(at, n))
+                    at += n
+        self._join()
+        if self._errors:
+            raise self._errors[0]
+        return Fetched(self.size, self.etag, digest.hexdigest() if digest else None, self._most_streams,
+                       len(self._parts))
+
+    # --- streams added for the end of the object --------------------------------------------------
+    def add_streams(self, count: int) -> int:
+        """Start up to ``count`` more streams (within ``max_streams``); returns how many started."""
+        started = 0
+        while started < count and 1 + len(self._workers) < self.max_streams:
+            worker = threading.Thread(target=self._worker, name=f"s3-get-{len(self._workers) + 1}", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+            started += 1
+        self._most_streams = max(self._most_streams, 1 + len(self._workers))
+        return started
+
+    @property
+    def streams(self) -> int:
+        return 1 + len(self._workers)
+
+    def unclaimed(self) -> int:
+        with self._lock:
+            return self._back - self._front
+
+    def received(self) -> int:
+        with self._lock:
+            return self._received
+
+    def _claim(self) -> _Part | None:
+        with self._lock:
+            left = self._back - self._front
+            # Guided: a share of what is left per stream, so the last parts are small and the
+            # streams finish together; nothing smaller than a few reads is worth a request.
+            n = min(MAX_PART, left // (2 * self.streams))
+            if n < 2 * CHUNK or self._stop.is_set():
+                return None
+            self._back -= n
+            part = _Part(self._back, n)
+            self._parts.append(part)
+            return part
+
+    def _worker(self) -> None:
+        scratch = memoryview(bytearray(CHUNK))
+        try:
+            while (part := self._claim()) is not None:
+                self.call(f"get {self.name} bytes {part.offset}-{part.offset + part.length - 1}",
+                          lambda p=part: self._fetch_part(p, scratch))
+                part.done.set()
+        except _Abandoned:
+            return
+        except BaseException as e:
+            with self._lock:
+                self._errors.append(e)
+
+    def _fetch_part(self, part: _Part, scratch: memoryview) -> None:
+        # A retry asks for the rest of the part only.
+        end = part.offset + part.length
+        resp = self._ranged_get(part.offset + part.received, end)
+        with contextlib.closing(resp["Body"]) as body:
+            stream = _raw_stream(body)
+            while part.received < part.length:
+                if self._stop.is_set():
+                    raise _Abandoned(self.key)
+                at = part.offset + part.received
+                view = self.dest.receive(stream, at, min(CHUNK, end - at), scratch)
+                if not len(view):
+                    raise IncompleteReadError(actual_bytes=part.received, expected_bytes=part.length)
+                part.received += len(view)
+                with self._lock:
+                    self._received += len(view)
+
+    def _ranged_get(self, start: int, end: int) -> Any:
+        """GET bytes [start, end) of the version being read (412 -> :class:`Replaced`)."""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag,
+                                          Range=f"bytes={start}-{end - 1}")
+        except ClientError as e:
+            if _is_replaced(e):
+                raise Replaced(self.key) from None
+            raise
+        if not str(resp.get("ContentRange", "")).startswith(f"bytes {start}-{end - 1}/"):
+            raise RuntimeError(f"the S3 store answered bytes {start}-{end - 1} of {self.key} with "
+                               f"{resp.get('ContentRange') or 'the whole object'}: it must support Range requests")
+        return resp
+
+    def _join(self) -> None:
+        for worker in self._workers:
+            worker.join()
+
+
+class _Controller:
+    """Decides, from the measured rate, whether and how many streams to add (see the module doc)."""
+
+    def __init__(self, download: Download, ttfb: float) -> None:
+        self.download = download
+        # A window long enough that a new stream's first byte does not dominate it.
+        self.window = max(WINDOW_S, 3 * ttfb)
+        self.t0 = time.monotonic()
+        self.bytes0 = download.received()
+        self.last_rate = 0.0
+        self.done = download.max_streams <= 1
+
+    def tick(self) -> None:
+        if self.done:
+            return
+        now = time.monotonic()
+        if now - self.t0 < self.window:
+            return
+        d = self.download
+        got = d.received()
+        rate = (got - self.bytes0) / (now - self.t0)
+        self.t0, self.bytes0 = now, got
+        left = d.unclaimed()
+        more = d.streams < d.max_streams and left > 0 and rate > 0 and left / rate > WORTH_PARALLEL_S
+        if self.last_rate and rate < self.last_rate * GAIN:
+            more = False  # the last doubling did not pay: the link, not the streams, is the limit
+        if more and d.add_streams(d.streams):
+            self.last_rate = rate
+        else:
+            self.done = True
+
+
+class _Missing(Exception):
+    """The object is not there (404): not retried, answered as None."""
+
+
+class _Abandoned(Exception):
+    """Another stream failed: this one stops (not retried, not the error reported)."""
+
+
+def _is_missing(e: ClientError) -> bool:
+    err = e.response.get("Error", {}) or {}
+    status = (e.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+    return err.get("Code") in ("NoSuchKey", "404") or status == 404
+
+
+def _is_replaced(e: ClientError) -> bool:
+    err = e.response.get("Error", {}) or {}
+    status = (e.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+    return err.get("Code") == "PreconditionFailed" or status == 412

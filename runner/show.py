@@ -567,7 +567,7 @@ def print_detached(state, row, json: bool, what: str, pid: int | None, log) -> N
 
         return print_json(job_record(state, row))
     if pid is None:
-        print(f"{row.id} {what}; its supervisor on {row.supervisor} launches it")
+        print(f"{row.id} {row.state}: {row.reason or what}")
         print(f"  follow it:  python -m runner status {row.id}   (its supervisor on {row.supervisor} relaunches it "
               f"after a preemption, with this machine off)")
         return None

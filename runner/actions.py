@@ -35,12 +35,29 @@ def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ,
 
 
 def _preflight(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
-    """Everything the job needs here (:mod:`runner.preflight`), or a refusal listing every problem at once."""
+    """Everything the job needs here (:mod:`runner.preflight`) and in its GPUs' memory (:mod:`runner.memory`),
+    or a refusal listing every problem at once. What else the user should hear goes to stderr."""
     from runner import preflight
+    from runner.memory import MemoryFitError, check_fit
 
-    problems = preflight.check(spec_job, environ, extra).problems
+    problems: list[str] = []
+    try:
+        _note(check_fit(spec_job))
+    except MemoryFitError as e:
+        problems.append(str(e))
+    problems += preflight.check(spec_job, environ, extra).problems
     if problems:
         raise ActionError(preflight.refusal(problems))
+
+
+def _note(notes: list[str]) -> None:
+    if notes:
+        from rich.console import Console
+        from rich.markup import escape
+
+        console = Console(stderr=True, highlight=False, soft_wrap=True)  # as runner.show's (which imports this module)
+        for note in notes:
+            console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:

@@ -24,19 +24,20 @@ def print_logs(state: st.State, row: st.JobRow, follow: bool, attempt: int | Non
         backend = get_backend(row.backend)
     except BackendUnavailable as e:
         unavailable = str(e)
-    shown: set[str] = set()
-    unread: list[int] = []  # attempts whose backend output could not be read
-    background = _background_log(row)
     looked = [0.0]
 
     def active() -> bool:
-        if row.remote and time.monotonic() - looked[0] > 2:  # supervised elsewhere: its snapshot says
+        """Whether the job still runs; one supervised elsewhere is refreshed from its snapshot first."""
+        if row.remote and time.monotonic() - looked[0] > 2:
             from runner.remote.client import refresh
 
             refresh(state, [state.job(row.id)])
             looked[0] = time.monotonic()
         return state.job(row.id).active
 
+    shown: set[str] = set()
+    unread: list[int] = []  # attempts whose backend output could not be read
+    background = _background_log(row)
     try:
         if background:
             print(f"── launched in the background: {background} ──", flush=True)

@@ -135,12 +135,12 @@ def print_job(state, row, record: dict[str, Any]) -> None:
                 checkpoint_failed = [("checkpoint", f"[red]{escape(status.checkpoint_error)}[/]")]
     supervised = (f"runner process {row.supervisor_pid}" if row.supervised() else
                   "[yellow]nobody: run `python -m runner watch`[/]") if row.active else "-"
-    if row.active and row.launching_in_background():
-        supervised = f"runner process {row.launcher_pid}, launching it in the background ({escape(row.launcher_log or '')})"
     if row.remote and row.active:
         from runner.remote.client import supervised_text
 
         supervised = escape(supervised_text(row))
+    elif row.active and row.launching_in_background():
+        supervised = f"runner process {row.launcher_pid}, launching it in the background ({escape(row.launcher_log or '')})"
     cost = record["cost"]
     budget = f" of ${record['budget_usd']:.2f} budget" if record.get("budget_usd") else ""
     console.print(kv_table([
@@ -559,19 +559,18 @@ def print_pipeline(state, stages: list, json: bool) -> None:
 
 
 def print_detached(state, row, json: bool, what: str, pid: int | None, log) -> None:
-    """A job handed to a background launcher (``--detach``), or to its supervisor elsewhere (``pid`` None):
+    """A job handed to a background launcher (``--detach``), or, with no ``pid``, to its supervisor elsewhere:
     its record, or a line and how to follow it."""
     row = state.job(row.id)
     if json:
         from runner.describe import job_record
 
         return print_json(job_record(state, row))
-    if pid is None:
-        print(f"{row.id} {row.state}: {row.reason or what}")
-        print(f"  follow it:  python -m runner status {row.id}   (its supervisor on {row.supervisor} relaunches it "
-              f"after a preemption, with this machine off)")
-        return None
-    print(f"{row.id} {what}; runner process {pid} builds, pushes and launches it in the background (its output: {log})")
+    if pid is None:  # handed over at submit: its supervisor elsewhere launches it
+        print(f"{row.id} {row.state}: {row.reason or what} (it launches the job and relaunches it after a "
+              f"preemption, with this machine off)")
+    else:
+        print(f"{row.id} {what}; runner process {pid} builds, pushes and launches it in the background (its output: {log})")
     print(f"  follow it:  python -m runner logs {row.id} --follow\n"
           f"  status:     python -m runner status {row.id}")
     return None

@@ -44,8 +44,9 @@ def submit(job: str, *, gpu: Any = None, backend: str | None = None, env: Iterab
            smoke: Any = None) -> None:
     """Validate, then plan (``dry_run``), or check (:mod:`runner.preflight`), record and launch: followed
     here until the job ends (exit 1 unless it ended done), or with ``detach`` handed to a background
-    launcher as soon as it is recorded (:mod:`runner.background`). ``smoke`` (:class:`runner.smoke.SmokeOptions`)
-    runs the smoke run first when asked for: instead of launching, or as the gate before it."""
+    launcher as soon as it is recorded (:mod:`runner.background`). ``smoke``
+    (:class:`runner.smoke.SmokeOptions`) runs the smoke run first when asked for: instead of launching, or as
+    the gate before it."""
     spec_job = load(job, gpu, backend, env, supervisor)
     if smoke is not None:
         from runner.smoke import before_submit
@@ -83,12 +84,11 @@ def resume(job: str, *, budget: float | None = None, detach: bool = False, json:
 
 
 def _launch_detached(state: Any, row: Any, json: bool, what: str) -> None:
-    """Hand the recorded job to a background launcher and return at once (a job supervised elsewhere
-    is its supervisor's to launch)."""
+    """Hand the recorded job to a background launcher and return at once."""
     from runner import background
     from runner.show import print_detached
 
-    if state.job(row.id).remote:
+    if state.job(row.id).remote:  # handed over at submit: its supervisor elsewhere launches it, not this machine
         return print_detached(state, row, json, what, None, None)
     pid, log = background.spawn(state, row.id)
     return print_detached(state, row, json, what, pid, log)

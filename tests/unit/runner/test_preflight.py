@@ -62,7 +62,9 @@ def test_a_runpod_submit_with_a_placeholder_registry_is_refused_at_once_with_eve
     assert err.rstrip().endswith("Nothing was built or launched, and no job was recorded; fix them and submit again.")
     assert "watch" not in done.stdout + err
     assert not runner_home.exists(), "nothing recorded"
-    assert took < 10, f"{took:.1f}s to refuse (a slow start of the interpreter on a loaded machine included)"
+    # The old submit spent 71 s pulling before it failed; this bound is loose only for the interpreter's start
+    # on a loaded 2-core machine (about a second when idle).
+    assert took < 30, f"{took:.1f}s to refuse"
     # The checks themselves, once the interpreter has started and imported them: well under a second.
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{port}")
     spec_job = load_job(job)

@@ -573,8 +573,8 @@ def print_detached(state, row, json: bool, what: str, pid: int | None, log) -> N
 
         return print_json(job_record(state, row))
     if pid is None:  # handed over at submit: its supervisor elsewhere launches it
-        print(f"{row.id} {what}; its supervisor on {row.supervisor} launches it and relaunches it after a preemption, "
-              f"with this machine off")
+        print(f"{row.id} {row.state}: {row.reason or what} (it launches the job and relaunches it after a "
+              f"preemption, with this machine off)")
     else:
         print(f"{row.id} {what}; runner process {pid} builds, pushes and launches it in the background (its output: {log})")
     print(f"  follow it:  python -m runner logs {row.id} --follow\n"

@@ -41,7 +41,7 @@ LAUNCHING = "launching"  # intent recorded; the backend may or may not have star
 ATTEMPT_RUNNING = "running"
 ENDED = "ended"
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6  # 5: supervision elsewhere; 6: the background launcher of --detach
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -163,7 +163,7 @@ _ADDED_COLUMNS = (
     # [image reference, path of the job file in the image].
     ("jobs", "image_ref_json", "TEXT"),
     # The process that builds, pushes and launches a job submitted with --detach (pid and start time,
-    # as for the lease), and its output, so `status`, `logs` and `watch` know of it (version 4).
+    # as for the lease), and its output, so `status`, `logs` and `watch` know of it (version 6).
     ("jobs", "launcher_pid", "INTEGER"),
     ("jobs", "launcher_ident", "TEXT"),
     ("jobs", "launcher_log", "TEXT"),

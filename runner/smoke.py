@@ -60,8 +60,12 @@ def before_submit(job: Any, options: SmokeOptions) -> None:
         stages = _check(job, options)
     except SmokeError as e:
         fail(str(e))
-    report = smoke_job(job, stages, options.steps or DEFAULT_STEPS, options.seconds or DEFAULT_SECONDS,
-                       stream=sys.stderr)
+    try:
+        report = smoke_job(job, stages, options.steps or DEFAULT_STEPS, options.seconds or DEFAULT_SECONDS,
+                           stream=sys.stderr)
+    except KeyboardInterrupt:
+        print("\nSmoke run interrupted; nothing was launched.", file=sys.stderr)
+        raise SystemExit(130) from None
     if options.json and not options.smoke_first:
         from runner.show import print_json
 

@@ -349,6 +349,19 @@ class Guard(_Section):
     stop_grad_norm_in_a_row: int = Field(3, ge=1)
 
 
+class Loader(_Section):
+    """How training batches are made, for every recipe (a custom one too). With ``workers`` above 0,
+    PyTorch DataLoader processes collate the next batches while the GPU trains on this one, in the
+    same order (a resumed run sees the same batches)."""
+
+    #: Processes that collate batches ahead; 0 collates each batch in the training process when needed.
+    workers: int = Field(0, ge=0, le=64)
+    #: Page-locked batches, copied to the GPU without blocking the step (CUDA only; ignored on CPU).
+    pin_memory: bool = False
+    #: Batches each worker keeps ready.
+    prefetch: int = Field(2, ge=1, le=64)
+
+
 class Logging(_Section):
     every_steps: int = Field(10, ge=1)
     #: status.json is rewritten this often while training (the runner's liveness signal).
@@ -425,6 +438,7 @@ class TrainConfig(_Section):
     eval: Eval = Field(default_factory=Eval)
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
     guard: Guard = Field(default_factory=Guard)
+    loader: Loader = Field(default_factory=Loader)
     logging: Logging = Field(default_factory=Logging)
     finish: Finish = Field(default_factory=Finish)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -23,6 +23,7 @@ from trainer.checkpoint import CheckpointManager, to_cpu_copy, trainable_state
 from trainer.config import TrainConfig
 from trainer.data import EpochSampler
 from trainer.finish import RunEnd, finish
+from trainer.loader import Batches
 from trainer.recipes import Recipe, build_recipe
 from trainer.reporter import Reporter
 from trainer.signals import StopRequest
@@ -300,6 +301,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
         log.info("no checkpoint under %s: starting fresh", storage.uri)
     stop.steps_done = step
     trained_before, training_since = progress.train_seconds, time.perf_counter()
+    batches = Batches(recipe, sampler, cfg.loader, device)  # after the sampler's state is restored
 
     def state() -> dict[str, Any]:
         """The full training state. A collective under torchrun: every rank must call it together."""
@@ -312,7 +314,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler else None,
             "ema": ema.state_dict() if ema else None,
-            "sampler": sampler.state_dict(),
+            "sampler": batches.state,  # not sampler's own: with loader workers it runs ahead
             "progress": asdict(progress),
             "rng": distributed.gather(rng_state(), world),
         }
@@ -364,7 +366,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
 
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
-                batch = recipe.collate([recipe.train_set[i] for i in sampler.next_batch()])
+                batch = batches.next()
                 batch_tokens = _tokens(batch)
                 window_tokens += batch_tokens
                 progress.tokens_seen += batch_tokens
@@ -509,6 +511,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
         outcome = Outcome(contract.EXIT_DONE, step)
         return outcome
     finally:
+        batches.close()
         bar.close()
         tb.close()
         if outcome is None:  # an exception is on its way out: leave what was queued written

@@ -28,6 +28,7 @@ import torch
 from trainer import contract, distributed
 from trainer.config import TrainConfig
 from trainer.data import EpochSampler
+from trainer.loader import Batches
 from trainer.loop import (
     CHECKPOINT_FORMAT,
     EMA,
@@ -45,8 +46,10 @@ from trainer.loop import (
 log = logging.getLogger("trainer")
 
 
-#: Steps taken whatever the time budget: fewer cannot tell a falling loss from noise.
+#: Steps taken whatever the time budget.
 MIN_STEPS = 3
+#: Fewer steps than this, cut short by the time budget, cannot tell a loss that does not fall from noise.
+MIN_JUDGED_STEPS = 10
 
 
 def run_smoke(job: str, out: str | Path, steps: int = 100, seconds: float = 60.0, processes: int = 1,
@@ -160,7 +163,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
     tokens_per_step: list[int] = []
     in_a_row = 0
     setup_s = time.perf_counter() - t_setup
-    sampler = _sampler(n, batch, cfg.seed)
+    batches = Batches(recipe, _sampler(n, batch, cfg.seed), cfg.loader, device)  # the job's loader workers too
     log.info("smoke: %s for up to %d steps or %.0f s on %s, batch %d x accumulation %d (%s parameters, %s trainable)",
              cfg.model.recipe, steps, seconds, device, batch, cfg.grad_accum, f"{sum(p.numel() for p in model.parameters()):,}",
              f"{sum(p.numel() for p in trainable):,}")
@@ -178,7 +181,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
             group["lr"] = lr_at(step, sched_cfg, job_steps or steps) * group.get("lr_scale", 1.0)
         t0 = time.perf_counter()
         try:
-            train_loss, tokens = _forward_backward(recipe, model, sampler, cfg.grad_accum, device, autocast, scaler)
+            train_loss, tokens = _forward_backward(recipe, model, batches, cfg.grad_accum, device, autocast, scaler)
         except RuntimeError as e:
             if not (_is_oom(e) and step == 0 and batch > 1):
                 raise
@@ -188,7 +191,8 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
             notes.append(f"batch {batch} did not fit in this machine's memory: halved to {batch // 2} "
                          f"(the projection scales the time back to the job's batch)")
             batch //= 2
-            sampler = _sampler(n, batch, cfg.seed)
+            batches.close()
+            batches = Batches(recipe, _sampler(n, batch, cfg.seed), cfg.loader, device)
             continue
         if scaler:
             scaler.unscale_(optimizer)
@@ -235,6 +239,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
             stopped_by = "nonfinite"
             break
     bar.close()
+    batches.close()
 
     result = contract.SmokeResult(
         passed=False, reason="", recipe=cfg.model.recipe, device=device.type, device_name=_device_name(device),
@@ -284,6 +289,9 @@ def _judge(r: contract.SmokeResult) -> None:
         r.passed = True
         r.reason = (f"the loss fell from {r.loss_start:.4g} to {r.loss_end:.4g} in {r.steps} steps, "
                     f"with no NaN/Inf")
+    elif r.stopped_by == "time" and r.steps < MIN_JUDGED_STEPS:
+        r.reason = (f"only {r.steps} steps fitted in {r.seconds_asked:g} s, too few to tell whether the loss falls "
+                    f"({r.loss_start:.4g} → {r.loss_end:.4g}); give the smoke more time (--smoke-seconds)")
     elif r.loss_end > r.loss_start * (1 + contract.SMOKE_DIVERGED_RISE):
         r.reason = (f"the loss diverged: it rose from {r.loss_start:.4g} to {r.loss_end:.4g} in {r.steps} steps; "
                     f"lower the learning rate (optimizer.lr is too high for this model) or check the data")
@@ -293,13 +301,13 @@ def _judge(r: contract.SmokeResult) -> None:
                     f"and the data")
 
 
-def _forward_backward(recipe, model, sampler: EpochSampler, accum: int, device: torch.device, autocast,
+def _forward_backward(recipe, model, batches: Batches, accum: int, device: torch.device, autocast,
                       scaler) -> tuple[float, int]:
     """One optimizer step's forward and backward passes: (mean loss, tokens seen)."""
     loss_sum = torch.zeros((), device=device)
     tokens = 0
     for _ in range(accum):
-        batch = recipe.collate([recipe.train_set[i] for i in sampler.next_batch()])
+        batch = batches.next()
         tokens += _tokens(batch)
         with autocast():
             out = recipe.forward(model, _to(batch, device))

@@ -78,7 +78,8 @@ def finish(run: RunEnd) -> bool:
     best = _checkpoint_weights(best_payload) if best_payload is not None else None
     best_step = int(best_payload["step"]) if best_payload is not None else None
     if settings.final == "best" and best is None:
-        log.warning("final: best, but the run has no best.pt (no validation data): final/ holds the last weights")
+        why = "no validation data" if run.evaluate is None else f"{contract.BEST} is missing or does not verify"
+        log.warning("final: best, but the run has no best weights (%s): final/ holds the last weights", why)
 
     metrics: dict[str, dict[str, float]] = {}
     if run.evaluate is not None:
@@ -290,13 +291,13 @@ def render_markdown(report: dict[str, Any], sample_texts: dict[str, str] | None 
     title = report["job"] + (f" / {report['stage']}" if report.get("stage") else "")
     final = report["final"]
     lines = [f"# {title}: training report", ""]
+    validation = report["validation"]
     why = "the best validation loss" if final["chosen"] == "best" else "the last step"
     if final["asked"] == "best" and final["chosen"] == "last":
-        why += " (no validation data, so no best)"
+        why += f" ({contract.BEST} was missing or did not verify)" if validation else " (no validation data, so no best)"
     lines += [f"`final/` holds the weights of step {final['step']} ({why}). Recipe `{report['recipe']}`, "
               f"{report['steps']} of {report['max_steps']} steps" + (" (stopped early)" if report["early_stopped"] else "")
               + ".", ""]
-    validation = report["validation"]
     if validation:
         names = {"best": "best", "last": "last step", "base": "base model (no adapter)"}
         extra = sorted({k for v in validation.values() for k in v} - {"step", "loss", "perplexity", "token_accuracy"})

@@ -49,7 +49,7 @@ WINDOW_S = 0.2
 WORTH_PARALLEL_S = 0.5
 #: A doubling of the streams must raise the total rate by this factor to be kept going.
 GAIN = 1.25
-#: The first stream counts as up to speed once a window is no more than this much faster than the one before.
+#: The streams count as steady once two windows in a row are within this factor of each other.
 RAMP = 1.5
 #: A first stream that keeps its thread busy more than this share of the time is limited by this
 #: machine (copying, hashing), not by the link: more streams would only compete for the same cores.
@@ -402,23 +402,28 @@ class Download:
 class _Controller:
     """Decides, from what it measures, how many streams to run (see the module doc).
 
-    Every measurement is one window of steady transfer: the first stream is measured window after
-    window until its rate stops rising (a new connection, and a store fetching its first chunks,
-    start slowly: on a busy machine SeaweedFS takes up to a second to reach full speed, which would
-    look like a slow link), and after streams are added the next window starts only once each of
-    them has received its first bytes, so that connection set-up is not taken for a link that more
-    streams cannot fill. Streams that did not pay are retired again: where they do not help they
-    cost (the server's cores, this process's GIL)."""
+    Every measurement is one window of steady transfer. The streams running are measured window
+    after window until two in a row agree (a new connection, and a store fetching its first
+    chunks, start slowly: on a busy machine SeaweedFS can stall for half a second before it runs
+    at full speed, which would look like a slow link). Then, while what is left would take a while, the streams
+    are doubled, and the window after the new ones have received their first bytes (connection
+    set-up is no measure of the link) says whether that paid: if not, they are retired again
+    (where more streams do not help they cost: the server's cores, this process's GIL) and the
+    same is tried again after a pause that doubles each time, since a busy moment can hide a link
+    that more streams would fill. A rise larger than the added streams can explain means the rate
+    before was not steady yet: the new streams are retired and the measuring starts over."""
 
     def __init__(self, download: Download, ttfb: float) -> None:
         self.download = download
         # A window long enough that a new stream's first byte does not dominate it.
         self.window = max(WINDOW_S, 3 * ttfb)
-        self.single_rate = 0.0  # the first stream's rate in the window before, while it speeds up
-        self.last_rate = 0.0  # the total rate with the streams before the last doubling
-        self.last_streams = 1
-        self.retries = 2  # times a rise that the added streams cannot explain restarts the measuring
-        self.waiting_since: float | None = None  # streams added, not all of them receiving yet
+        self.state = "measure"  # measure | wait (added streams starting) | probe | hold
+        self.previous = 0.0  # the last window's rate, while measuring
+        self.base = 0.0  # the steady rate with base_streams
+        self.base_streams = 1
+        self.pause = 4 * self.window  # before trying again after a doubling that did not pay
+        self.unsteady = 2  # how many times a rise beyond explanation may restart the measuring
+        self.since = 0.0  # when the current wait or hold began
         self.done = download.max_streams <= 1
         self._start(time.monotonic())
 
@@ -430,51 +435,60 @@ class _Controller:
             return
         now = time.monotonic()
         d = self.download
-        if self.waiting_since is not None:
-            if not d.ready() and now - self.waiting_since < 10 * self.window:
+        if self.state == "hold":
+            if now - self.since < self.pause:
                 return
-            self.waiting_since = None
+            self.pause *= 2
+            self.state, self.previous = "measure", 0.0
+            self._start(now)
+            return
+        if self.state == "wait":
+            if not d.ready() and now - self.since < 10 * self.window:
+                return
+            self.state = "probe"
             self._start(now)
             return
         if now - self.t0 < self.window:
             return
-        got = d.received()
-        rate = (got - self.bytes0) / (now - self.t0)
+        rate = (d.received() - self.bytes0) / (now - self.t0)
         busy = (time.thread_time() - self.cpu0) / (now - self.t0)
         self._start(now)
         log.debug("get %s: %.0f MB/s over %d stream(s), the first one busy %.0f%% of the time",
                   d.name, rate / 1e6, d.streams, busy * 100)
-        if not self.last_rate:  # the first stream alone
-            if not self.single_rate or rate > RAMP * self.single_rate:
-                self.single_rate = rate  # still speeding up: measure it again
+        if self.state == "measure":
+            if not self.previous or not self.previous / RAMP <= rate <= self.previous * RAMP:
+                self.previous = rate  # still speeding up (or stalled): measure again
                 return
-            if busy > BUSY:
-                self.done = True  # it keeps this machine busy: this machine, not the link, is the limit
-                return
+            self.base, self.base_streams = rate, d.streams
+            self._grow(now, busy)
+            return
+        # "probe": the first window with the added streams all receiving
+        gain = rate / self.base if self.base > 0 else GAIN
+        if gain > RAMP * d.streams / self.base_streams and self.unsteady:
+            self.unsteady -= 1
+            d.retire_streams(self.base_streams)
+            self.state, self.previous = "measure", 0.0
+        elif gain < GAIN:
+            d.retire_streams(self.base_streams)
+            self.state, self.since = "hold", now
         else:
-            gain = rate / self.last_rate
-            if gain > RAMP * d.streams / self.last_streams and self.retries:
-                # More than the added streams can explain: the rate before was not yet steady.
-                self.retries -= 1
-                d.retire_streams(1)
-                self.single_rate = self.last_rate = 0.0
-                self.last_streams = 1
-                return
-            if gain < GAIN:
-                d.retire_streams(self.last_streams)  # the last doubling did not pay: undo it
-                self.done = True
-                return
-        left = d.unclaimed()
-        if rate <= 0 or left / rate <= WORTH_PARALLEL_S or d.streams >= d.max_streams:
+            self.base, self.base_streams = rate, d.streams
+            self._grow(now, busy)
+
+    def _grow(self, now: float, busy: float) -> None:
+        d = self.download
+        if self.base <= 0 or d.unclaimed() / self.base <= WORTH_PARALLEL_S or d.streams >= d.max_streams:
             self.done = True  # too little left to gain from more streams, or no more may run
             return
-        d.part_hint = max(CHUNK, int(rate / d.streams * PART_S))
-        streams = d.streams
-        if not d.add_streams(streams):
+        if d.streams == 1 and busy > BUSY:
+            # The first stream keeps this machine busy: this machine, not the link, is the limit now.
+            self.state, self.since = "hold", now
+            return
+        d.part_hint = max(CHUNK, int(self.base / d.streams * PART_S))
+        if not d.add_streams(d.streams):
             self.done = True
             return
-        self.last_rate, self.last_streams = rate, streams
-        self.waiting_since = now
+        self.state, self.since = "wait", now
 
 
 class _Missing(Exception):

@@ -308,6 +308,9 @@ class Estimate:
     interval_basis: str = ""
     restart_minutes: float = 0.0
     restart_basis: str = ""
+    #: A supervisor elsewhere for the whole job (``supervisor: docker|runpod``), USD per hour, and where from.
+    supervisor_rate_per_hour: float = 0.0
+    supervisor_basis: str = ""
     expectation: iv.Expectation | None = None  # with preemptions at the observed rate
 
     @property
@@ -330,7 +333,7 @@ class Estimate:
     @property
     def expected_usd(self) -> float | None:
         h = self.expected_hours
-        return None if h is None else h * (self.rate_per_hour + self.storage_rate_per_hour)
+        return None if h is None else h * (self.rate_per_hour + self.storage_rate_per_hour + self.supervisor_rate_per_hour)
 
     @property
     def on_demand_usd(self) -> float | None:
@@ -360,6 +363,9 @@ class Estimate:
             "checkpoint_basis": self.checkpoint.basis if self.checkpoint else None,
             "checkpoint_interval_minutes": self.interval_minutes, "checkpoint_interval_basis": self.interval_basis,
             "restart_minutes": self.restart_minutes, "restart_basis": self.restart_basis,
+            "supervisor_rate_per_hour": self.supervisor_rate_per_hour, "supervisor_basis": self.supervisor_basis,
+            "expected_supervisor_usd": (None if self.expected_hours is None
+                                        else self.expected_hours * self.supervisor_rate_per_hour),
         }
 
 
@@ -406,6 +412,18 @@ def rate(gpu: GpuType | None, count: int, spot: bool, backend: str,
     if gpu is None:
         return 0.0, 0.0
     return gpu.price(spot) * count, gpu.on_demand * count
+
+
+def supervisor_rate(place: str) -> tuple[float, str]:
+    """What a supervisor elsewhere costs an hour (the whole of it: a job alone pays all of it), and why."""
+    if place == "runpod":
+        return load_catalog().supervisor_pod_usd_per_hour, "a RunPod CPU pod, catalog price"
+    if place == "docker":
+        told = os.environ.get("RUNNER_SUPERVISOR_USD_PER_HOUR")
+        if told:
+            return float(told), "your always-on Docker host (RUNNER_SUPERVISOR_USD_PER_HOUR)"
+        return 0.0, "your always-on Docker host: free unless RUNNER_SUPERVISOR_USD_PER_HOUR says what it costs"
+    return 0.0, ""
 
 
 def storage_rate(backend: str, container_disk_gb: int, volume_gb: int) -> float:
@@ -465,8 +483,10 @@ def estimate(job: Any, state: st.State | None = None) -> Estimate:
     minutes, minutes_basis, prate, ccost = checkpoint_minutes(job.train, job.name, measured_gpu, spot, job.backend,
                                                               state)
     restart, restart_basis = restart_minutes(state, job.backend, measured_gpu)
+    supervisor, supervisor_basis = supervisor_rate(job.spec.supervisor)
     extra = dict(storage_rate_per_hour=disks, preemption=prate, checkpoint=ccost, interval_minutes=minutes,
-                 interval_basis=minutes_basis, restart_minutes=restart, restart_basis=restart_basis)
+                 interval_basis=minutes_basis, restart_minutes=restart, restart_basis=restart_basis,
+                 supervisor_rate_per_hour=supervisor, supervisor_basis=supervisor_basis)
     if measured is not None:
         seconds, basis = measured[0], f"measured over {measured[1]} earlier steps of {job.name}"
     else:

@@ -25,6 +25,7 @@ Torch-free: only :mod:`trainer.storage_s3` uses it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
 import tempfile
@@ -37,6 +38,8 @@ from typing import Any, Protocol, TypeVar
 
 from botocore.exceptions import ClientError, IncompleteReadError
 
+log = logging.getLogger("trainer")
+
 T = TypeVar("T")
 
 MiB = 1 << 20
@@ -48,8 +51,14 @@ WINDOW_S = 0.2
 WORTH_PARALLEL_S = 0.5
 #: A doubling of the streams must raise the total rate by this factor to be kept going.
 GAIN = 1.25
-#: A ranged GET is at most this long (smaller near the end, so the streams finish together).
+#: A first stream that keeps its thread busy more than this share of the time is limited by this
+#: machine (copying, hashing), not by the link: more streams would only compete for the same cores.
+BUSY = 0.5
+#: A ranged GET is at most this long, and at most what one stream receives in PART_S at the rate
+#: measured (so that streams added later still find work to share), and smaller near the end (a
+#: share of what is left per stream, so that the streams finish together).
 MAX_PART = 16 * MiB
+PART_S = 0.3
 
 
 class Hash(Protocol):
@@ -210,6 +219,8 @@ class Download:
         self._back = 0  # ranged parts have claimed [_back, size)
         self._parts: list[_Part] = []
         self._received = 0  # by every stream, for the rate
+        self._ready = 0  # added streams that have received their first bytes (or found nothing to do)
+        self.part_hint = MAX_PART  # bytes per ranged GET: what one stream gets through in PART_S
         self._workers: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._stop = threading.Event()
@@ -322,13 +333,23 @@ class Download:
         with self._lock:
             return self._received
 
+    def ready(self) -> int:
+        with self._lock:
+            return self._ready
+
+    def _mark_ready(self, flag: list[bool]) -> None:
+        if not flag[0]:
+            flag[0] = True
+            with self._lock:
+                self._ready += 1
+
     def _claim(self) -> _Part | None:
         with self._lock:
             left = self._back - self._front
             # Guided: a share of what is left per stream, so the last parts are small and the
             # streams finish together; nothing smaller than a few reads is worth a request.
-            n = min(MAX_PART, left // (2 * self.streams))
-            if n < 2 * CHUNK or self._stop.is_set():
+            n = min(MAX_PART, self.part_hint, left // self.streams)
+            if n < CHUNK or self._stop.is_set():
                 return None
             self._back -= n
             part = _Part(self._back, n)
@@ -337,18 +358,21 @@ class Download:
 
     def _worker(self) -> None:
         scratch = memoryview(bytearray(CHUNK))
+        ready = [False]
         try:
             while (part := self._claim()) is not None:
                 self.call(f"get {self.name} bytes {part.offset}-{part.offset + part.length - 1}",
-                          lambda p=part: self._fetch_part(p, scratch))
+                          lambda p=part: self._fetch_part(p, scratch, ready))
                 part.done.set()
         except _Abandoned:
             return
         except BaseException as e:
             with self._lock:
                 self._errors.append(e)
+        finally:
+            self._mark_ready(ready)
 
-    def _fetch_part(self, part: _Part, scratch: memoryview) -> None:
+    def _fetch_part(self, part: _Part, scratch: memoryview, ready: list[bool]) -> None:
         # A retry asks for the rest of the part only.
         end = part.offset + part.length
         resp = self._ranged_get(part.offset + part.received, end)
@@ -364,6 +388,7 @@ class Download:
                 part.received += len(view)
                 with self._lock:
                     self._received += len(view)
+                self._mark_ready(ready)
 
     def _ranged_get(self, start: int, end: int) -> Any:
         """GET bytes [start, end) of the version being read (412 -> :class:`Replaced`)."""
@@ -385,35 +410,63 @@ class Download:
 
 
 class _Controller:
-    """Decides, from the measured rate, whether and how many streams to add (see the module doc)."""
+    """Decides, from what it measures, whether and how many streams to add (see the module doc).
+
+    Every measurement is one window of steady transfer: the first stream's first window is skipped
+    (a new connection, and a store fetching its first chunks, start slowly), and after streams are
+    added the next window starts only once each of them has received its first bytes, so that
+    connection set-up is not taken for a link that more streams cannot fill."""
 
     def __init__(self, download: Download, ttfb: float) -> None:
         self.download = download
         # A window long enough that a new stream's first byte does not dominate it.
         self.window = max(WINDOW_S, 3 * ttfb)
-        self.t0 = time.monotonic()
-        self.bytes0 = download.received()
-        self.last_rate = 0.0
+        self.last_rate = 0.0  # with the streams before the last doubling
+        self.warming = True
+        self.waiting_since: float | None = None  # streams added, not all of them receiving yet
         self.done = download.max_streams <= 1
+        self._start(time.monotonic())
+
+    def _start(self, now: float) -> None:
+        self.t0, self.cpu0, self.bytes0 = now, time.thread_time(), self.download.received()
 
     def tick(self) -> None:
         if self.done:
             return
         now = time.monotonic()
+        d = self.download
+        if self.waiting_since is not None:
+            if d.ready() < d.streams - 1 and now - self.waiting_since < 10 * self.window:
+                return
+            self.waiting_since = None
+            self._start(now)
+            return
         if now - self.t0 < self.window:
             return
-        d = self.download
         got = d.received()
         rate = (got - self.bytes0) / (now - self.t0)
-        self.t0, self.bytes0 = now, got
+        busy = (time.thread_time() - self.cpu0) / (now - self.t0)
+        log.debug("get %s: %.0f MB/s over %d stream(s), the first one busy %.0f%% of the time",
+                  d.name, rate / 1e6, d.streams, busy * 100)
+        if self.warming:
+            self.warming = False
+            self._start(now)
+            return
         left = d.unclaimed()
-        more = d.streams < d.max_streams and left > 0 and rate > 0 and left / rate > WORTH_PARALLEL_S
-        if self.last_rate and rate < self.last_rate * GAIN:
-            more = False  # the last doubling did not pay: the link, not the streams, is the limit
-        if more and d.add_streams(d.streams):
-            self.last_rate = rate
-        else:
+        if rate <= 0 or left / rate <= WORTH_PARALLEL_S or d.streams >= d.max_streams:
+            self.done = True  # what is left is too little to gain from more streams, or no more may run
+        elif not self.last_rate and busy > BUSY:
+            self.done = True  # the first stream keeps this machine busy: this machine, not the link, is the limit
+        elif self.last_rate and rate < self.last_rate * GAIN:
+            self.done = True  # the last doubling did not pay: the link, not the streams, is the limit
+        if self.done:
+            return
+        d.part_hint = max(CHUNK, int(rate / d.streams * PART_S))
+        if not d.add_streams(d.streams):
             self.done = True
+            return
+        self.last_rate = rate
+        self.waiting_since = now
 
 
 class _Missing(Exception):

@@ -36,6 +36,7 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -475,6 +476,7 @@ class S3Storage(Storage):
         :class:`~trainer.s3_download.MemoryFile`); None when ``key`` does not exist. The caller closes
         the MemoryFile; tensors mapped from it keep their bytes after that."""
         mem = MemoryFile(self.work_dir)
+        t0 = time.monotonic()
         try:
             got = self._download(key, mem, new_hash)
         except BaseException:
@@ -484,6 +486,10 @@ class S3Storage(Storage):
             mem.close()
             return None
         mem.release_view()  # written: only the readers' mappings are needed from now on
+        took = max(time.monotonic() - t0, 1e-6)
+        log.info("downloaded %s in memory: %.0f MB in %.2f s (%.0f MB/s, %d stream%s, %d ranged GETs)", key,
+                 got.size / 1e6, took, got.size / took / 1e6, got.streams, "" if got.streams == 1 else "s",
+                 got.ranged_parts)
         return mem, got
 
     def _download(self, key: str, dest: Destination, new_hash: Callable[[], Hash] | None) -> Fetched | None:

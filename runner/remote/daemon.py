@@ -166,9 +166,11 @@ class RemoteCustody(Custody):
     def _drop(self, job_id: str) -> None:
         """Custody lost: forget the job without writing anything more of it."""
         self.lost.add(job_id)
-        self.taken.discard(job_id)
-        self.state.release(job_id, self.pid, self.ident)
-        self._share()
+        self.leases.forget(job_id)
+        if job_id in self.taken:
+            self.taken.discard(job_id)
+            self.state.release(job_id, self.pid, self.ident)
+            self._share()
 
     def round(self, held: Mapping[str, JobSupervisor]) -> bool:
         self.beat = time.monotonic()
@@ -239,6 +241,7 @@ class RemoteCustody(Custody):
                                      if_version=self.versions.get(job_id))
         except VersionConflict:
             self.log(f"{job_id}: another supervisor wrote its record; this one stops acting on it")
+            self._drop(job_id)
             raise CustodyLost(job_id) from None
         except StoreError as e:
             if force:
@@ -272,7 +275,7 @@ class RemoteCustody(Custody):
             if snapshot is None:
                 continue
             if not self._known(job_id):
-                self.log(f"{job_id}: handed over ({snapshot.job_state})")
+                self.log(f"{job_id}: found ({snapshot.job_state})")
             self._import(snapshot)
             if snapshot.job_state not in st.ACTIVE_STATES:
                 self.ended.add(job_id)
@@ -396,6 +399,10 @@ def _terminate_own_pod(environ: Mapping[str, str]) -> None:
 def serve(storage_root: str, environ: Mapping[str, str] | None = None) -> int:
     """Supervise the jobs handed over under ``storage_root`` until none is left. The exit code."""
     env = dict(os.environ if environ is None else environ)
+    # A state of its own, whatever machine it runs on: it must never take the jobs, or the pod owner id,
+    # of a runner that shares the machine (its SQLite file is only a cache of the snapshots anyway).
+    home = paths.state_dir() / "supervisor" / hashlib.sha256(storage_root.rstrip("/").encode()).hexdigest()[:12]
+    os.environ[paths.ENV_HOME] = env[paths.ENV_HOME] = str(home)
     if env.get(ENV_ACCOUNT_KEY):  # in a pod RUNPOD_API_KEY is RunPod's pod-scoped key: use the account's
         os.environ["RUNPOD_API_KEY"] = env["RUNPOD_API_KEY"] = env[ENV_ACCOUNT_KEY]
     store = open_store(control_root(storage_root), env)
@@ -409,6 +416,8 @@ def serve(storage_root: str, environ: Mapping[str, str] | None = None) -> int:
     assert state is not None
     session = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
     place = env.get(ENV_PLACE) or f"host {socket.gethostname()}"
+    if env.get("RUNPOD_POD_ID"):  # RunPod tells a pod its id; the one who created it knew only its name
+        place = f"RunPod pod {env['RUNPOD_POD_ID']}"
     leases = Leases(store, session, place, lease_seconds())
     custody = RemoteCustody(state, store, leases, session=session, place=place, rate_per_hour=_own_rate(env),
                             environ=env)

@@ -126,6 +126,11 @@ class Leases:
                 self.store.put(self.key(job_id), self._document(held.generation + 1, released=True),
                                if_version=held.version)
 
+    def forget(self, job_id: str) -> None:
+        """Stop counting this process the holder, writing nothing (it learnt that another one acts)."""
+        with self._lock:
+            self._held.pop(job_id, None)
+
     def held(self) -> list[str]:
         return list(self._held)
 

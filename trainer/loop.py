@@ -300,8 +300,8 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     else:
         log.info("no checkpoint under %s: starting fresh", storage.uri)
     stop.steps_done = step
-    trained_before, training_since = progress.train_seconds, time.perf_counter()
     batches = Batches(recipe, sampler, cfg.loader, device)  # after the sampler's state is restored
+    trained_before, training_since = progress.train_seconds, time.perf_counter()
 
     def state() -> dict[str, Any]:
         """The full training state. A collective under torchrun: every rank must call it together."""

@@ -21,13 +21,43 @@ def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
     return forwarded(names, environ)[1]
 
 
-def _preflight(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
-    """Everything the job needs here (:mod:`runner.preflight`), or a refusal listing every problem at once."""
-    from runner import preflight
+def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ,
+                 extra: Sequence[tuple[str, str]] = ()) -> list[Any]:
+    """The data part of the pre-flight alone: every location the job reads (its data, and ``extra``
+    ``(field, URI)`` pairs) exists and is readable with the trainer's credentials; what each holds."""
+    from runner.datacheck import DataCheckError, check_job_data
 
-    problems = preflight.check(spec_job, environ, extra).problems
+    try:
+        return check_job_data(spec_job, extra, environ)
+    except DataCheckError as e:
+        raise ActionError(f"{e}\nNothing was built or launched; fix the location (or upload the data) and submit "
+                          f"again.") from None
+
+
+def _preflight(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
+    """Everything the job needs here (:mod:`runner.preflight`) and in its GPUs' memory (:mod:`runner.memory`),
+    or a refusal listing every problem at once. What else the user should hear goes to stderr."""
+    from runner import preflight
+    from runner.memory import MemoryFitError, check_fit
+
+    problems: list[str] = []
+    try:
+        _note(check_fit(spec_job))
+    except MemoryFitError as e:
+        problems.append(str(e))
+    problems += preflight.check(spec_job, environ, extra).problems
     if problems:
         raise ActionError(preflight.refusal(problems))
+
+
+def _note(notes: list[str]) -> None:
+    if notes:
+        from rich.console import Console
+        from rich.markup import escape
+
+        console = Console(stderr=True, highlight=False, soft_wrap=True)  # as runner.show's (which imports this module)
+        for note in notes:
+            console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:

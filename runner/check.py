@@ -177,11 +177,10 @@ _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registr
 
 
 def registry_host(repository: str) -> str:
-    """The registry of ``HOST/REPO`` (Docker's rule: a first part with a dot, a colon or ``localhost``)."""
-    first, sep, _rest = repository.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return DOCKER_HUB if first in _HUB_ALIASES else first
-    return DOCKER_HUB
+    """The registry of ``HOST/REPO`` (submit's pre-flight rule), Docker Hub's other names as ``docker.io``."""
+    from runner.preflight import registry_host as host_of
+
+    return _normalise(host_of(repository))
 
 
 def _normalise(server: str) -> str:
@@ -226,7 +225,9 @@ def registry_login(job: Any, env: dict[str, str]) -> Check:
         return Check(name, SKIP, f"no image.push_to to check{' (no job given)' if job is None else ''}; "
                                  f"logged in to: {listed}")
     host = registry_host(push_to)
-    if "YOUR_" in push_to.upper() or "<" in push_to:
+    from runner.preflight import placeholder
+
+    if placeholder(push_to) or "<" in push_to:
         return Check(name, FAIL, f"image.push_to is still a placeholder ({push_to})",
                      "set it to a repository you can push to, e.g. ghcr.io/<you>/spot-runner", True)
     hosts, where = logged_in_hosts(env)

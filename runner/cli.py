@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from runner import actions, show
+from runner import actions, pull, show
 from runner.remote.commands import SupervisorCommands
 from runner.show import (  # noqa: F401  (EXIT_* are the command line's exit codes)
     EXIT_BAD_INPUT,
@@ -99,8 +99,10 @@ class Commands:
             follow: keep printing new output, through relaunches, until the job ends.
             attempt: only this attempt number.
         """
+        from runner.job_logs import print_logs
+
         state = open_state()
-        return show.print_logs(state, find_job(state, job), follow, attempt)
+        return print_logs(state, find_job(state, job), follow, attempt)
 
     def cancel(self, job: str, json: bool = False) -> None:
         """Stop a job for good: its trainer writes an emergency checkpoint, then nothing of it runs.
@@ -178,6 +180,25 @@ class Commands:
         """
         state = open_state()
         return show.print_curves(state, find_job(state, job), out, json)
+
+    def pull(self, job: str, to: str | None = None, json: bool = False) -> None:
+        """Bring a job's results home: final/ weights, samples, report and TensorBoard events.
+
+        Args:
+            job: a job id, a unique prefix of one, a job name, or a pipeline (a folder per stage).
+            to: the folder to copy into (default: ./<job id>).
+            json: print what was copied as JSON.
+        """
+        return pull.pull(open_state(), job, to, json)
+
+    def report(self, job: str, json: bool = False) -> None:
+        """Print a finished job's report: validation loss, perplexity, accuracy, samples, hours, cost.
+
+        Args:
+            job: a job id, a unique prefix of one, a job name, or a pipeline (every stage).
+            json: print report.json, with what the runner billed, instead.
+        """
+        return pull.report(open_state(), job, json)
 
     def resume(self, job: str, budget: float | None = None, detach: bool = False, json: bool = False) -> None:
         """Go on with an ended job from its last checkpoint: one stopped over budget, cancelled or failed.

@@ -30,6 +30,8 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         "finished": job.finished,
         "supervised_by": job.supervisor_pid if job.active and job.supervised() else None,
         "supervisor": job.supervisor or "none",
+        "launcher": ({"pid": job.launcher_pid, "log": job.launcher_log, "running": job.launching_in_background()}
+                     if job.launcher_pid else None),
     }
     if detail:
         record["budget_usd"] = job.spec.budget.max_usd if job.spec.budget else None

@@ -75,6 +75,7 @@ def state_path() -> str:
 
 def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = False, announce: str = "") -> None:
     """Supervise jobs in the foreground with a live view; exit 0 when every one ended done."""
+    from runner.background import wait_for_launchers
     from runner.describe import job_record
     from runner.supervisor import Supervisor
     from runner.view import FollowView, state_text
@@ -84,6 +85,7 @@ def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = Fals
         console.print(announce, highlight=False)
     elsewhere = bool(job_ids) and all(state.job(j).remote for j in job_ids)
     try:
+        wait_for_launchers(state, job_ids, console)  # a --detach submit's launcher: never launch twice
         with FollowView(console) as view:
             if elsewhere:  # supervised elsewhere: shown from their snapshots
                 from runner.remote.client import follow as follow_elsewhere
@@ -115,9 +117,8 @@ def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = Fals
 def print_job(state, row, record: dict[str, Any]) -> None:
     """One job in detail: what it is, where it runs, how far it got, what it cost, what happened."""
     from rich.markup import escape
-    from rich.table import Table
 
-    from runner.view import ago, clock, kv_table, state_text
+    from runner.view import ago, clock, fit_table, kv_table, state_text
 
     console = new_console()
     progress = f"step {row.step}/{row.max_steps}" if row.max_steps else f"step {row.step}"
@@ -141,6 +142,8 @@ def print_job(state, row, record: dict[str, Any]) -> None:
         from runner.remote.client import supervised_text
 
         supervised = escape(supervised_text(row))
+    elif row.active and row.launching_in_background():
+        supervised = f"runner process {row.launcher_pid}, launching it in the background ({escape(row.launcher_log or '')})"
     cost = record["cost"]
     budget = f" of ${record['budget_usd']:.2f} budget" if record.get("budget_usd") else ""
     console.print(kv_table([
@@ -151,14 +154,11 @@ def print_job(state, row, record: dict[str, Any]) -> None:
                  + (f", supervisor ${cost['supervisor_usd']:.4f}" if cost.get("supervisor_hours") else "") + ")"),
         ("supervised by", supervised),
     ]))
-    attempts = Table(box=None, header_style="bold", title="attempts", title_justify="left")
-    for col in ("#", "state", "outcome", "started", "ended", "steps", "detail"):
-        attempts.add_column(col, overflow="fold" if col == "detail" else "ellipsis")
-    for a in record["attempts"]:
-        steps = f"{a['start_step']}→{a['end_step']}" if a["end_step"] is not None else f"{a['start_step']}→"
-        attempts.add_row(str(a["number"]), a["state"], a["outcome"] or "-", clock(a["started"]), clock(a["ended"]), steps,
-                         escape(a["detail"] or ""))
-    console.print(attempts)
+    rows = [[str(a["number"]), a["state"], a["outcome"] or "-", clock(a["started"]), clock(a["ended"]),
+             f"{a['start_step']}→{a['end_step']}" if a["end_step"] is not None else f"{a['start_step']}→",
+             a["detail"] or ""] for a in record["attempts"]]
+    console.print(fit_table(("#", "state", "outcome", "started", "ended", "steps", "detail"), rows, console.width,
+                            title="attempts", wrap={"detail"}))
     console.print("[bold]events[/]")
     for e in record["events"][-12:]:
         console.print(f"  [dim]{clock(e['time'])}[/] {e['kind']} {escape(e['message'])}")
@@ -379,8 +379,7 @@ def print_costs(state, jobs: list, rep, *, json: bool, csv: bool, plot: str | No
 def print_cost_report(rep) -> None:
     """One job: a card of labelled figures. Several: a table, narrower on a narrow terminal (no figure
     is ever cut short; `--json` and `--csv` have every field). Then the total, in words."""
-    from rich.markup import escape
-    from rich.table import Table
+    from runner.view import fit_table
 
     console = new_console()
     if not rep.jobs:
@@ -392,9 +391,8 @@ def print_cost_report(rep) -> None:
         print_cost_card(console, rep.jobs[0], since)
     else:
         wide = console.width >= 120
-        table = Table(box=None, header_style="bold", show_footer=True, title=f"What jobs cost{since}", title_justify="left")
-        columns = [("job", "total", lambda c: escape(c.job_id)),
-                   ("GPU", "", lambda c: "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"),
+        columns = [("job", "total", lambda c: c.job_id),
+                   ("GPU", "", lambda c: "own machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"),
                    (hours_header(total["unit"]), f"{total['gpu_hours']:.2f}", lambda c: f"{c.gpu_hours:.2f}"),
                    ("billed", money(total["usd"]), lambda c: money(c.usd) + ("" if c.billed_by == "provider" else "*")),
                    ("on-demand", money(total["on_demand_usd"]), lambda c: money(c.on_demand_usd)),
@@ -406,14 +404,11 @@ def print_cost_report(rep) -> None:
                    ("Young/Daly", "", lambda c: f"{c.interval.recommended_minutes:.1f} min" if c.interval else "-")]
         if not wide:
             columns = [col for col in columns if col[0] in ("job", "billed", "saved", "preempted", "work lost")]
-        rows = [[cell(c) for _h, _f, cell in columns] for c in rep.jobs]
-        for i, (head, foot, _cell) in enumerate(columns):
-            # Figures and ids never shrink below their width: a dollar amount cut short is worse than none.
-            width = max([len(r[i]) for r in rows] + [len(foot), len(head)])
-            table.add_column(head, footer=foot, justify="left" if head in ("job", "GPU") else "right", min_width=width)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        headers = [head for head, _foot, _cell in columns]
+        # Figures and ids never shrink below their width: a dollar amount cut short is worse than none.
+        console.print(fit_table(headers, [[cell(c) for _h, _f, cell in columns] for c in rep.jobs], console.width,
+                                title=f"What jobs cost{since}", right=set(headers[2:]),
+                                footer=[foot for _h, foot, _cell in columns]))
         if not wide:
             console.print("[dim]Hours, on-demand price, idle time, $ per 1,000 steps and the checkpoint interval: "
                           "on a wider terminal, with `--json` or `--csv`, or per job (`cost JOB`).[/]")
@@ -446,7 +441,7 @@ def print_cost_card(console, c, since: str) -> None:
     from runner.view import kv_table
 
     iv = c.interval
-    where = "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
+    where = "your own machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
     mtbf = "with no preemption expected" if iv is None or iv.mtbf_hours == math.inf else f"at MTBF {iv.mtbf_hours:.1f} h"
     saved = (f"spot saved [bold]{money(c.saving_usd)}[/] ({c.saving_fraction:.0%})" if c.saving_fraction and
              c.saving_usd > 0.005 else f"difference {money(c.saving_usd)}")
@@ -476,9 +471,9 @@ def print_simulation(scenario, notes: list[str], results, *, json: bool, plot: s
     """The replayed strategies side by side (or as JSON), with where each figure came from; ``plot``
     also draws each strategy's cost distribution."""
     from rich.markup import escape
-    from rich.table import Table
 
     from runner.simulate import summary
+    from runner.view import fit_table
 
     if plot:
         from runner.plot import plot_simulation
@@ -501,15 +496,12 @@ def print_simulation(scenario, notes: list[str], results, *, json: bool, plot: s
     for note in notes:
         console.print(f"  [dim]- {escape(note)}[/]")
     many = results[0].trials > 1
-    table = Table(box=None, header_style="bold", title=f"Expected over {results[0].trials} run(s)" if many else "One replay",
-                  title_justify="left")
-    for col in ("strategy", "cost", "wall h", "billed h", "preempted", "work lost h", "relaunch h", "checkpoint h"):
-        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=col in ("strategy", "cost"))
-    for r in results:
-        table.add_row(escape(r.strategy.name), f"${r.usd.mean:.2f}", f"{r.wall_h.mean:.1f}", f"{r.uptime_h.mean:.1f}",
-                      f"{r.preemptions.mean:.1f}", f"{r.lost_h.mean:.2f}", f"{r.restart_h.mean:.2f}",
-                      f"{r.checkpoint_h.mean:.2f}")
-    console.print(table)
+    headers = ("strategy", "cost", "wall h", "billed h", "preempted", "work lost h", "relaunch h", "checkpoint h")
+    rows = [[r.strategy.name, f"${r.usd.mean:.2f}", f"{r.wall_h.mean:.1f}", f"{r.uptime_h.mean:.1f}",
+             f"{r.preemptions.mean:.1f}", f"{r.lost_h.mean:.2f}", f"{r.restart_h.mean:.2f}", f"{r.checkpoint_h.mean:.2f}"]
+            for r in results]
+    console.print(fit_table(headers, rows, console.width, wrap={"strategy"}, right=set(headers[1:]),
+                            title=f"Expected over {results[0].trials} run(s)" if many else "One replay"))
     for line in lines:
         console.print(line, highlight=False)
 
@@ -572,58 +564,21 @@ def print_pipeline(state, stages: list, json: bool) -> None:
     return None
 
 
-def print_logs(state, row, follow_: bool, attempt: int | None) -> None:
-    """A job's output attempt by attempt; with ``follow_``, new output through relaunches until it ends."""
-    from runner.backends import BackendUnavailable, get_backend
-
-    try:
-        backend = get_backend(row.backend)
-    except BackendUnavailable as e:
-        fail(str(e))
-    shown: set[str] = set()
-    looked = [0.0]
-
-    def active() -> bool:
-        if row.remote and time.monotonic() - looked[0] > 2:  # supervised elsewhere: its snapshot says
-            from runner.remote.client import refresh
-
-            refresh(state, [state.job(row.id)])
-            looked[0] = time.monotonic()
-        return state.job(row.id).active
-
-    try:
-        while True:
-            for a in state.attempts(row.id):
-                if a.id in shown or a.handle is None or (attempt is not None and a.number != int(attempt)):
-                    continue
-                print(f"── attempt {a.number} ({a.id}) ──", flush=True)
-                live = follow_ and a.state != "ended"
-                for line in backend.logs(a.handle, follow=live, until=lambda: not active()):
-                    print(line, flush=live)
-                shown.add(a.id)
-            if not follow_ or not active():
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        raise SystemExit(EXIT_DETACHED) from None
-    if not shown:
-        print(f"{row.id} has no output yet ({row.state}).", file=sys.stderr)
-
-
-def print_launched(state, row, json: bool, default: str, hint: bool) -> None:
-    """A job just launched with --detach: its record, or a line and how to follow and supervise it."""
+def print_detached(state, row, json: bool, what: str, pid: int | None, log) -> None:
+    """A job handed to a background launcher (``--detach``), or, with no ``pid``, to its supervisor elsewhere:
+    its record, or a line and how to follow it."""
     row = state.job(row.id)
     if json:
         from runner.describe import job_record
 
         return print_json(job_record(state, row))
-    print(f"{row.id} {row.state}: {row.reason or default}")
-    if hint and row.remote:
-        print(f"  follow it:  python -m runner status {row.id}   (its supervisor on {row.supervisor} relaunches it "
-              f"after a preemption, with this machine off)")
-    elif hint:
-        print(f"  follow it:  python -m runner logs {row.id} --follow\n"
-              f"  supervise:  python -m runner watch   (relaunches it after a preemption)")
+    if pid is None:  # handed over at submit: its supervisor elsewhere launches it
+        print(f"{row.id} {row.state}: {row.reason or what} (it launches the job and relaunches it after a "
+              f"preemption, with this machine off)")
+    else:
+        print(f"{row.id} {what}; runner process {pid} builds, pushes and launches it in the background (its output: {log})")
+    print(f"  follow it:  python -m runner logs {row.id} --follow\n"
+          f"  status:     python -m runner status {row.id}")
     return None
 
 
@@ -640,17 +595,14 @@ def print_catalog(json: bool) -> None:
     catalog = load_catalog()
     if json:
         return print_json([g.to_dict() for g in catalog.gpus])
-    from rich.table import Table
+    from runner.view import fit_table
 
-    table = Table(box=None, header_style="bold", title="GPU catalog (USD per GPU-hour; runner/gpus.yaml)",
-                  title_justify="left")
-    for col in ("alias", "RunPod id", "VRAM", "on-demand", "spot", "spot saves"):
-        table.add_column(col, justify="right" if col not in ("alias", "RunPod id") else "left")
-    for g in catalog.gpus:
-        alias = g.alias + (f" ({', '.join(g.aliases)})" if g.aliases else "")
-        table.add_row(alias, g.id, f"{g.vram_gb} GB", f"${g.on_demand:.2f}", f"${g.spot:.2f}",
-                      f"{1 - g.spot / g.on_demand:.0%}")
-    new_console().print(table)
+    headers = ("alias", "RunPod id", "VRAM", "on-demand", "spot", "spot saves")
+    rows = [[g.alias + (f" ({', '.join(g.aliases)})" if g.aliases else ""), g.id, f"{g.vram_gb} GB", f"${g.on_demand:.2f}",
+             f"${g.spot:.2f}", f"{1 - g.spot / g.on_demand:.0%}"] for g in catalog.gpus]
+    console = new_console()
+    console.print(fit_table(headers, rows, console.width, title="GPU catalog (USD per GPU-hour; runner/gpus.yaml)",
+                            right=set(headers[2:])))
     return None
 
 

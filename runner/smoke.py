@@ -60,8 +60,12 @@ def before_submit(job: Any, options: SmokeOptions) -> None:
         stages = _check(job, options)
     except SmokeError as e:
         fail(str(e))
-    report = smoke_job(job, stages, options.steps or DEFAULT_STEPS, options.seconds or DEFAULT_SECONDS,
-                       stream=sys.stderr)
+    try:
+        report = smoke_job(job, stages, options.steps or DEFAULT_STEPS, options.seconds or DEFAULT_SECONDS,
+                           stream=sys.stderr)
+    except KeyboardInterrupt:
+        print("\nSmoke run interrupted; nothing was launched.", file=sys.stderr)
+        raise SystemExit(130) from None
     if options.json and not options.smoke_first:
         from runner.show import print_json
 
@@ -109,16 +113,18 @@ def smoke_job(job: Any, stages: list[str | None], steps: int, seconds: float, st
     it takes ``init_from`` (a stage whose smoke did not run here starts fresh; a URI is used as
     given). Stops at the first stage that fails. The report: ``job``, ``passed``, ``reason``, and
     per stage the trainer's result with ``stage``, ``projection`` and ``notes``."""
-    from runner.actions import check_inputs
+    from runner.datacheck import check_job_data
     from runner.secret_guard import forwarded
+    from runner.show import fail
 
     values, missing = forwarded(job.spec.secrets, os.environ)
     if missing:
-        from runner.show import fail
-
         fail(f"{job.path}: secrets: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} listed but not set "
              f"in this shell; the smoke run reads the job's data with them: export them and try again")
-    check_inputs(job)  # the data is there (the trainer reads the same locations)
+    # The data is there (the trainer reads the same locations); the backend and image checks are for a launch.
+    problems = [d.problem for d in check_job_data(job, (), os.environ, strict=False) if d.problem]
+    if problems:
+        fail("\n".join(problems) + "\nNothing was run.")
     t_start = time.perf_counter() - _process_age()  # the budget counts from when the command started
     weights: dict[str, str] = {}
     results: list[dict[str, Any]] = []
@@ -238,6 +244,13 @@ def project(job: Any, stage: str | None, result: dict[str, Any]) -> dict[str, An
                            "rate_per_hour": round(per_hour, 4), "speed_ratio": ratio, "speed_ratio_basis": basis,
                            "gpu_chosen": chosen, "steps": steps, "seconds_per_step": None, "hours": None, "usd": None,
                            "hours_here": None}
+    train = job.spec.stages[stage].train if stage else job.train
+    from runner.memory import estimate
+
+    est = estimate(train, job.path, count, on_gpu=True)
+    if est is not None:
+        out["memory_bytes"], out["memory_fits"] = est.total_bytes, est.total_bytes <= gpu.vram_gb * 2**30
+        out["memory"] = f"about {est.breakdown()}; {gpu.alias} has {gpu.vram_gb} GiB"
     if seconds_here is None or not steps:
         return out
     gpu_step = seconds_here * scale / ratio
@@ -302,6 +315,9 @@ def print_report(report: dict[str, Any], stderr: bool = False) -> None:
                                        f"{p['capacity']} ${p['rate_per_hour']:.2f}/h: {duration(p['hours'] * 3600)}, "
                                        f"${p['usd']:.2f} ({duration(p['hours_here'] * 3600)} here)"))
             rows.append(("assumed", f"{p['gpu']} is {p['speed_ratio']:.3g}x this machine: {escape(p['speed_ratio_basis'])}"))
+        if p.get("memory"):
+            fits = "fits" if p["memory_fits"] else "[red]does not fit[/]"
+            rows.append(("GPU memory", f"{fits}: {escape(p['memory'])}"))
         for note in r.get("notes", []):
             rows.append(("note", escape(note)))
         console.print(f"[bold]{escape(title)}[/]")

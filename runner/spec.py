@@ -22,7 +22,7 @@ from runner.catalog import GpuType, load_catalog
 from runner.secret_guard import ENV_NAME, looks_like_secret_name, looks_like_secret_value, redact
 from trainer import jobvars
 from trainer.config import TrainConfig, parse_train, resolve_path
-from trainer.contract import ENV_ATTEMPT_ID
+from trainer.contract import ENV_ATTEMPT_ID, RUNNER_BILLING_ENV
 from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, validation_problems
 
 BACKENDS = ("local", "docker", "runpod")
@@ -31,7 +31,7 @@ SUPERVISORS = ("none", "docker", "runpod")
 #: bills those machines; the others run on machines of yours (see ``runner.cost.own_machine``).
 REMOTE_BACKENDS = ("runpod",)
 #: Environment variables the runner sets itself; a job may not set them.
-RESERVED_ENV = frozenset({ENV_ATTEMPT_ID})
+RESERVED_ENV = frozenset({ENV_ATTEMPT_ID, *RUNNER_BILLING_ENV})
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 

@@ -41,7 +41,7 @@ LAUNCHING = "launching"  # intent recorded; the backend may or may not have star
 ATTEMPT_RUNNING = "running"
 ENDED = "ended"
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6  # 5: supervision elsewhere; 6: the background launcher of --detach
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -162,6 +162,11 @@ _ADDED_COLUMNS = (
     # For a job supervised elsewhere: the image its pods run, resolved (built, pushed) at submit, as JSON
     # [image reference, path of the job file in the image].
     ("jobs", "image_ref_json", "TEXT"),
+    # The process that builds, pushes and launches a job submitted with --detach (pid and start time,
+    # as for the lease), and its output, so `status`, `logs` and `watch` know of it (version 6).
+    ("jobs", "launcher_pid", "INTEGER"),
+    ("jobs", "launcher_ident", "TEXT"),
+    ("jobs", "launcher_log", "TEXT"),
 )
 
 
@@ -203,6 +208,9 @@ class JobRow:
     def image_ref(self) -> tuple[str, str] | None:
         """(image, job file's path in it), resolved at submit for a job supervised elsewhere."""
         return tuple(json.loads(self.image_ref_json)) if self.image_ref_json else None  # type: ignore[return-value]
+    launcher_pid: int | None = None
+    launcher_ident: str | None = None
+    launcher_log: str | None = None
 
     @property
     def inputs(self) -> dict[str, str]:
@@ -229,6 +237,10 @@ class JobRow:
     def supervised(self) -> bool:
         """True while a live runner process holds this job's lease."""
         return proc.is_alive(self.supervisor_pid, self.supervisor_ident)
+
+    def launching_in_background(self) -> bool:
+        """True while the background process of a ``--detach`` submit (or resume) still works on the job."""
+        return proc.is_alive(self.launcher_pid, self.launcher_ident)
 
 
 @dataclass
@@ -536,6 +548,17 @@ class State:
                 return False
             self.update_job(job_id, supervisor_pid=pid, supervisor_ident=ident)
             return True
+
+    def hand_to_launcher(self, job_id: str, pid: int, ident: str | None, log: str) -> None:
+        """A background process builds, pushes and launches the job: it is recorded as the job's launcher
+        and holds its lease from now on (it takes it again itself when it starts), so no ``watch``
+        launches the same job meanwhile."""
+        with self.transaction():
+            job = self.job(job_id)
+            lease = {} if job.supervised() or ident is None else {"supervisor_pid": pid, "supervisor_ident": ident}
+            self.update_job(job_id, launcher_pid=pid, launcher_ident=ident, launcher_log=log, **lease)
+            self.add_event(job_id, "background", f"runner process {pid} builds, pushes and launches it in the "
+                                                 f"background; its output: {log}")
 
     def release(self, job_id: str, pid: int, ident: str) -> None:
         with self.transaction() as db:

@@ -40,10 +40,13 @@ def load(job: str, gpu: Any = None, backend: str | None = None, env: Iterable[An
 
 
 def submit(job: str, *, gpu: Any = None, backend: str | None = None, env: Iterable[Any] | None = None,
-           supervisor: str | None = None, detach: bool = False, dry_run: bool = False, json: bool = False, smoke: Any = None) -> None:
-    """Validate, then plan (``dry_run``), or record and launch: followed here until the job ends, or
-    with ``detach`` launched and left to ``runner watch``. ``smoke`` (:class:`runner.smoke.SmokeOptions`)
-    runs the smoke run first when asked for: instead of launching, or as the gate before it."""
+           supervisor: str | None = None, detach: bool = False, dry_run: bool = False, json: bool = False,
+           smoke: Any = None) -> None:
+    """Validate, then plan (``dry_run``), or check (:mod:`runner.preflight`), record and launch: followed
+    here until the job ends (exit 1 unless it ended done), or with ``detach`` handed to a background
+    launcher as soon as it is recorded (:mod:`runner.background`). ``smoke``
+    (:class:`runner.smoke.SmokeOptions`) runs the smoke run first when asked for: instead of launching, or as
+    the gate before it."""
     spec_job = load(job, gpu, backend, env, supervisor)
     if smoke is not None:
         from runner.smoke import before_submit
@@ -59,12 +62,12 @@ def submit(job: str, *, gpu: Any = None, backend: str | None = None, env: Iterab
         if not rows:
             return new_console().print(f"pipeline {done[0].pipeline} is done: every stage finished{kept}", highlight=False)
         if detach:
-            return _launch_detached(state, rows[0], json, "launched", hint=True)
+            return _launch_detached(state, rows[0], json, f"pipeline {rows[0].pipeline} recorded")
         return follow(state, [r.id for r in rows], json=json,
                       announce=f"submitted pipeline {rows[0].pipeline}: {', '.join(r.stage for r in rows)}{kept}")
     state, row = act(lambda: actions.submit(spec_job))
     if detach:
-        return _launch_detached(state, row, json, "launched", hint=True)
+        return _launch_detached(state, row, json, "recorded")
     return follow(state, [row.id], json=json, announce=f"submitted {row.id}: run {row.run_uri}")
 
 
@@ -76,13 +79,16 @@ def resume(job: str, *, budget: float | None = None, detach: bool = False, json:
     row = find_job(state, job)
     note, spent = act(lambda: actions.reopen(state, row, budget))
     if detach:
-        return _launch_detached(state, row, json, "relaunched", hint=False)
+        return _launch_detached(state, row, json, f"reopened{note}")
     return follow(state, [row.id], json=json, announce=f"resuming {row.id}{note} (spent so far: ${spent:.2f})")
 
 
-def _launch_detached(state: Any, row: Any, json: bool, default: str, hint: bool) -> None:
-    from runner.show import print_launched
-    from runner.supervisor import Supervisor
+def _launch_detached(state: Any, row: Any, json: bool, what: str) -> None:
+    """Hand the recorded job to a background launcher and return at once."""
+    from runner import background
+    from runner.show import print_detached
 
-    Supervisor(state).run([row.id], until_launched=True)
-    return print_launched(state, row, json, default, hint)
+    if state.job(row.id).remote:  # handed over at submit: its supervisor elsewhere launches it, not this machine
+        return print_detached(state, row, json, what, None, None)
+    pid, log = background.spawn(state, row.id)
+    return print_detached(state, row, json, what, pid, log)

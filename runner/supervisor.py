@@ -33,6 +33,7 @@ from runner.backends.base import (
     SpotUnavailableError,
 )
 from runner.catalog import load_catalog
+from runner.launch_log import LaunchLog
 from runner.outcome import DONE, FAILED_PERMANENTLY, INTERRUPTED, Verdict, classify
 from runner.secret_guard import forwarded, redact
 from trainer import contract
@@ -224,9 +225,9 @@ class JobSupervisor:
             self.state.set_job_state(self.job.id, st.WAITING, reason, "blocked")
         self.finished = True  # nothing this process can do: leave the job to a later `watch`
 
-    def _request(self, attempt: st.AttemptRow) -> LaunchRequest:
+    def _request(self, attempt: st.AttemptRow, log: LaunchLog | None = None) -> LaunchRequest:
         values, _missing = forwarded(self.spec.secrets, self.environ)
-        env = {**self.spec.env_text(), **values, **self._checkpoint_env(attempt)}
+        env = {**self.spec.env_text(), **values, **self._checkpoint_env(attempt), **self._billing_env(attempt)}
         if self.job.stage:
             env[contract.ENV_STAGE] = self.job.stage
             env[contract.ENV_INIT_FROM] = json.dumps(self.job.inputs)
@@ -238,21 +239,33 @@ class JobSupervisor:
             container_disk_gb=resources.container_disk_gb, volume_gb=resources.volume_gb,
             image=self.spec.image, image_ref=self.job.image_ref, bid_margin_per_gpu=resources.bid_margin_per_gpu,
             price_per_hour=resources.price_per_hour,
-            report=lambda kind, message: self._event(kind, message, attempt.id),
+            report=lambda kind, message: self._report(kind, message, attempt.id, log), log=log,
         )
+
+    def _report(self, kind: str, message: str, attempt_id: str, log: LaunchLog | None) -> None:
+        """What a backend did along the way: an event of the job, and a line of the attempt's launch log."""
+        self._event(kind, message, attempt_id)
+        if log is not None:
+            log(message)
 
     def _launch(self, attempt: st.AttemptRow, checked: bool = False) -> None:
         if not checked and not self._ready_to_launch():
             return
+        log = LaunchLog(attempt.id, self._clean)  # what happens here, readable without the provider's key
+        log(f"attempt {attempt.number}: launching on the {self.job.backend} backend"
+            + (f" ({attempt.gpu}, {'spot' if attempt.spot else 'on-demand'})" if attempt.gpu else ""))
         try:
-            launched = self.backend.launch(self._request(attempt), timeout_s=LAUNCH_TIMEOUT_SECONDS)
+            launched = self.backend.launch(self._request(attempt, log), timeout_s=LAUNCH_TIMEOUT_SECONDS)
         except (NoCapacityError, SpotUnavailableError) as e:
+            log(f"no capacity: {e}")
             self._no_capacity(attempt, e)
             return
         except BackendError as e:
+            log(f"launch failed: {e}")
             self.state.attempt_ended(attempt, outcome="failed", exit_code=None, detail=self._clean(str(e)), end_step=None)
             self._after(attempt, Verdict("failed", f"launch failed: {e}"))
             return
+        log(f"{'found it already running' if launched.adopted else 'launched'}: {launched.handle.get('where', '')}")
         catalog_gpu = load_catalog().resolve(launched.gpu) if launched.gpu else None
         self.state.attempt_started(attempt, launched.handle, gpu=launched.gpu or attempt.gpu, spot=launched.spot,
                                    rate_per_hour=launched.rate_per_hour,
@@ -322,6 +335,20 @@ class JobSupervisor:
             self._event("checkpoint_interval", f"every {minutes:.1f} min ({why})", attempt.id)
 
         return {contract.ENV_CHECKPOINT_EVERY_MINUTES: f"{self._auto_minutes[attempt.id]:.3f}"}
+
+    def _billing_env(self, attempt: st.AttemptRow) -> dict[str, str]:
+        """What the job cost before this attempt, for the trainer's report: billed dollars and machine
+        hours, preemptions survived, and this attempt's rate when the GPU is known before launch."""
+        now = time.time()
+        segments = self.state.segments(self.job.id)
+        env = {contract.ENV_BILLED_USD: f"{sum(s.total_cost(now) for s in segments):.6f}",
+               contract.ENV_BILLED_HOURS: f"{sum(s.hours(now) for s in segments):.6f}",
+               contract.ENV_PREEMPTIONS: str(self.state.job(self.job.id).preemptions)}
+        gpu = load_catalog().resolve(attempt.gpu) if attempt.gpu else None
+        if gpu is not None or self.job.backend == "local":
+            rate, _ = cost.rate(gpu, attempt.gpu_count, bool(attempt.spot), self.job.backend)
+            env[contract.ENV_USD_PER_HOUR] = f"{rate + self._storage_rate():.6f}"
+        return env
 
     def _storage_rate(self) -> float:
         resources = self.spec.resources

@@ -25,16 +25,17 @@ this module decides when to write, how to write safely and what to keep:
   checkpoint from a shared bucket cannot run code. The checksum record holds ``xxh3_128`` and
   ``sha256`` (:mod:`trainer.checksums`: the fast one is checked; records with only sha256, written
   before, still verify). From S3 the file is downloaded into memory, hashed as it arrives, and
-  mapped by ``torch.load`` instead of copied (resume speed: ``bench/bench_s3_resume.py``).
+  its tensors are made as views of those bytes, not copies (resume speed: ``bench/bench_s3_resume.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
+import io
 import json
 import logging
-import mmap
 import os
 import shutil
 import threading
@@ -51,6 +52,15 @@ from trainer.config import Checkpoint as CheckpointPolicy
 from trainer.storage import Storage, StorageError, remove_stale_temp_files
 
 log = logging.getLogger("trainer")
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds of the model: its state minus frozen parameters (for a LoRA run, the
+    adapter and any buffers)."""
+    # remove_duplicate=False: a frozen tied weight (GPT-2's lm_head is wte) appears in state_dict under
+    # both names and must be left out under both, or every LoRA checkpoint carries the embedding.
+    frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
 def to_cpu_copy(obj: Any) -> Any:
@@ -372,31 +382,67 @@ class CheckpointManager:
         """The newest checkpoint under the run URI that verifies, and its key; None for a fresh run."""
         keys = set(self.storage.list(contract.CHECKPOINT_DIR + "/"))
         candidates = [k for k in keys if k == contract.LATEST or contract.parse_step_checkpoint(k) is not None]
-        records: list[tuple[int, int, str, dict]] = []
-        for key in candidates:
-            raw = self.storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
-            if raw is None:
-                log.warning("skipping %s: it has no checksum (a write that did not finish)", key)
-                continue
-            try:
-                record = json.loads(raw)
-                checksums.pick(record)
-                records.append((int(record["step"]), key == contract.LATEST, key, record))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                log.warning("skipping %s: its checksum file is unreadable", key)
-        for step, _, key, record in sorted(records, reverse=True):
-            payload = self._load_verified(key, record)
-            if payload is not None:
-                if int(payload.get("step", -1)) != step:
-                    log.warning("skipping %s: it holds step %s, its checksum says %d", key, payload.get("step"), step)
-                    continue
-                algo, digest = checksums.pick(record)
-                log.info("resuming from %s (step %d, %s %s… verified)", key, step, algo, digest[:12])
-                self.last_written_step = step
-                return payload, key
+        records: list[tuple[int, bool, str, dict]] = []
+        # latest.pt is normally the newest: when its record says so, it is tried before the other
+        # records are read (each one a request to a remote store, on the resume's critical path).
+        if contract.LATEST in candidates:
+            candidates.remove(contract.LATEST)
+            latest = self._record(contract.LATEST)
+            newest_named = max((contract.parse_step_checkpoint(k) or 0 for k in candidates), default=-1)
+            if latest is not None and latest[0] >= newest_named:
+                found = self._try(*latest)
+                if found is not None:
+                    return found
+                records.append((latest[0], True, contract.LATEST, {}))  # tried: not again
+            elif latest is not None:
+                records.append(latest)
+        records += [r for key in candidates if (r := self._record(key)) is not None]
+        for step, _, key, record in sorted(records, key=lambda r: r[:3], reverse=True):
+            if record and (found := self._try(step, key == contract.LATEST, key, record)) is not None:
+                return found
         if records:
             log.error("no checkpoint under %s verified; starting from scratch", self.storage.uri)
         return None
+
+    def load_key(self, key: str) -> dict[str, Any] | None:
+        """The checkpoint at ``key`` (``checkpoints/best.pt``) when it is there and verifies, else None."""
+        raw = self.storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+            checksums.pick(record)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("skipping %s: its checksum file is unreadable", key)
+            return None
+        return self._load_verified(key, record)
+
+    def _record(self, key: str) -> tuple[int, bool, str, dict] | None:
+        """``(step, is latest.pt, key, checksum record)`` of ``key``; None (and why, in the log) when
+        it has no readable record."""
+        raw = self.storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
+        if raw is None:
+            log.warning("skipping %s: it has no checksum (a write that did not finish)", key)
+            return None
+        try:
+            record = json.loads(raw)
+            checksums.pick(record)
+            return int(record["step"]), key == contract.LATEST, key, record
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("skipping %s: its checksum file is unreadable", key)
+            return None
+
+    def _try(self, step: int, _latest: bool, key: str, record: dict) -> tuple[dict[str, Any], str] | None:
+        payload = self._load_verified(key, record)
+        if payload is None:
+            return None
+        if int(payload.get("step", -1)) != step:
+            log.warning("skipping %s: it holds step %s, its checksum says %d", key, payload.get("step"), step)
+            return None
+        algo, digest = checksums.pick(record)
+        log.info("resuming from %s (step %d, %s %s… verified)", key, step, algo, digest[:12])
+        self.last_written_step = step
+        return payload, key
 
     def _load_verified(self, key: str, record: dict) -> dict[str, Any] | None:
         algo, expected = checksums.pick(record)
@@ -407,7 +453,7 @@ class CheckpointManager:
             if path is not None:
                 digest, size = checksums.file_digest(path, algo)
             elif (get_in_memory := getattr(self.storage, "get_in_memory", None)) is not None:
-                # S3: into memory, hashed while it arrives, then mapped by torch.load, not copied.
+                # S3: into memory, hashed while it arrives, then loaded without a copy.
                 fetched = get_in_memory(key, checksums.maker(algo))
                 if fetched is None:
                     log.warning("skipping %s: it vanished while resuming", key)
@@ -426,7 +472,7 @@ class CheckpointManager:
                 )
                 return None
             if fetched is not None:
-                return _load_mapped(fetched[0])
+                return _load_from_memory(fetched[0].buffer)
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             log.warning("skipping %s: it vanished while resuming", key)
@@ -436,18 +482,65 @@ class CheckpointManager:
             return None
         finally:
             if fetched is not None:
-                fetched[0].close()  # the tensors mapped from it keep their pages
+                fetched[0].close()  # the tensors made from it keep its pages
             if downloaded is not None:
                 downloaded.unlink(missing_ok=True)
 
 
-def _load_mapped(mem: Any) -> dict[str, Any]:
-    """``torch.load`` of a verified download held in memory, its tensors mapping the downloaded pages
-    instead of copying them (a copy of a large checkpoint costs as much as fetching it from a fast
-    store). Shared, where the memory is this process's own (a memfd): the optimizer's first step then
-    writes its moments in place instead of copying each page on first write. The model's tensors
-    are copied out by ``load_state_dict``; the moments keep the mapping, and with it the download's
-    pages, while the optimizer on the CPU holds them (on a GPU they are copied there and it goes)."""
-    flags = mmap.MAP_SHARED if mem.shared else mmap.MAP_PRIVATE
-    with torch.serialization.set_default_mmap_options(flags):
-        return torch.load(mem.path, map_location="cpu", weights_only=True, mmap=True)
+class _ViewFile(io.RawIOBase):
+    """A read-only file over bytes in memory, without copying them (``io.BytesIO`` would copy)."""
+
+    def __init__(self, buffer: Any) -> None:
+        self.view, self.pos = memoryview(buffer), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: len(self.view)}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        n = max(0, min(len(b), len(self.view) - self.pos))
+        b[:n] = self.view[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+def _zero_copy_load_available() -> bool:
+    ser = torch.serialization
+    try:
+        return (callable(getattr(ser, "_open_zipfile_reader", None)) and hasattr(ser, "_weights_only_unpickler")
+                and "overall_storage" in inspect.signature(ser._load).parameters)
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+_ZERO_COPY_LOAD = _zero_copy_load_available()
+
+
+def _load_from_memory(buffer: Any) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a checkpoint held in ``buffer``, its tensors views of
+    those very bytes instead of copies (copying a large checkpoint costs as much as fetching it from
+    a fast store: the allocation's page faults, then the copy).
+
+    This is what ``torch.load(path, mmap=True)`` does with the file it maps, given the bytes this
+    process already holds: the same reader and the same weights-only unpickler, torch's own, used
+    through ``torch.serialization._load``. That is torch's internal API, so it is checked for at
+    import, and without it the checkpoint is loaded by ``torch.load`` from the buffer, copied:
+    slower, equally safe. The model's tensors are copied out by ``load_state_dict``; the
+    optimizer's moments stay views, so the buffer lives while a CPU optimizer holds them (on a GPU
+    they are copied there and it goes)."""
+    if not _ZERO_COPY_LOAD:
+        return torch.load(_ViewFile(buffer), map_location="cpu", weights_only=True)
+    ser = torch.serialization
+    storage = torch.frombuffer(buffer, dtype=torch.uint8).untyped_storage()
+    with ser._open_zipfile_reader(_ViewFile(buffer)) as zip_file:
+        return ser._load(zip_file, "cpu", ser._weights_only_unpickler, overall_storage=storage, encoding="utf-8")

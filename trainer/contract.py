@@ -61,6 +61,18 @@ INIT_RECORD = "init.json"
 #: "source": ...}`` (hex digests; readers check the fastest one present, see ``trainer.checksums``;
 #: older records have only ``sha256``).
 CHECKSUM_SUFFIX = ".sha256"
+#: After the last step (``trainer.finish``), before ``done``: the finished model's samples (text, or
+#: ``.mid`` files for the music recipes), a LoRA adapter merged into a standalone model folder, and the
+#: run's report (``report.json``, and ``report.md`` for people).
+SAMPLES_DIR = "samples"
+MERGED_DIR = "final/merged"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+#: What of the finish is published, so that a relaunch during it does not redo it: ``{"step": N,
+#: "parts": {name: [keys]}}``.
+FINISH_RECORD = "finish.json"
+#: What ``runner pull`` brings home from a run: prefixes (folders end in ``/``) and files.
+PULLED = (FINAL_DIR + "/", SAMPLES_DIR + "/", REPORT_JSON, REPORT_MD, TENSORBOARD_DIR + "/")
 #: Under torchrun, what a rank other than 0 failed with (JSON: rank, attempt, time, error). Only rank 0
 #: writes status.json; it reads these back so the failure it records names the rank that failed first.
 RANK_ERROR = "logs/rank-{rank}.error.json"
@@ -199,6 +211,14 @@ ENV_CHECKPOINT_EVERY_MINUTES = "RUNNER_CHECKPOINT_EVERY_MINUTES"
 ENV_STAGE = "RUNNER_STAGE"
 #: A stage's starting weights, as JSON {name: checkpoint URI}, resolved by the runner from ``init_from``.
 ENV_INIT_FROM = "RUNNER_INIT_FROM"
+#: What the job had cost before this attempt, as the runner recorded it (its report's hours, dollars and
+#: preemptions survived): billed USD and machine hours, the preemptions the job came back from, and this
+#: attempt's rate in USD per hour (compute and disk), when the runner knows it at launch.
+ENV_BILLED_USD = "RUNNER_BILLED_USD"
+ENV_BILLED_HOURS = "RUNNER_BILLED_HOURS"
+ENV_PREEMPTIONS = "RUNNER_PREEMPTIONS"
+ENV_USD_PER_HOUR = "RUNNER_USD_PER_HOUR"
+RUNNER_BILLING_ENV = (ENV_BILLED_USD, ENV_BILLED_HOURS, ENV_PREEMPTIONS, ENV_USD_PER_HOUR)
 #: RunPod: the API both halves talk to (the runner to schedule, a pod's trainer to stop its own pod),
 #: the pod's own id and key (set by RunPod in every pod).
 ENV_RUNPOD_BASE_URL = "RUNPOD_API_BASE_URL"

@@ -28,6 +28,7 @@ import torch
 from trainer import contract, distributed
 from trainer.config import TrainConfig
 from trainer.data import EpochSampler
+from trainer.loader import Batches
 from trainer.loop import (
     CHECKPOINT_FORMAT,
     EMA,
@@ -45,8 +46,10 @@ from trainer.loop import (
 log = logging.getLogger("trainer")
 
 
-#: Steps taken whatever the time budget: fewer cannot tell a falling loss from noise.
+#: Steps taken whatever the time budget.
 MIN_STEPS = 3
+#: Fewer steps than this, cut short by the time budget, cannot tell a loss that does not fall from noise.
+MIN_JUDGED_STEPS = 10
 
 
 def run_smoke(job: str, out: str | Path, steps: int = 100, seconds: float = 60.0, processes: int = 1,
@@ -66,8 +69,9 @@ def run_smoke(job: str, out: str | Path, steps: int = 100, seconds: float = 60.0
         log.error("%s", e)
         return contract.EXIT_BAD_CONFIG
     try:
-        result = _smoke(cfg, job, out, max(1, steps), max(0.1, seconds), max(1, processes),
-                        time.perf_counter() if started is None else started)
+        with tempfile.TemporaryDirectory(prefix="smoke-data-") as data_dir:  # the slice lives while the smoke runs
+            result = _smoke(cfg, job, out, max(1, steps), max(0.1, seconds), max(1, processes),
+                            time.perf_counter() if started is None else started, Path(data_dir))
     except JobSetupError as e:
         log.error("the job cannot be set up: %s", e)
         return contract.EXIT_BAD_CONFIG
@@ -97,8 +101,18 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, processes: int,
-           started: float) -> contract.SmokeResult:
+           started: float, data_dir: Path) -> contract.SmokeResult:
+    from trainer.smoke_data import slice_data
+
     t_setup = time.perf_counter()
+    data_note, fraction = "no data section (the recipe makes its own)", 1.0
+    if cfg.data is not None:
+        try:
+            sliced = slice_data(cfg.data, job, data_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise JobSetupError(str(e)) from e
+        cfg = cfg.model_copy(update={"data": sliced.data})
+        data_note, fraction = sliced.description, sliced.fraction
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads or min(torch.get_num_threads(), 8))
     device = pick_device(cfg.device)
@@ -122,8 +136,12 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     trainable = [p for p in model.parameters() if p.requires_grad]
     n = len(recipe.train_set)
-    job_steps = cfg.max_steps or (math.ceil(cfg.epochs * ((n // processes) // job_batch) / cfg.grad_accum)
-                                  if n // processes >= job_batch else None)
+    n_whole = round(n / fraction)  # the examples of the whole data, for a length in epochs
+    job_steps = cfg.max_steps or (math.ceil(cfg.epochs * ((n_whole // processes) // job_batch) / cfg.grad_accum)
+                                  if n_whole // processes >= job_batch else None)
+    if cfg.max_steps is None and fraction < 1:
+        notes.append(f"the job's {cfg.epochs:g} epochs are counted over the whole data: about {n_whole:,} examples "
+                     f"from the {n:,} of the slice ({fraction:.1%} of its bytes)")
     steps = min(steps, job_steps) if job_steps else steps
     stopped_by = "job_length" if job_steps is not None and steps == job_steps else "steps"
     warmup = cfg.schedule.warmup_steps
@@ -145,7 +163,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
     tokens_per_step: list[int] = []
     in_a_row = 0
     setup_s = time.perf_counter() - t_setup
-    sampler = _sampler(n, batch, cfg.seed)
+    batches = Batches(recipe, _sampler(n, batch, cfg.seed), cfg.loader, device)  # the job's loader workers too
     log.info("smoke: %s for up to %d steps or %.0f s on %s, batch %d x accumulation %d (%s parameters, %s trainable)",
              cfg.model.recipe, steps, seconds, device, batch, cfg.grad_accum, f"{sum(p.numel() for p in model.parameters()):,}",
              f"{sum(p.numel() for p in trainable):,}")
@@ -163,7 +181,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
             group["lr"] = lr_at(step, sched_cfg, job_steps or steps) * group.get("lr_scale", 1.0)
         t0 = time.perf_counter()
         try:
-            train_loss, tokens = _forward_backward(recipe, model, sampler, cfg.grad_accum, device, autocast, scaler)
+            train_loss, tokens = _forward_backward(recipe, model, batches, cfg.grad_accum, device, autocast, scaler)
         except RuntimeError as e:
             if not (_is_oom(e) and step == 0 and batch > 1):
                 raise
@@ -173,7 +191,8 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
             notes.append(f"batch {batch} did not fit in this machine's memory: halved to {batch // 2} "
                          f"(the projection scales the time back to the job's batch)")
             batch //= 2
-            sampler = _sampler(n, batch, cfg.seed)
+            batches.close()
+            batches = Batches(recipe, _sampler(n, batch, cfg.seed), cfg.loader, device)
             continue
         if scaler:
             scaler.unscale_(optimizer)
@@ -220,6 +239,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
             stopped_by = "nonfinite"
             break
     bar.close()
+    batches.close()
 
     result = contract.SmokeResult(
         passed=False, reason="", recipe=cfg.model.recipe, device=device.type, device_name=_device_name(device),
@@ -232,7 +252,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
         cuda_peak_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         seconds_per_step=statistics.median(times[1:] or times) if times else None,
         first_step_seconds=times[0] if times else None, setup_seconds=round(setup_s, 3), optimizer=optimizer_name,
-        warmup_steps=warmup, data=f"{n:,} training examples", notes=notes)
+        warmup_steps=warmup, data=f"{data_note}; {n:,} training examples", notes=notes)
     if grad_norms:
         result.max_grad_norm, result.max_grad_norm_step = max(grad_norms)
     if spikes and stopped_by != "grad_norm":
@@ -269,6 +289,9 @@ def _judge(r: contract.SmokeResult) -> None:
         r.passed = True
         r.reason = (f"the loss fell from {r.loss_start:.4g} to {r.loss_end:.4g} in {r.steps} steps, "
                     f"with no NaN/Inf")
+    elif r.stopped_by == "time" and r.steps < MIN_JUDGED_STEPS:
+        r.reason = (f"only {r.steps} steps fitted in {r.seconds_asked:g} s, too few to tell whether the loss falls "
+                    f"({r.loss_start:.4g} → {r.loss_end:.4g}); give the smoke more time (--smoke-seconds)")
     elif r.loss_end > r.loss_start * (1 + contract.SMOKE_DIVERGED_RISE):
         r.reason = (f"the loss diverged: it rose from {r.loss_start:.4g} to {r.loss_end:.4g} in {r.steps} steps; "
                     f"lower the learning rate (optimizer.lr is too high for this model) or check the data")
@@ -278,13 +301,13 @@ def _judge(r: contract.SmokeResult) -> None:
                     f"and the data")
 
 
-def _forward_backward(recipe, model, sampler: EpochSampler, accum: int, device: torch.device, autocast,
+def _forward_backward(recipe, model, batches: Batches, accum: int, device: torch.device, autocast,
                       scaler) -> tuple[float, int]:
     """One optimizer step's forward and backward passes: (mean loss, tokens seen)."""
     loss_sum = torch.zeros((), device=device)
     tokens = 0
     for _ in range(accum):
-        batch = recipe.collate([recipe.train_set[i] for i in sampler.next_batch()])
+        batch = batches.next()
         tokens += _tokens(batch)
         with autocast():
             out = recipe.forward(model, _to(batch, device))

@@ -61,7 +61,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from trainer.s3_download import Destination, Download, Fetched, FileDestination, Hash, MemoryFile, Replaced
+from trainer.s3_download import Destination, Download, Fetched, FileDestination, Hash, MemoryBuffer, Replaced
 from trainer.storage_api import Storage, StorageError
 
 log = logging.getLogger("trainer")
@@ -471,11 +471,10 @@ class S3Storage(Storage):
             os.close(fd)
             tmp.unlink(missing_ok=True)
 
-    def get_in_memory(self, key: str, new_hash: Callable[[], Hash] | None = None) -> tuple[MemoryFile, Fetched] | None:
-        """Download ``key`` into memory that ``torch.load(mmap=True)`` can map by path (see
-        :class:`~trainer.s3_download.MemoryFile`); None when ``key`` does not exist. The caller closes
-        the MemoryFile; tensors mapped from it keep their bytes after that."""
-        mem = MemoryFile(self.work_dir)
+    def get_in_memory(self, key: str, new_hash: Callable[[], Hash] | None = None) -> tuple[MemoryBuffer, Fetched] | None:
+        """Download ``key`` into memory (:class:`~trainer.s3_download.MemoryBuffer`), hashing the
+        bytes as they arrive with ``new_hash``; None when ``key`` does not exist."""
+        mem = MemoryBuffer()
         t0 = time.monotonic()
         try:
             got = self._download(key, mem, new_hash)
@@ -485,7 +484,6 @@ class S3Storage(Storage):
         if got is None:
             mem.close()
             return None
-        mem.release_view()  # written: only the readers' mappings are needed from now on
         took = max(time.monotonic() - t0, 1e-6)
         log.info("downloaded %s in memory: %.0f MB in %.2f s (%.0f MB/s, %d stream%s, %d ranged GETs)", key,
                  got.size / 1e6, took, got.size / took / 1e6, got.streams, "" if got.streams == 1 else "s",

@@ -74,6 +74,9 @@ class LaunchRequest:
     price_per_hour: float | None = None
     #: Where a backend tells what it did along the way (kind, message): the job's events.
     report: Callable[[str, str], None] | None = field(default=None, repr=False, compare=False)
+    #: Where a backend writes what it does on this machine (an image's build, push or pull), line by line:
+    #: the attempt's launch log, which `runner logs` shows without the provider's key.
+    log: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ from typing import Any
 
 from runner.backends import docker_client
 from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation, drain_lines
-from runner.backends.docker_image import ensure_image
+from runner.backends.docker_image import default_console, ensure_image
 from runner.backends.local import local_rate_per_hour
+from runner.launch_log import tee
 from trainer.contract import ENV_ATTEMPT_ID, SECRETS_LAUNCHER, secrets_line, trainer_command
 
 LABEL_JOB = "org.spot-runner.job"
@@ -112,7 +113,7 @@ class DockerBackend(Backend):
             return Launched(self._handle(found), None, False, rate, rate, adopted=True)
 
         kwargs = self._run_options(request)  # before the build: a job that cannot run here fails at once
-        image = ensure_image(self.client, request.job_file, request.image, out=self._out)
+        image = ensure_image(self.client, request.job_file, request.image, out=tee(self._out or default_console(), request.log))
         try:
             command = trainer_command(image.job_path, request.run_uri, kwargs.pop("nproc"))  # one attempt, one run: the supervisor relaunches
             # The image's entrypoint (the restart loop) is replaced: one attempt is one run. Both

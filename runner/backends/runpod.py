@@ -108,7 +108,11 @@ class RunPodBackend(Backend):
             from runner.backends import docker_client
 
             client = docker_client.connect()
-        ref = ensure_image(client, request.job_file, request.image, registry_required=True)
+        from runner.backends.docker_image import default_console
+        from runner.launch_log import tee
+
+        ref = ensure_image(client, request.job_file, request.image, registry_required=True,
+                           out=tee(default_console(), request.log))
         return ref.name, str(PurePosixPath(ref.job_path).relative_to(IMAGE_ROOT))
 
     def _env(self, request: LaunchRequest) -> dict[str, str]:

@@ -87,7 +87,9 @@ def test_every_stage_of_the_brad_pipeline_smokes_in_order_from_the_previous_stag
     }
     env = {**runner.env, **{k: v for k, v in s3_bucket.env().items() if k.startswith("AWS_")},
            "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    args = ["submit", str(ROOT / "jobs" / "brad_finetune.yaml"), "--smoke", "--json", "--smoke-steps", "60"]
+    # Time enough for 60 steps of each stage on a busy machine: this test is about the stages, not the budget.
+    args = ["submit", str(ROOT / "jobs" / "brad_finetune.yaml"), "--smoke", "--json", "--smoke-steps", "60",
+            "--smoke-seconds", "600"]
     for name, value in variables.items():
         args += ["--env", f"{name}={value}"]
     done = runner.run(*args, env=env, timeout=900)
@@ -109,3 +111,50 @@ def test_every_stage_of_the_brad_pipeline_smokes_in_order_from_the_previous_stag
     assert done.returncode == 0, done.stderr[-3000:]
     (hybrid,) = json.loads(done.stdout)["stages"]
     assert any("stage vqvae was not smoked here" in n for n in hybrid["notes"])
+
+
+def test_a_lora_job_smokes_with_its_own_adapter_and_8bit_adam_said_where_it_cannot_run(runner, tmp_path):
+    from tests.fixtures.tiny_hf import corpus, make_model_folder, write_jsonl
+
+    make_model_folder(tmp_path / "tiny-gpt2", n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    write_jsonl(tmp_path / "songs.jsonl", corpus(120, seed=5), field="song")
+    job = tmp_path / "lora.yaml"
+    job.write_text(json.dumps({"name": "lora", "train": {
+        "model": {"recipe": "causal_lm_lora", "name_or_path": "tiny-gpt2", "gradient_checkpointing": True,
+                  "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn", "c_proj"]}},
+        "data": {"format": "jsonl", "train": "songs.jsonl", "text_field": "song", "block_size": 32},
+        "batch_size": 4, "grad_accum": 2, "max_steps": 400, "optimizer": {"name": "adamw8bit", "lr": 1e-2},
+        "schedule": {"warmup_steps": 100}, "threads": 1}}))
+    done = runner.run("submit", str(job), "--smoke", "--json", "--smoke-steps", "30", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (stage,) = json.loads(done.stdout)["stages"]
+    assert stage["recipe"] == "causal_lm_lora" and stage["loss_fell"]
+    assert stage["trainable_params"] == 2 * 4 * ((32 + 96) + (32 + 32) + (128 + 32)) < stage["params"]
+    assert stage["grad_accum"] == 2 and stage["tokens_per_step"] > 0
+    assert any("adamw8bit" in n and "used AdamW" in n for n in stage["notes"])
+    assert any("warmup compressed from 100 to 6 steps" in n for n in stage["notes"])
+    assert stage["projection"]["steps"] == 400
+
+
+def test_a_custom_recipe_smokes_through_the_same_hooks(runner, tmp_path):
+    job = tmp_path / "custom.yaml"
+    job.write_text(json.dumps({"name": "custom", "train": {
+        "model": {"recipe": "tests.fixtures.custom_recipe:build", "options": {"n_train": 256}},
+        "batch_size": 16, "epochs": 3, "optimizer": {"lr": 1e-2}, "schedule": {"warmup_steps": 2}, "threads": 1}}))
+    done = runner.run("submit", str(job), "--smoke", "--json", "--smoke-steps", "30", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (stage,) = json.loads(done.stdout)["stages"]
+    assert stage["loss_fell"] and stage["job_steps"] == 3 * 256 // 16  # epochs over the whole data
+    assert "no catalog CPU figure" in stage["projection"]["speed_ratio_basis"]
+    assert "memory" not in stage["projection"]  # a custom model is known once built: the smoke measured it
+    assert stage["peak_rss_bytes"] > 0
+
+    # A custom recipe that goes non-finite is caught like any other.
+    job.write_text(json.dumps({"name": "custom", "train": {
+        "model": {"recipe": "tests.fixtures.custom_recipe:build", "options": {"nan_after_step": 4}},
+        "batch_size": 16, "max_steps": 50, "threads": 1}}))
+    done = runner.run("submit", str(job), "--smoke", "--json", timeout=300)
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["reason"].startswith("the loss diverged: non-finite loss or gradient (NaN/Inf) at step 5")
+    assert report["stages"][0]["nonfinite_steps"] == [5, 6, 7, 8, 9]

@@ -110,7 +110,7 @@ def test_ema_weights_are_evaluated_and_written_to_final(tmp_path):
 
     # eval.batches large enough that every evaluation covers the whole validation set.
     job = make_job(tmp_path, {"train": {**SMALL["train"], "max_steps": 40, "ema": {"decay": 0.9},
-                                        "eval": {"every_steps": 20, "batches": 1000}}})
+                                        "eval": {"every_steps": 20, "batches": 1000}, "finish": {"final": "last"}}})
     result = run_trainer(job, str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
 

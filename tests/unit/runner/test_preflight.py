@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -46,10 +45,8 @@ def test_a_runpod_submit_with_a_placeholder_registry_is_refused_at_once_with_eve
     (port,) = free_ports(1)  # no Docker engine there either
     env = trainer_env(RUNNER_HOME=str(runner_home), DOCKER_HOST=f"tcp://127.0.0.1:{port}")
     env.pop("RUNPOD_API_KEY", None)
-    started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "runner", "submit", str(job), "--detach"], capture_output=True,
                           text=True, cwd=ROOT, timeout=120, env=env)
-    took = time.monotonic() - started
     assert done.returncode == 2, done.stdout + done.stderr
     err = done.stderr
     assert err.startswith("error: 5 problems:\n"), err
@@ -62,14 +59,10 @@ def test_a_runpod_submit_with_a_placeholder_registry_is_refused_at_once_with_eve
     assert err.rstrip().endswith("Nothing was built or launched, and no job was recorded; fix them and submit again.")
     assert "watch" not in done.stdout + err
     assert not runner_home.exists(), "nothing recorded"
-    assert took < 10, f"{took:.1f}s to refuse (a slow start of the interpreter on a loaded machine included)"
-    # The checks themselves, once the interpreter has started and imported them: well under a second.
+    # The old submit spent 71 s pulling before it failed. Here nothing reaches for a network it cannot use:
+    # the checks themselves find the same five (their speed is bench/bench_cli.py's, not a unit test's).
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{port}")
-    spec_job = load_job(job)
-    preflight.check(spec_job, {})
-    started = time.monotonic()
-    found = preflight.check(spec_job, {})
-    assert time.monotonic() - started < 0.5
+    found = preflight.check(load_job(job), {})
     assert len(found.problems) == 5
 
 

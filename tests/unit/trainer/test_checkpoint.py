@@ -99,6 +99,41 @@ def test_file_without_checksum_is_skipped(tmp_path, caplog):
     assert "has no checksum" in caplog.text
 
 
+def test_a_resume_reads_one_record_when_latest_is_the_newest(tmp_path):
+    """Each record read is a request to a remote store on the resume's critical path."""
+    mgr = _manager(tmp_path, keep_last=3)
+    for step in (10, 20, 30):
+        mgr.save(step, _state(step))
+        assert mgr.flush(timeout=30)
+    mgr.close()
+    reads = []
+
+    class Counting(LocalStorage):
+        def get_bytes(self, key):
+            reads.append(key)
+            return super().get_bytes(key)
+
+    policy = Checkpoint(every_steps=10, every_minutes=None, keep_last=3)
+    payload, key = CheckpointManager(Counting(tmp_path / "run"), policy).load()
+    assert (payload["step"], key) == (30, contract.LATEST)
+    assert reads == [contract.LATEST + contract.CHECKSUM_SUFFIX]
+
+
+def test_a_latest_older_than_the_newest_history_file_is_not_taken(tmp_path):
+    """A write that published step-30 but not the copy to latest.pt: step-30 is the newest."""
+    mgr = _manager(tmp_path, keep_last=3)
+    for step in (10, 20, 30):
+        mgr.save(step, _state(step))
+        assert mgr.flush(timeout=30)
+    mgr.close()
+    run = tmp_path / "run"
+    for suffix in ("", contract.CHECKSUM_SUFFIX):  # latest.pt as it was after step 20
+        (run / (contract.LATEST + suffix)).unlink()
+        (run / (contract.LATEST + suffix)).write_bytes((run / (contract.step_checkpoint(20) + suffix)).read_bytes())
+    payload, key = _manager(tmp_path, keep_last=3).load()
+    assert (payload["step"], key) == (30, contract.step_checkpoint(30))
+
+
 def test_the_record_holds_both_checksums_and_the_fast_one_is_checked(tmp_path, caplog):
     mgr = _manager(tmp_path)
     mgr.save(10, _state(10))

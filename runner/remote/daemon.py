@@ -225,8 +225,12 @@ class RemoteCustody(Custody):
         """Store the job's snapshot if it changed (``force``: now, else at most every few seconds), only
         over the version this process wrote last. :class:`CustodyLost` when another process wrote since;
         :class:`StepDeferred` when the store did not answer and ``force`` asked for it stored first."""
-        if job_id in self.lost or (not final and not self.holds(job_id)):
+        if job_id in self.lost or (final is False and job_id not in self.taken):
             raise CustodyLost(job_id)
+        if not final and not self.holds(job_id):  # not renewed lately (a slow store, a busy machine): wait
+            if force:
+                raise StepDeferred(f"{job_id}: its lease was not renewed lately")
+            return
         now = time.monotonic()
         if not force and now - self.flushed.get(job_id, 0.0) < snapshot_seconds():
             return

@@ -179,13 +179,15 @@ def test_preempted_twice_and_supervisor_killed_the_job_finishes_identical_and_is
     assert cost["usd"] == pytest.approx(gpu_usd + supervisor_usd, abs=0.01)
     text = runner.run("cost", job_id)
     assert "supervisor" in text.stdout, text.stdout
+    logs = runner.run("logs", job_id)  # each attempt's pod output, from RunPod
+    assert logs.returncode == 0 and logs.stdout.count("── attempt") == 3, logs.stdout[-2000:]
 
     # Secrets reach the supervisor through its standard input only: none in its container's configuration.
     config = json.dumps(_container(docker_engine, runner).attrs)
     assert s3_bucket.secret_key not in config and emulator.api_key not in config
 
 
-def test_cancel_from_the_submitting_machine_stops_the_job_within_30s(
+def test_cancel_and_resume_from_the_submitting_machine(
         elsewhere, emulator, s3_bucket, runpod_project, docker_engine):  # noqa: F811
     runner = elsewhere
     write_job(runpod_project, s3_bucket, {**JOB, **ENDLESS})
@@ -205,3 +207,22 @@ def test_cancel_from_the_submitting_machine_stops_the_job_within_30s(
     assert gpu_pods(emulator, job_id) == []
     status = bucket.status(f"s3://{s3_bucket.bucket}/runs/{job_id}")
     assert status.state == contract.INTERRUPTED and status.last_checkpoint_step is not None
+
+    # resume: the supervisor reopens it and relaunches from the last checkpoint.
+    resumed = runner.run("resume", job_id, "--detach", timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    wait_for(lambda: (s := bucket.status(f"s3://{s3_bucket.bucket}/runs/{job_id}")) is not None
+             and s.attempt == f"{job_id}-2" and s.step > status.last_checkpoint_step, timeout=240,
+             what="attempt 2 to train on from the checkpoint")
+    again = runner.run("cancel", job_id, "--json", timeout=120)
+    assert again.returncode == 0 and json.loads(again.stdout)["state"] == "cancelled", again.stdout + again.stderr
+    record = runner.record(job_id)
+    assert [a["outcome"] for a in record["attempts"]] == ["stopped", "stopped"]
+    assert record["attempts"][1]["start_step"] >= status.last_checkpoint_step
+
+    # down: the supervisor gives its leases back and is gone.
+    down = runner.run("supervisor", "down", timeout=120)
+    assert down.returncode == 0 and "stopped and removed" in down.stdout, down.stdout + down.stderr
+    assert _container(docker_engine, runner) is None
+    shown = json.loads(runner.run("supervisor", "status", "--json").stdout)
+    assert shown["running"] is False and shown["stopped"] is True

@@ -31,3 +31,19 @@ def test_a_missing_command_is_named(tmp_path: Path):
     readme.write_text("# x\n\nRun the quickstart:\n\nno indented command here\n", encoding="utf-8")
     with pytest.raises(LookupError, match="Run the quickstart"):
         readme_command("quickstart", readme)
+
+
+def test_the_readme_test_command_leaves_the_slow_tests_to_pytest_m_slow():
+    """A newcomer's `python -m pytest` must not start the hour of end-to-end runs (the brad pipeline alone
+    is minutes); `-m slow` must still find them."""
+    import subprocess
+    import sys
+
+    slow_file = "tests/integration/runner/test_brad_pipeline.py"
+    quick = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", slow_file],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "test_brad_pipeline.py::" not in quick.stdout, quick.stdout
+    assert "deselected" in quick.stdout, quick.stdout
+    slow = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "-m", "slow",
+                           slow_file], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "test_brad_pipeline.py::" in slow.stdout, slow.stdout

@@ -32,7 +32,7 @@ SLOW_MODULES = frozenset({
     # the runner following real trainers through preemptions, restarts, budgets and pipelines
     "runner/test_brad_pipeline.py", "runner/test_cost_budget.py", "runner/test_multi_process_local.py",
     "runner/test_pipeline.py", "runner/test_policy.py", "runner/test_preemption.py", "runner/test_pull.py",
-    "runner/test_quickstart.py", "runner/test_runner_restart.py",
+    "runner/test_quickstart.py", "runner/test_runner_restart.py", "runner/test_smoke.py",
     # the same on the RunPod emulator, whose pods are real trainers
     "runpod/test_cancel_runpod.py", "runpod/test_cost_runpod.py", "runpod/test_multi_gpu_runpod.py",
     "runpod/test_pipeline_runpod.py", "runpod/test_quickstart_runpod.py",

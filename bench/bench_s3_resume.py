@@ -10,10 +10,12 @@ after the resume has finished: list the checkpoints, read their checksum records
 (interpreter start-up and ``import torch`` are not counted: they do not depend on storage).
 
 The baseline is a plain ``get_object`` of the same key with the same client (the trainer's own,
-same configuration), through boto3's public API, the faster of two ways each round: the body read
-into memory in one call, and streamed to a file in the cache folder. "Restore overhead" is the
-resume minus one step of the same model in a warm process, which is compute, the same with any
-storage. Target: at most 1.3x the plain GET.
+same configuration), through boto3's public API, in two ways each round: the body read into memory
+in one call, and streamed to a file in the cache folder; the faster median is the baseline.
+"Restore overhead" is each resume minus the step after its first one (the same model and state,
+warm: compute, the same with any storage; a cost the resume put off until the first step, such as
+touching its memory, stays in the overhead). Target: the restore overhead at most 1.3x the plain
+GET. Medians of ``--repeats`` rounds, interleaved so that the machine's load hits all alike.
 
 With ``--per-connection-mbps N`` the traffic goes through a loopback relay (its own process) that
 limits each connection to N MB/s, as object stores and the networks to them do per TCP stream (S3
@@ -66,17 +68,6 @@ def step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def warm_step(mb: int) -> float:
-    """One training step of the same model in a process that has already done a few."""
-    model = make_model(mb)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    for _ in range(2):
-        step(model, opt)
-    t0 = time.perf_counter()
-    step(model, opt)
-    return time.perf_counter() - t0
-
-
 def plain_get(client, bucket: str, key: str, dest: Path) -> tuple[float, float]:
     """Seconds for one plain get_object of ``key`` read into memory, and one streamed to ``dest``."""
     t0 = time.perf_counter()
@@ -126,9 +117,12 @@ def resume(bucket: str, cache: Path, mb: int) -> tuple[float, dict[str, float]]:
     t2 = time.perf_counter()
     step(model, opt)
     t3 = time.perf_counter()
+    step(model, opt)  # the same step again, warm: compute only, the same with any storage
+    t4 = time.perf_counter()
     manager.close()
     storage.close()
-    return t3 - t0, {"find+download+verify+torch.load": t1 - t0, "load_state_dict": t2 - t1, "first step": t3 - t2}
+    return t3 - t0, {"find+download+verify+torch.load": t1 - t0, "load_state_dict": t2 - t1, "first step": t3 - t2,
+                     "second step": t4 - t3}
 
 
 def download(bucket: str, cache: Path, concurrency: int) -> float:
@@ -171,12 +165,11 @@ def main() -> None:
         size = server.client().head_object(Bucket=server.bucket, Key="run/checkpoints/latest.pt")["ContentLength"]
         del model, opt
         client = storage.client  # the trainer's own client and configuration
-        plain, firsts, parts, one, adaptive, warm = [], [], [], [], [], []
+        plain, firsts, parts, one, adaptive = [], [], [], [], []
         cache = root / "cache"
         for _ in range(args.repeats):  # interleaved, so load on the machine hits all alike
             cache.mkdir(parents=True, exist_ok=True)
             plain.append(plain_get(client, server.bucket, "run/checkpoints/latest.pt", cache / "plain.pt"))
-            warm.append(warm_step(args.mb))
             total, split = resume(server.bucket, cache, args.mb)
             firsts.append(total)
             parts.append(split)
@@ -186,7 +179,8 @@ def main() -> None:
         storage.close()
     med = statistics.median
     memory, to_file = med(p[0] for p in plain), med(p[1] for p in plain)
-    p, f, w = min(memory, to_file), med(firsts), med(warm)
+    p, f = min(memory, to_file), med(firsts)
+    overhead = med(total - split["second step"] for total, split in zip(firsts, parts, strict=True))
     link = f"each connection limited to {args.per_connection_mbps:g} MB/s" if args.per_connection_mbps else "no bandwidth limit"
     print(f"checkpoint {size / 1e6:.0f} MB on SeaweedFS at 127.0.0.1 ({link}); {os.cpu_count()} CPU cores; "
           f"medians of {args.repeats}")
@@ -195,9 +189,8 @@ def main() -> None:
     print(f"resume, empty disk to first step done:  {f:6.2f} s  -> {f / p:.2f}x the plain GET")
     for name in parts[0]:
         print(f"    {name:34s} {med(x[name] for x in parts):6.2f} s")
-    print(f"one step of this model, warm process:   {w:6.2f} s (compute, the same with any storage)")
-    print(f"restore overhead (first step - a warm step): {f - w:5.2f} s  -> {(f - w) / p:.2f}x the plain GET "
-          f"(target <= 1.3x: {'met' if (f - w) / p <= 1.3 else 'NOT met'})")
+    print(f"restore overhead (resume - its second step): {overhead:5.2f} s  -> {overhead / p:.2f}x the plain GET "
+          f"(target <= 1.3x: {'met' if overhead / p <= 1.3 else 'NOT met'})")
     print(f"S3Storage.get_file, 1 stream:           {med(one):6.2f} s")
     print(f"S3Storage.get_file, up to 8 streams:    {med(adaptive):6.2f} s  -> {med(one) / med(adaptive):.2f}x faster "
           f"than 1 stream, {p / med(adaptive):.2f}x the plain GET's speed")

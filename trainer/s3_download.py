@@ -189,14 +189,18 @@ def _raw_stream(body: Any) -> Any:
 
 class Download:
     """One object, ``key`` in ``bucket``, into ``dest``. ``call(what, fn)`` runs one request under
-    the caller's retry policy; ``new_hash`` makes the hash of the bytes (None: no digest)."""
+    the caller's retry policy; ``new_hash`` makes the hash of the bytes (None: no digest); ``slots``
+    bounds the streams added by all the downloads that share it (several files fetched at once
+    must not open ``max_streams`` connections each)."""
 
     def __init__(self, client: Any, bucket: str, key: str, dest: Destination, *,
                  call: Callable[[str, Callable[[], T]], T], max_streams: int,
-                 new_hash: Callable[[], Hash] | None = None, name: str | None = None) -> None:
+                 new_hash: Callable[[], Hash] | None = None, name: str | None = None,
+                 slots: threading.Semaphore | None = None) -> None:
         self.client, self.bucket, self.key, self.dest = client, bucket, key, dest
         self.call, self.max_streams, self.new_hash = call, max(1, max_streams), new_hash
         self.name = name or key
+        self.slots = slots  # shared by the downloads of one client: added streams in all of them
         self.size = 0
         self.etag = ""
         self._lock = threading.Lock()
@@ -298,6 +302,8 @@ class Download:
         """Start up to ``count`` more streams (within ``max_streams``); returns how many started."""
         started = 0
         while started < count and self.streams < self.max_streams:
+            if self.slots is not None and not self.slots.acquire(blocking=False):
+                break  # other downloads of this client hold the connections it may add
             worker = _Worker()
             worker.thread = threading.Thread(target=self._worker, args=(worker,), daemon=True,
                                              name=f"s3-get-{len(self._workers) + 1}")
@@ -361,6 +367,8 @@ class Download:
                 self._errors.append(e)
         finally:
             worker.ready = True
+            if self.slots is not None:
+                self.slots.release()
 
     def _fetch_part(self, part: _Part, scratch: memoryview, worker: _Worker) -> None:
         # A retry asks for the rest of the part only.

@@ -194,6 +194,9 @@ class S3Storage(Storage):
         self._retries_lock = threading.Lock()
         self._synced: dict[Path, tuple[int, int]] = {}
         self._sync_lock = threading.Lock()
+        # Streams added to downloads, all of them together: with the downloads themselves at most
+        # 2 x concurrency connections, which the client's pool holds.
+        self._stream_slots = threading.Semaphore(max(0, self.concurrency - 1))
         self.client = self._make_client()
 
     def _make_client(self) -> Any:
@@ -493,7 +496,8 @@ class S3Storage(Storage):
     def _download(self, key: str, dest: Destination, new_hash: Callable[[], Hash] | None) -> Fetched | None:
         for _ in range(3):
             download = Download(self.client, self.bucket, self._key(key), dest, call=self._call,
-                                max_streams=self.concurrency, new_hash=new_hash, name=key)
+                                max_streams=self.concurrency, new_hash=new_hash, name=key,
+                                slots=self._stream_slots)
             try:
                 return download.run()
             except Replaced:

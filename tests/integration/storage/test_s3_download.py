@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,43 @@ def test_a_per_connection_limit_gets_parallel_ranges(env: S3Server, slow_link: s
     assert (tmp_path / "out.bin").read_bytes() == data
     assert got.streams >= 4 and got.ranged_parts >= got.streams - 1, got
     assert took < 0.85 * one_stream, (took, one_stream, got)  # ~0.45 on a quiet machine
+
+
+class _CountingSlots(threading.Semaphore):
+    """The storage's budget of added streams, counting how many are held at once."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.lock, self.held, self.most = threading.Lock(), 0, 0
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        ok = super().acquire(blocking, timeout)
+        if ok:
+            with self.lock:
+                self.held += 1
+                self.most = max(self.most, self.held)
+        return ok
+
+    def release(self, n: int = 1) -> None:
+        with self.lock:
+            self.held -= n
+        super().release(n)
+
+
+def test_downloads_at_once_share_the_streams_they_may_add(env: S3Server, slow_link: str, tmp_path: Path) -> None:
+    """Files fetched at once (a dataset) add streams from one budget, concurrency - 1 in all, so the
+    connections stay within what the client's pool holds; every stream gives its slot back."""
+    data = {f"f{i}.bin": os.urandom(24 * MiB) for i in range(2)}
+    for key, body in data.items():
+        put(env, key, body)
+    s = storage(env, tmp_path, concurrency=4)
+    s._stream_slots = slots = _CountingSlots(3)
+    with ThreadPoolExecutor(2) as pool:
+        got = dict(zip(data, pool.map(lambda k: s.get_file_hashed(k, tmp_path / k), data), strict=True))
+    for key, body in data.items():
+        assert (tmp_path / key).read_bytes() == body and got[key] is not None
+    assert slots.most >= 1 and slots.held == 0, (slots.most, slots.held, got)
+    assert all(1 <= g.streams <= 4 for g in got.values() if g is not None), got
 
 
 def test_an_object_replaced_during_the_download_is_read_again(env: S3Server, tmp_path: Path,

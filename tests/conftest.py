@@ -36,7 +36,8 @@ SLOW_MODULES = frozenset({
     # the same on the RunPod emulator, whose pods are real trainers
     "runpod/test_cancel_runpod.py", "runpod/test_cost_runpod.py", "runpod/test_multi_gpu_runpod.py",
     "runpod/test_pipeline_runpod.py", "runpod/test_quickstart_runpod.py",
-    "runpod/test_runner_killed_and_spot_refused.py",
+    "runpod/test_runner_killed_and_spot_refused.py", "runpod/test_supervisor_elsewhere.py",
+    "runpod/test_supervisor_on_runpod.py",
     # the trainer's own end-to-end runs
     "storage/test_s3_trainer.py", "trainer/",
 })

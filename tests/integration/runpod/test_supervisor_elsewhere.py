@@ -24,7 +24,7 @@ from tests.integration.runpod.conftest import ENDLESS, PROJECT_FILES, write_job
 from tests.integration.runpod.test_quickstart_runpod import Bucket
 from trainer import contract
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration  # and slow: tests/conftest.py SLOW_MODULES
 
 #: What a supervisor elsewhere needs of the test: short leases and quick looks, and a rate for its machine.
 SUPERVISOR_ENV = {"RUNNER_SUPERVISOR_LEASE_SECONDS": "4", "RUNNER_SUPERVISOR_CONTROL_SECONDS": "1",

@@ -14,7 +14,7 @@ from tests.integration.runpod.conftest import write_job
 from tests.integration.runpod.test_quickstart_runpod import Bucket
 from trainer import contract
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration  # and slow: tests/conftest.py SLOW_MODULES
 
 SUPERVISOR_ENV = {"RUNNER_SUPERVISOR_LEASE_SECONDS": "4", "RUNNER_SUPERVISOR_CONTROL_SECONDS": "1",
                   "RUNNER_SUPERVISOR_SNAPSHOT_SECONDS": "1", "RUNNER_SUPERVISOR_IDLE_SECONDS": "3"}

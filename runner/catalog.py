@@ -37,6 +37,10 @@ class Catalog:
     local_cpu_tokens_per_second: dict[str, float] = field(default_factory=dict)
     #: Disk prices, USD per GB-month while an attempt runs: ``container_disk``, ``volume``.
     storage_usd_per_gb_month: dict[str, float] = field(default_factory=dict)
+    #: The reference GPU's speed over a CPU, for recipes without a pair of throughput figures.
+    reference_gpu_vs_cpu: float = 10.0
+    #: A RunPod CPU pod that supervises jobs (``supervisor: runpod``), USD per hour.
+    supervisor_pod_usd_per_hour: float = 0.06
 
     @functools.cached_property
     def _index(self) -> dict[str, GpuType]:
@@ -81,4 +85,5 @@ def load_catalog() -> Catalog:
     )
     return Catalog(gpus, raw.get("reference_gpu", "rtx3090"), dict(raw.get("tokens_per_second") or {}),
                    dict(raw.get("local_cpu_tokens_per_second") or {}),
-                   {k: float(v) for k, v in (raw.get("storage_usd_per_gb_month") or {}).items()})
+                   {k: float(v) for k, v in (raw.get("storage_usd_per_gb_month") or {}).items()},
+                   float(raw.get("reference_gpu_vs_cpu", 10.0)), float(raw.get("supervisor_pod_usd_per_hour", 0.06)))

@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import sys
 
-from runner import actions, show
+from runner import actions, pull, show
+from runner.remote.commands import SupervisorCommands
 from runner.show import (  # noqa: F401  (EXIT_* are the command line's exit codes)
     EXIT_BAD_INPUT,
     EXIT_DETACHED,
     EXIT_JOB_NOT_DONE,
     EXIT_OK,
+    act,
     fail,
     find_job,
     follow,
@@ -30,8 +32,12 @@ class Commands:
     State lives in $RUNNER_HOME (default: $XDG_STATE_HOME/spot-runner).
     """
 
+    supervisor = SupervisorCommands
+
     def submit(self, job: str, gpu: str | None = None, backend: str | None = None, env: list[str] | None = None,
-               detach: bool = False, dry_run: bool = False, json: bool = False) -> None:
+               supervisor: str | None = None, detach: bool = False, dry_run: bool = False, json: bool = False,
+               smoke: bool = False, smoke_first: bool = False, smoke_steps: int | None = None,
+               smoke_seconds: float | None = None, stage: str | None = None) -> None:
         """Validate a job file, launch it and follow it until it ends (--detach: return at once).
 
         Args:
@@ -39,42 +45,23 @@ class Commands:
             gpu: GPU alias, RunPod GPU id, or a comma-separated failover list; overrides resources.gpu.
             backend: local, docker or runpod; overrides the job file's backend (default local).
             env: NAME=VALUE for a job variable declared under envs: (give it again for more).
+            supervisor: none, docker or runpod: who relaunches it while this machine is off; overrides the job file's.
             detach: launch, print the job id and return; `python -m runner watch` supervises it.
             dry_run: print the plan (backend, GPU, price, estimated time and cost) and launch nothing.
             json: print the job (or the plan) as JSON on stdout; progress goes to stderr.
+            smoke: train the job here (CPU or this GPU) for 100 steps or 60 s, launch nothing: does the loss fall,
+                any NaN/Inf, gradient norms, memory, speed, and the full job's hours and dollars on the GPU.
+            smoke_first: a smoke run first; launch only if it passes.
+            smoke_steps: the smoke run's steps at most (default 100).
+            smoke_seconds: the smoke run's seconds at most, setting up included (default 60).
+            stage: smoke only this stage of a pipeline (default: every stage, in order).
         """
-        from runner.spec import load_job
-        from trainer.jobfile import JobFileError
+        from runner import submit_flow
+        from runner.smoke import SmokeOptions
 
-        if isinstance(gpu, (tuple, list)):  # fire turns "a,b" into a tuple
-            gpu = ",".join(map(str, gpu))
-        variables = {}
-        for item in env or []:
-            name, sep, value = str(item).partition("=")
-            if not sep or not name:
-                fail(f"--env {item!r}: expected NAME=VALUE, e.g. --env PRESET=tiny", EXIT_BAD_INPUT)
-            variables[name] = value
-        try:
-            spec_job = load_job(str(job), gpu=None if gpu is None else str(gpu), backend=backend, env=variables)
-        except JobFileError as e:
-            fail(f"{e}\nNothing was launched; fix the file and submit again.")
-        if dry_run:
-            from runner.show import print_plan
-
-            return print_plan(spec_job, json)
-        if spec_job.spec.stages:
-            state, rows, done = _act(lambda: actions.submit_pipeline(spec_job))
-            kept = "".join(f"\nstage {r.stage} is done already: {r.run_uri}" for r in done)
-            if not rows:
-                return new_console().print(f"pipeline {done[0].pipeline} is done: every stage finished{kept}", highlight=False)
-            if detach:
-                return _launch_detached(state, rows[0], json, "launched", hint=True)
-            return follow(state, [r.id for r in rows], json=json,
-                          announce=f"submitted pipeline {rows[0].pipeline}: {', '.join(r.stage for r in rows)}{kept}")
-        state, row = _act(lambda: actions.submit(spec_job))
-        if detach:
-            return _launch_detached(state, row, json, "launched", hint=True)
-        return follow(state, [row.id], json=json, announce=f"submitted {row.id}: run {row.run_uri}")
+        smoke_options = SmokeOptions(smoke, smoke_first, smoke_steps, smoke_seconds, stage, dry_run, json)
+        return submit_flow.submit(job, gpu=gpu, backend=backend, env=env, supervisor=supervisor, detach=detach,
+                                  dry_run=dry_run, json=json, smoke=smoke_options)
 
     def status(self, job: str | None = None, json: bool = False) -> None:
         """Show one job in detail, or the active and recent jobs.
@@ -112,8 +99,10 @@ class Commands:
             follow: keep printing new output, through relaunches, until the job ends.
             attempt: only this attempt number.
         """
+        from runner.job_logs import print_logs
+
         state = open_state()
-        return show.print_logs(state, find_job(state, job), follow, attempt)
+        return print_logs(state, find_job(state, job), follow, attempt)
 
     def cancel(self, job: str, json: bool = False) -> None:
         """Stop a job for good: its trainer writes an emergency checkpoint, then nothing of it runs.
@@ -128,7 +117,7 @@ class Commands:
         row = find_job(state, job)
         if row.active:
             with new_console(stderr=json).status(f"cancelling {row.id} (its trainer writes an emergency checkpoint first)"):
-                row = _act(lambda: actions.cancel(state, row))
+                row = act(lambda: actions.cancel(state, row))
         elif not json:
             return print(f"{row.id} is already {row.state}; nothing to cancel.")
         return print_json(job_record(state, row)) if json else new_console().print(f"{row.id} {row.state}: {row.reason}")
@@ -174,7 +163,7 @@ class Commands:
         from runner.cost import parse_since, report
 
         state = open_state()
-        since_t = _act(lambda: parse_since(since)) if since is not None else None
+        since_t = act(lambda: parse_since(since)) if since is not None else None
         stages = state.find_pipeline(job) if state and job is not None else []
         jobs = stages or ([find_job(state, job)] if job is not None else (state.jobs() if state else []))
         return show.print_costs(state, jobs, report(state, jobs, since=since_t), json=json, csv=csv, plot=plot)
@@ -192,6 +181,25 @@ class Commands:
         state = open_state()
         return show.print_curves(state, find_job(state, job), out, json)
 
+    def pull(self, job: str, to: str | None = None, json: bool = False) -> None:
+        """Bring a job's results home: final/ weights, samples, report and TensorBoard events.
+
+        Args:
+            job: a job id, a unique prefix of one, a job name, or a pipeline (a folder per stage).
+            to: the folder to copy into (default: ./<job id>).
+            json: print what was copied as JSON.
+        """
+        return pull.pull(open_state(), job, to, json)
+
+    def report(self, job: str, json: bool = False) -> None:
+        """Print a finished job's report: validation loss, perplexity, accuracy, samples, hours, cost.
+
+        Args:
+            job: a job id, a unique prefix of one, a job name, or a pipeline (every stage).
+            json: print report.json, with what the runner billed, instead.
+        """
+        return pull.report(open_state(), job, json)
+
     def resume(self, job: str, budget: float | None = None, detach: bool = False, json: bool = False) -> None:
         """Go on with an ended job from its last checkpoint: one stopped over budget, cancelled or failed.
 
@@ -201,12 +209,9 @@ class Commands:
             detach: relaunch, print the job id and return; `python -m runner watch` supervises it.
             json: print the job as JSON at the end; progress goes to stderr.
         """
-        state = open_state()
-        row = find_job(state, job)
-        note, spent = _act(lambda: actions.reopen(state, row, budget))
-        if detach:
-            return _launch_detached(state, row, json, "relaunched", hint=False)
-        return follow(state, [row.id], json=json, announce=f"resuming {row.id}{note} (spent so far: ${spent:.2f})")
+        from runner import submit_flow
+
+        return submit_flow.resume(job, budget=budget, detach=detach, json=json)
 
     def simulate(self, job: str | None = None, gpu: str | None = None, hours: float | None = None,
                  mtbf_hours: float | None = None, checkpoint_seconds: float | None = None,
@@ -238,30 +243,44 @@ class Commands:
         """
         from runner.simulate import ScenarioError, build_scenario, simulate
 
-        scenario, notes = _act(lambda: build_scenario(open_state(), job, gpu, hours, mtbf_hours, checkpoint_seconds,
-                                                      restart_minutes, fixed_minutes, wait_minutes, trace, trace_job),
-                               ScenarioError)
+        scenario, notes = act(lambda: build_scenario(open_state(), job, gpu, hours, mtbf_hours, checkpoint_seconds,
+                                                     restart_minutes, fixed_minutes, wait_minutes, trace, trace_job),
+                              ScenarioError)
         if int(trials) < 1:
             fail("--trials must be at least 1")
         return show.print_simulation(scenario, notes, simulate(scenario, trials=int(trials), seed=int(seed)),
                                      json=json, plot=plot)
 
+    def check(self, job: str | None = None, json: bool = False) -> None:
+        """Check what jobs rely on: RunPod key, S3 bucket, registry login, Docker engine, GPU; ok or the fix.
 
-def _act(do, errors: type[Exception] = ValueError):
-    """Run an action; its refusal (:class:`runner.actions.ActionError`, or ``errors``) becomes an exit with its message."""
-    try:
-        return do()
-    except actions.ActionError as e:
-        fail(str(e), e.code)
-    except errors as e:
-        fail(str(e))
+        Args:
+            job: a job file: check what it needs (its bucket with its trainer's keys, its registry, its backend).
+            json: print JSON.
+        """
+        from runner.check import main as check_main
+        return check_main(job, json)
 
+    def prune(self, dry_run: bool = False, json: bool = False) -> None:
+        """Remove what ended jobs left: exited containers, images built for them, stray RunPod pods of ours.
 
-def _launch_detached(state, row, json: bool, default: str, hint: bool) -> None:
-    from runner.supervisor import Supervisor
+        Args:
+            dry_run: list what would be removed and remove nothing.
+            json: print JSON.
+        """
+        from runner.prune import main as prune_main
+        return prune_main(dry_run, json)
 
-    Supervisor(state).run([row.id], until_launched=True)
-    return show.print_launched(state, row, json, default, hint)
+    def tensorboard(self, job: str, port: int = 6006) -> None:
+        """Serve a job's TensorBoard on 127.0.0.1; an S3 run's events are copied here, and again as they grow.
+
+        Args:
+            job: a job id, a unique prefix of one, or a job name (its newest job).
+            port: the port to serve on (when it is taken, a free one).
+        """
+        from runner.tensorboard import serve
+        return serve(job, port)
+
 
 def main(argv: list[str] | None = None) -> None:
     from runner import cli_args
@@ -278,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"runner {_version()}")
         return
     if args[0] in cli_args.commands(commands) and any(a in ("-h", "--help") for a in args[1:]):
-        print(cli_args.command_help(commands, args[0]))
+        print(cli_args.help_for(commands, args))
         return
     # The whole line is checked before anything runs: fire would run the command with what it could
     # match and only then complain, so a misspelled --dryrun used to launch the job.
@@ -293,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             reconcile_pods()
     import fire  # after --help and the checks: its imports (asyncio) cost 70 ms
 
-    spec = cli_args.params(cli_args.commands(commands)[name])
+    spec = cli_args.params(cli_args.method(commands, name))
     fire.Fire(commands, command=cli_args.canonical(name, spec, options), name="runner")
 
 

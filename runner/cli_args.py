@@ -105,8 +105,21 @@ def params(method: Any) -> list[Param]:
 
 
 def commands(obj: Any) -> dict[str, Any]:
+    """The commands of ``obj``: its public methods, and its command groups (classes of commands)."""
     return {name: getattr(obj, name) for name in dir(type(obj))
             if not name.startswith("_") and callable(getattr(obj, name))}
+
+
+def is_group(member: Any) -> bool:
+    """A command group: a class whose methods are its subcommands (``runner supervisor up``)."""
+    return inspect.isclass(member)
+
+
+def method(obj: Any, name: str) -> Any:
+    """The method a parsed command name (``submit``, ``supervisor up``) calls."""
+    head, _, sub = name.partition(" ")
+    member = commands(obj)[head]
+    return commands(member())[sub] if sub else member
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -147,6 +160,11 @@ def parse(obj: Any, argv: list[str], prog: str = "runner") -> tuple[str, list[st
             raise UsageError(f"unknown option {name} for '{prog}'; options come after a command, e.g. "
                              f"'{prog} submit JOB {name}'; '{prog} --help' lists the commands")
         raise UsageError(f"unknown command {name!r} for '{prog}'{_suggest(name, sorted(table))}")
+    if is_group(table[name]):
+        if not rest or rest[0] in ("-h", "--help"):
+            raise UsageError(f"'{prog} {name}' needs a command: {', '.join(sorted(commands(table[name]())))}")
+        sub, words, options = parse(table[name](), rest, f"{prog} {name}")
+        return f"{name} {sub}", words, options
     where = f"'{prog} {name}'"
     spec = params(table[name])
     by_flag = {p.flag: p for p in spec}
@@ -228,7 +246,7 @@ def canonical(name: str, spec: list[Param], options: dict[str, Any]) -> list[str
             values.append(f"--{p.name}={json.dumps(list(value))}")
         else:
             values.append(f"--{p.name}={value}")
-    return [name, *values, *switches]
+    return [*name.split(), *values, *switches]
 
 
 def usage(name: str, spec: list[Param], prog: str = "runner") -> str:
@@ -267,11 +285,23 @@ def command_help(obj: Any, name: str, prog: str = "runner") -> str:
     return "\n".join(out)
 
 
+def help_for(obj: Any, args: list[str], prog: str = "runner") -> str:
+    """``--help`` of a command, a group, or a group's command."""
+    member = commands(obj)[args[0]]
+    if not is_group(member):
+        return command_help(obj, args[0], prog)
+    group = member()
+    if len(args) > 1 and args[1] in commands(group):
+        return command_help(group, args[1], f"{prog} {args[0]}")
+    return main_help(group, f"{prog} {args[0]}")
+
+
 def main_help(obj: Any, prog: str = "runner") -> str:
     lines = [f"usage: {prog} COMMAND [ARGS] [options]", "", inspect.cleandoc(type(obj).__doc__ or ""), "",
              "commands:"]
     lines += _rows([(name, summary(m)[0]) for name, m in commands(obj).items()])
-    lines += ["", f"'{prog} COMMAND --help' lists a command's options; '{prog} --version' prints the version."]
+    lines += ["", f"'{prog} COMMAND --help' lists a command's options" + (
+        "." if " " in prog else f"; '{prog} --version' prints the version.")]
     return "\n".join(lines)
 
 

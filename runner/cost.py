@@ -74,6 +74,11 @@ class JobCost:
     steps: int = 0  # training steps reached
     usd_per_1k_steps: float | None = None
     billed_by: str = "runner"  # "provider" when every segment is the provider's record, "mixed", "runner"
+    unit: str = "GPU"  # what gpu_hours are hours of: "GPU", or "machine" for a CPU job (see hours_unit)
+    #: A supervisor elsewhere (an always-on machine or a RunPod CPU pod): its hours on this job and this
+    #: job's share of its dollars (included in ``usd``, and in ``on_demand_usd``: it costs the same either way).
+    supervisor_hours: float = 0.0
+    supervisor_usd: float = 0.0
     interval: IntervalAdvice | None = field(default=None, compare=False)
 
     @property
@@ -174,7 +179,7 @@ def job_cost(state: st.State, job: st.JobRow, now: float | None = None, since: f
             idle = max(0.0, seg.hours(now) - seg.train_seconds / 3600.0) * f
             idle_h += idle
             idle_usd += idle * (seg.cost(now) / seg.hours(now) if seg.hours(now) > 0 else seg.rate_per_hour)
-        kinds.add("local" if job.backend == "local" else "spot" if seg.spot else "on-demand")
+        kinds.add("local" if own_machine(job.backend) else "spot" if seg.spot else "on-demand")
         sources.add("provider" if seg.provider_usd is not None else "runner")
         attempt = attempts.get(seg.attempt_id)
         if seg.end_reason == "interrupted" and (since is None or (seg.ended or now) >= since):
@@ -182,23 +187,35 @@ def job_cost(state: st.State, job: st.JobRow, now: float | None = None, since: f
             if attempt is not None:
                 s, h, d = lost_work(attempt, seg, job_per_step, now)
                 lost_steps, lost_h, lost_usd = lost_steps + s, lost_h + h, lost_usd + d
-    usd = compute + storage
+    supervisor_h = supervisor_usd = 0.0
+    for sseg in state.supervisor_segments(job.id):
+        f = _fraction(sseg, since, now)  # type: ignore[arg-type]  (started/ended, as a billing segment)
+        supervisor_h += sseg.hours(now) * f
+        supervisor_usd += sseg.cost(now) * f
+    usd = compute + storage + supervisor_usd
+    on_demand += supervisor_usd
     steps = job.step
     spot_wanted = job.spec.resources.spot
     wanted = job.wanted_gpus()
     gpu = counted[-1].gpu if counted else (wanted[0] if len(wanted) == 1 else None)
     capacity = "+".join(k for k in ("spot", "on-demand", "local") if k in kinds) or (
-        "local" if job.backend == "local" else "spot" if spot_wanted else "on-demand")
+        "local" if own_machine(job.backend) else "spot" if spot_wanted else "on-demand")
     billed_by = "mixed" if len(sources) > 1 else (sources.pop() if sources else "runner")
     interval = None
     if advice:
-        spot = bool(counted[-1].spot) if counted else spot_wanted and job.backend != "local"
+        spot = bool(counted[-1].spot) if counted else spot_applies(job.backend, spot_wanted)
         interval = advise_interval(state, job, gpu, spot, list(attempts.values()), memo)
     return JobCost(job.id, gpu_hours, usd, on_demand, on_demand - usd, preemptions, len(counted), name=job.name,
                    state=job.state, gpu=gpu, capacity=capacity, compute_usd=compute, storage_usd=storage,
                    idle_hours=idle_h, idle_usd=idle_usd, lost_steps=lost_steps, lost_hours=lost_h, lost_usd=lost_usd,
                    steps=steps, usd_per_1k_steps=usd / steps * 1000 if steps else None, billed_by=billed_by,
-                   interval=interval)
+                   unit=hours_unit(job), interval=interval, supervisor_hours=supervisor_h,
+                   supervisor_usd=supervisor_usd)
+
+
+def hours_label(units: set[str]) -> str:
+    """What a sum of billed hours is hours of, for jobs of these units: "GPU", "machine", or "GPU or machine"."""
+    return " or ".join(sorted(units)) if units else "GPU"
 
 
 @dataclass(frozen=True)
@@ -209,9 +226,11 @@ class Report:
 
     def total(self) -> dict[str, Any]:
         keys = ("gpu_hours", "usd", "compute_usd", "storage_usd", "on_demand_usd", "saving_usd", "idle_hours",
-                "idle_usd", "preemptions", "lost_steps", "lost_hours", "lost_usd", "steps", "attempts")
+                "idle_usd", "preemptions", "lost_steps", "lost_hours", "lost_usd", "steps", "attempts", "supervisor_hours",
+                "supervisor_usd")
         total: dict[str, Any] = {k: sum(getattr(c, k) for c in self.jobs) for k in keys}
         total["usd_per_1k_steps"] = total["usd"] / total["steps"] * 1000 if total["steps"] else None
+        total["unit"] = hours_label({c.unit for c in self.jobs})
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in total.items()}
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,7 +253,8 @@ def report(state: st.State | None, jobs: list[st.JobRow], *, since: float | None
 
 CSV_COLUMNS = ("job_id", "name", "state", "gpu", "capacity", "attempts", "gpu_hours", "compute_usd", "storage_usd", "usd",
                "on_demand_usd", "saving_usd", "idle_hours", "idle_usd", "preemptions", "lost_steps", "lost_hours",
-               "lost_usd", "steps", "usd_per_1k_steps", "billed_by", "checkpoint_interval", "recommended_interval_min")
+               "lost_usd", "steps", "usd_per_1k_steps", "billed_by", "checkpoint_interval", "recommended_interval_min",
+               "supervisor_hours", "supervisor_usd")
 
 
 def to_csv(rep: Report) -> str:
@@ -251,7 +271,8 @@ def to_csv(rep: Report) -> str:
         d["recommended_interval_min"] = round(c.interval.recommended_minutes, 2) if c.interval else ""
         w.writerow(["" if d.get(k) is None else d.get(k) for k in CSV_COLUMNS])
     t = rep.total()
-    w.writerow(["total", "", "", "", "", *["" if t.get(k) is None else t.get(k) for k in CSV_COLUMNS[5:20]], "", "", ""])
+    w.writerow(["total", "", "", "", "", *["" if t.get(k) is None else t.get(k) for k in CSV_COLUMNS[5:20]], "", "", "",
+                *[t[k] for k in CSV_COLUMNS[23:]]])
     return out.getvalue()
 
 
@@ -287,6 +308,9 @@ class Estimate:
     interval_basis: str = ""
     restart_minutes: float = 0.0
     restart_basis: str = ""
+    #: A supervisor elsewhere for the whole job (``supervisor: docker|runpod``), USD per hour, and where from.
+    supervisor_rate_per_hour: float = 0.0
+    supervisor_basis: str = ""
     expectation: iv.Expectation | None = None  # with preemptions at the observed rate
 
     @property
@@ -309,7 +333,7 @@ class Estimate:
     @property
     def expected_usd(self) -> float | None:
         h = self.expected_hours
-        return None if h is None else h * (self.rate_per_hour + self.storage_rate_per_hour)
+        return None if h is None else h * (self.rate_per_hour + self.storage_rate_per_hour + self.supervisor_rate_per_hour)
 
     @property
     def on_demand_usd(self) -> float | None:
@@ -339,17 +363,67 @@ class Estimate:
             "checkpoint_basis": self.checkpoint.basis if self.checkpoint else None,
             "checkpoint_interval_minutes": self.interval_minutes, "checkpoint_interval_basis": self.interval_basis,
             "restart_minutes": self.restart_minutes, "restart_basis": self.restart_basis,
+            "supervisor_rate_per_hour": self.supervisor_rate_per_hour, "supervisor_basis": self.supervisor_basis,
+            "expected_supervisor_usd": (None if self.expected_hours is None
+                                        else self.expected_hours * self.supervisor_rate_per_hour),
         }
 
 
-def rate(gpu: GpuType | None, count: int, spot: bool, backend: str) -> tuple[float, float]:
-    """(rate, on-demand rate) in USD per hour for the whole attempt."""
-    if backend == "local":
-        local = float(os.environ.get("RUNNER_LOCAL_USD_PER_HOUR", "0") or 0)
-        return local, local
+#: Backends that run on machines of yours (this one, or a Docker engine you run): no provider bills
+#: them, so they are free unless the job says what an hour costs you (``resources.price_per_hour``, or
+#: ``RUNNER_LOCAL_USD_PER_HOUR`` for every job); there is no spot capacity and no catalog price.
+OWN_MACHINE_BACKENDS = ("local", "docker")
+
+
+def own_machine(backend: str) -> bool:
+    return backend in OWN_MACHINE_BACKENDS
+
+
+def own_machine_rate(price_per_hour: float | None = None) -> float:
+    """USD per hour of a machine of yours: the job's ``resources.price_per_hour``, else
+    ``RUNNER_LOCAL_USD_PER_HOUR``, else nothing."""
+    if price_per_hour is not None:
+        return float(price_per_hour)
+    try:
+        return max(0.0, float(os.environ.get("RUNNER_LOCAL_USD_PER_HOUR", "0") or 0))
+    except ValueError:
+        raise ValueError(f"RUNNER_LOCAL_USD_PER_HOUR={os.environ['RUNNER_LOCAL_USD_PER_HOUR']!r} is not a number of "
+                         f"dollars per hour") from None
+
+
+def spot_applies(backend: str, spot: bool) -> bool:
+    """Spot capacity is a provider's: a machine of yours is neither spot nor preempted by anyone."""
+    return bool(spot) and not own_machine(backend)
+
+
+def hours_unit(job: Any) -> str:
+    """What a job's billed hours are hours of: "GPU" when it asks for a GPU on a provider or a Docker
+    engine, "machine" for a CPU job (or one on this machine, whose devices are whatever it has)."""
+    return "GPU" if job.backend != "local" and job.wanted_gpus() else "machine"
+
+
+def rate(gpu: GpuType | None, count: int, spot: bool, backend: str,
+         price_per_hour: float | None = None) -> tuple[float, float]:
+    """(rate, on-demand rate) in USD per hour for the whole attempt: a provider's catalog price, or
+    for a machine of yours what the job says an hour of it costs (default: nothing)."""
+    if own_machine(backend):
+        own = own_machine_rate(price_per_hour)
+        return own, own
     if gpu is None:
         return 0.0, 0.0
     return gpu.price(spot) * count, gpu.on_demand * count
+
+
+def supervisor_rate(place: str) -> tuple[float, str]:
+    """What a supervisor elsewhere costs an hour (the whole of it: a job alone pays all of it), and why."""
+    if place == "runpod":
+        return load_catalog().supervisor_pod_usd_per_hour, "a RunPod CPU pod, catalog price"
+    if place == "docker":
+        told = os.environ.get("RUNNER_SUPERVISOR_USD_PER_HOUR")
+        if told:
+            return float(told), "your always-on Docker host (RUNNER_SUPERVISOR_USD_PER_HOUR)"
+        return 0.0, "your always-on Docker host: free unless RUNNER_SUPERVISOR_USD_PER_HOUR says what it costs"
+    return 0.0, ""
 
 
 def storage_rate(backend: str, container_disk_gb: int, volume_gb: int) -> float:
@@ -392,14 +466,15 @@ def checkpoint_minutes(train: TrainConfig, job_name: str, gpu: str | None, spot:
 
 
 def estimate(job: Any, state: st.State | None = None) -> Estimate:
-    """Time and cost of ``job`` (a validated :class:`runner.spec.Job`) before it is launched:
+    """Time and cost of ``job`` (a validated :class:`runner.spec.Job`, not a pipeline: see
+    :func:`estimate_stages`) before it is launched:
     steps x seconds per step, from earlier runs of the same job on the same GPU when there are any,
     else from the catalog's rough throughput for the recipe; then the expected overhead of
     preemptions at the GPU's observed rate, with the checkpoint interval the launch will use."""
     catalog = load_catalog()
     gpu = job.gpus[0] if job.gpus else None
-    spot = job.spec.resources.spot and job.backend != "local"
-    per_hour, on_demand = rate(gpu, job.spec.resources.gpu_count, spot, job.backend)
+    spot = spot_applies(job.backend, job.spec.resources.spot)
+    per_hour, on_demand = rate(gpu, job.spec.resources.gpu_count, spot, job.backend, job.spec.resources.price_per_hour)
     disks = storage_rate(job.backend, job.spec.resources.container_disk_gb, job.spec.resources.volume_gb)
     train = job.train
     steps = train.max_steps
@@ -408,8 +483,10 @@ def estimate(job: Any, state: st.State | None = None) -> Estimate:
     minutes, minutes_basis, prate, ccost = checkpoint_minutes(job.train, job.name, measured_gpu, spot, job.backend,
                                                               state)
     restart, restart_basis = restart_minutes(state, job.backend, measured_gpu)
+    supervisor, supervisor_basis = supervisor_rate(job.spec.supervisor)
     extra = dict(storage_rate_per_hour=disks, preemption=prate, checkpoint=ccost, interval_minutes=minutes,
-                 interval_basis=minutes_basis, restart_minutes=restart, restart_basis=restart_basis)
+                 interval_basis=minutes_basis, restart_minutes=restart, restart_basis=restart_basis,
+                 supervisor_rate_per_hour=supervisor, supervisor_basis=supervisor_basis)
     if measured is not None:
         seconds, basis = measured[0], f"measured over {measured[1]} earlier steps of {job.name}"
     else:
@@ -418,7 +495,7 @@ def estimate(job: Any, state: st.State | None = None) -> Estimate:
         # A token is a piano-roll frame for the music recipes (a window of them is one example).
         block = (train.data.midi.window if train.data.format == "midi" else train.data.block_size) if train.data else 256
         tokens_per_step = train.batch_size * train.grad_accum * block
-        if job.backend == "local":
+        if job.backend == "local" or (gpu is None and own_machine(job.backend)):  # a CPU of yours
             tps = catalog.local_cpu_tokens_per_second.get(recipe)
             where = "this machine's CPU"
         else:
@@ -435,6 +512,16 @@ def estimate(job: Any, state: st.State | None = None) -> Estimate:
         every = _effective_interval_minutes(minutes, train.checkpoint.every_steps, seconds, work_h)
         expectation = iv.expected(work_h, every, ccost.seconds, prate.mtbf_hours, restart)
     return Estimate(per_hour, on_demand, steps, seconds, basis, expectation=expectation, **extra)
+
+
+def estimate_stages(job: Any, state: st.State | None = None) -> list[tuple[str | None, Estimate]]:
+    """:func:`estimate` of each stage of a pipeline, in order, by stage name; of the job itself (name
+    None) when it is no pipeline."""
+    if not job.spec.stages:
+        return [(None, estimate(job, state))]
+    from dataclasses import replace
+
+    return [(name, estimate(replace(job, spec=job.spec.stage_spec(name)), state)) for name in job.spec.stages]
 
 
 def _effective_interval_minutes(minutes: float | None, every_steps: int | None, seconds_per_step: float,

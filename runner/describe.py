@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from runner import state as st
-from runner.cost import job_cost
+from runner.cost import job_cost, spot_applies
 
 
 def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: float | None = None) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         "run_uri": job.run_uri,
         "job_file": job.job_file,
         "gpu": job.wanted_gpus(),
-        "spot": job.spec.resources.spot and job.backend != "local",
+        "spot": spot_applies(job.backend, job.spec.resources.spot),
         "step": job.step,
         "max_steps": job.max_steps,
         "preemptions": job.preemptions,
@@ -29,6 +29,9 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         "updated": job.updated,
         "finished": job.finished,
         "supervised_by": job.supervisor_pid if job.active and job.supervised() else None,
+        "supervisor": job.supervisor or "none",
+        "launcher": ({"pid": job.launcher_pid, "log": job.launcher_log, "running": job.launching_in_background()}
+                     if job.launcher_pid else None),
     }
     if detail:
         record["budget_usd"] = job.spec.budget.max_usd if job.spec.budget else None
@@ -43,4 +46,7 @@ def job_record(state: st.State, job: st.JobRow, *, detail: bool = False, now: fl
         ]
         record["events"] = [{"time": e.time, "kind": e.kind, "message": e.message, "attempt_id": e.attempt_id}
                             for e in state.events(job.id)]
+        record["supervisor_segments"] = [
+            {"session": s.session, "place": s.place, "rate_per_hour": s.rate_per_hour, "started": s.started,
+             "ended": s.ended, "usd": round(s.cost(now), 6)} for s in state.supervisor_segments(job.id)]
     return record

@@ -19,6 +19,18 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise SystemExit(code)
 
 
+def act(do, errors: type[Exception] = ValueError):
+    """Run an action; its refusal (:class:`runner.actions.ActionError`, or ``errors``) becomes an exit with its message."""
+    from runner.actions import ActionError
+
+    try:
+        return do()
+    except ActionError as e:
+        fail(str(e), e.code)
+    except errors as e:
+        fail(str(e))
+
+
 def print_json(data: Any) -> None:
     import json
 
@@ -32,9 +44,16 @@ def new_console(stderr: bool = False):
 
 
 def open_state(create: bool = False):
+    """The state, with the jobs supervised elsewhere brought up to date from their snapshots."""
     from runner.state import State
 
-    return State.open(create=create)
+    state = State.open(create=create)
+    if state is not None and state.remote_jobs(active=True):
+        from runner.remote.client import refresh
+
+        for problem in refresh(state):
+            print(f"note: {problem}", file=sys.stderr)
+    return state
 
 
 def find_job(state, ref: Any):
@@ -56,6 +75,7 @@ def state_path() -> str:
 
 def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = False, announce: str = "") -> None:
     """Supervise jobs in the foreground with a live view; exit 0 when every one ended done."""
+    from runner.background import wait_for_launchers
     from runner.describe import job_record
     from runner.supervisor import Supervisor
     from runner.view import FollowView, state_text
@@ -63,12 +83,20 @@ def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = Fals
     console = new_console(stderr=json)
     if announce:
         console.print(announce, highlight=False)
+    elsewhere = bool(job_ids) and all(state.job(j).remote for j in job_ids)
     try:
+        wait_for_launchers(state, job_ids, console)  # a --detach submit's launcher: never launch twice
         with FollowView(console) as view:
-            results = Supervisor(state, view).run(job_ids, forever=forever)
+            if elsewhere:  # supervised elsewhere: shown from their snapshots
+                from runner.remote.client import follow as follow_elsewhere
+
+                results = follow_elsewhere(state, list(job_ids or []), view)
+            else:
+                results = Supervisor(state, view).run(job_ids, forever=forever)
     except KeyboardInterrupt:
-        console.print("\n[yellow]Detached.[/] The trainers keep running; `python -m runner watch` supervises them again, "
-                      "`python -m runner cancel JOB` stops one.")
+        console.print("\n[yellow]Detached.[/] The trainers keep running; " + (
+            "their supervisor elsewhere goes on" if elsewhere else "`python -m runner watch` supervises them again")
+            + ", `python -m runner cancel JOB` stops one.")
         raise SystemExit(EXIT_DETACHED) from None
     rows = [state.job(j) for j in results]
     if json:
@@ -78,7 +106,10 @@ def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = Fals
         for r in rows:
             console.print(f"{r.id} {state_text(r.state)}: {r.reason}", highlight=False)
         if not rows:
-            console.print("No active jobs to supervise.")
+            elsewhere_now = state.remote_jobs(active=True)
+            console.print("No active jobs to supervise." + (
+                f" {len(elsewhere_now)} are supervised elsewhere (`python -m runner status` shows them)."
+                if elsewhere_now else ""))
     if any(r.state != "done" for r in rows):
         raise SystemExit(EXIT_JOB_NOT_DONE)
 
@@ -86,9 +117,8 @@ def follow(state, job_ids: list[str] | None, *, json: bool, forever: bool = Fals
 def print_job(state, row, record: dict[str, Any]) -> None:
     """One job in detail: what it is, where it runs, how far it got, what it cost, what happened."""
     from rich.markup import escape
-    from rich.table import Table
 
-    from runner.view import ago, clock, kv_table, state_text
+    from runner.view import ago, clock, fit_table, kv_table, state_text
 
     console = new_console()
     progress = f"step {row.step}/{row.max_steps}" if row.max_steps else f"step {row.step}"
@@ -108,22 +138,27 @@ def print_job(state, row, record: dict[str, Any]) -> None:
                 checkpoint_failed = [("checkpoint", f"[red]{escape(status.checkpoint_error)}[/]")]
     supervised = (f"runner process {row.supervisor_pid}" if row.supervised() else
                   "[yellow]nobody: run `python -m runner watch`[/]") if row.active else "-"
+    if row.remote and row.active:
+        from runner.remote.client import supervised_text
+
+        supervised = escape(supervised_text(row))
+    elif row.active and row.launching_in_background():
+        supervised = f"runner process {row.launcher_pid}, launching it in the background ({escape(row.launcher_log or '')})"
     cost = record["cost"]
     budget = f" of ${record['budget_usd']:.2f} budget" if record.get("budget_usd") else ""
     console.print(kv_table([
         ("job", escape(row.id)), ("state", f"{state_text(row.state)} {escape(row.reason)}"),
         ("backend", row.backend), ("run URI", escape(row.run_uri)), ("job file", escape(row.job_file)),
         ("progress", progress), *checkpoint_failed, ("preemptions", str(row.preemptions)), ("failures", str(row.failures)),
-        ("cost", f"${cost['usd']:.2f}{budget} ({cost['gpu_hours']:.3f} GPU hours)"), ("supervised by", supervised),
+        ("cost", f"${cost['usd']:.2f}{budget} ({cost['gpu_hours']:.3f} {cost['unit']} hours"
+                 + (f", supervisor ${cost['supervisor_usd']:.4f}" if cost.get("supervisor_hours") else "") + ")"),
+        ("supervised by", supervised),
     ]))
-    attempts = Table(box=None, header_style="bold", title="attempts", title_justify="left")
-    for col in ("#", "state", "outcome", "started", "ended", "steps", "detail"):
-        attempts.add_column(col, overflow="fold" if col == "detail" else "ellipsis")
-    for a in record["attempts"]:
-        steps = f"{a['start_step']}→{a['end_step']}" if a["end_step"] is not None else f"{a['start_step']}→"
-        attempts.add_row(str(a["number"]), a["state"], a["outcome"] or "-", clock(a["started"]), clock(a["ended"]), steps,
-                         escape(a["detail"] or ""))
-    console.print(attempts)
+    rows = [[str(a["number"]), a["state"], a["outcome"] or "-", clock(a["started"]), clock(a["ended"]),
+             f"{a['start_step']}→{a['end_step']}" if a["end_step"] is not None else f"{a['start_step']}→",
+             a["detail"] or ""] for a in record["attempts"]]
+    console.print(fit_table(("#", "state", "outcome", "started", "ended", "steps", "detail"), rows, console.width,
+                            title="attempts", wrap={"detail"}))
     console.print("[bold]events[/]")
     for e in record["events"][-12:]:
         console.print(f"  [dim]{clock(e['time'])}[/] {e['kind']} {escape(e['message'])}")
@@ -194,7 +229,7 @@ def _print_pipeline_plan(job, json: bool) -> None:
 def _plan(job, stage: str | None = None) -> tuple[dict, Any, list]:
     from runner import paths
     from runner.backends import AVAILABLE
-    from runner.cost import estimate
+    from runner.cost import estimate, spot_applies
     from runner.datacheck import check_job_data
     from runner.secret_guard import forwarded
 
@@ -205,13 +240,14 @@ def _plan(job, stage: str | None = None) -> tuple[dict, Any, list]:
     est = estimate(job, state)
     _values, missing = forwarded(job.spec.secrets, os.environ)
     gpu = job.gpus[0] if job.gpus else None
-    spot = job.spec.resources.spot and job.backend != "local"
+    spot = spot_applies(job.backend, job.spec.resources.spot)
     root = job.storage_root or str(paths.default_runs_dir())
     plan = {
         "name": job.name, "job_file": str(job.path), "backend": job.backend, "backend_available": job.backend in AVAILABLE,
         "gpu": [g.alias for g in job.gpus], "gpu_id": gpu.id if gpu else None, "gpu_count": job.spec.resources.gpu_count,
-        "capacity": ("spot" if spot else "on-demand") if job.backend != "local" else "this machine",
+        "capacity": _capacity(job.backend, spot),
         "rate_per_hour": round(est.rate_per_hour, 4), "on_demand_rate_per_hour": round(est.on_demand_rate_per_hour, 4),
+        "price_basis": _price_basis(job, spot),
         "steps": est.steps, "seconds_per_step": est.seconds_per_step, "estimate_basis": est.basis,
         "estimated_hours": est.hours, "estimated_usd": est.usd, **plan_extras(est),
         "budget_usd": job.spec.budget.max_usd if job.spec.budget else None,
@@ -227,6 +263,27 @@ def _plan(job, stage: str | None = None) -> tuple[dict, Any, list]:
     if est.expected_usd is not None:
         plan["expected_usd"] = est.expected_usd
     return plan, est, data
+
+
+def _capacity(backend: str, spot: bool) -> str:
+    if backend == "local":
+        return "this machine"
+    if backend == "docker":
+        from runner.backends.docker_client import describe
+
+        return describe().removeprefix("the ")  # "Docker engine on this machine", or the remote one's address
+    return "spot" if spot else "on-demand"
+
+
+def _price_basis(job, spot: bool) -> str:
+    """Where the plan's price comes from: the provider's catalog, or what the job says a machine of yours costs."""
+    from runner.cost import own_machine
+
+    if not own_machine(job.backend):
+        return f"catalog {'spot' if spot else 'on-demand'}"
+    if job.spec.resources.price_per_hour is not None:
+        return "resources.price_per_hour"
+    return "RUNNER_LOCAL_USD_PER_HOUR" if float(os.environ.get("RUNNER_LOCAL_USD_PER_HOUR") or 0) else "free"
 
 
 def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
@@ -246,10 +303,12 @@ def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
     else:
         gpu_text = "none asked for" + (" (this machine's own devices)" if job.backend == "local" else "")
     price = f"${est.rate_per_hour:.2f}/h"
-    if job.backend != "local" and spot and est.on_demand_rate_per_hour > est.rate_per_hour:
+    if spot and est.on_demand_rate_per_hour > est.rate_per_hour:
         price += f" spot (on-demand ${est.on_demand_rate_per_hour:.2f}/h)"
-    elif job.backend == "local":
-        price += " (this machine; RUNNER_LOCAL_USD_PER_HOUR sets what it costs you)"
+    elif plan["price_basis"] == "free":
+        price += " (your own machine: free; resources.price_per_hour sets what an hour of it costs you)"
+    elif plan["price_basis"] in ("resources.price_per_hour", "RUNNER_LOCAL_USD_PER_HOUR"):
+        price += f" (your own machine, at {plan['price_basis']})"
     steps = f"{est.steps:,}" if est.steps else "unknown (the job gives epochs; known after its first run)"
     cost = "unknown" if est.usd is None else f"${est.usd:.2f}"
     if est.expectation is not None and est.expected_usd is not None:
@@ -273,6 +332,9 @@ def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
             ("capacity", plan["capacity"]), ("price", price), ("steps", steps),
             ("est. time", f"{duration(est.hours * 3600) if est.hours is not None else 'unknown'} of training [dim]({escape(est.basis)})[/]"),
             *plan_overhead_rows(est, escape, duration),
+            *([("supervisor", f"on {job.spec.supervisor}: ${est.supervisor_rate_per_hour:.3f}/h for as long as the job "
+                              f"runs, in the expected cost [dim]({escape(est.supervisor_basis)})[/]")]
+              if job.spec.supervisor != "none" else []),
             ("est. cost", cost), ("budget", budget), ("run URI", escape(plan["run_uri"])), ("secrets", secrets),
             ("retry", retry_text)]
     rows += [(f"data ({d.field.removeprefix('train.data.')})",
@@ -317,8 +379,7 @@ def print_costs(state, jobs: list, rep, *, json: bool, csv: bool, plot: str | No
 def print_cost_report(rep) -> None:
     """One job: a card of labelled figures. Several: a table, narrower on a narrow terminal (no figure
     is ever cut short; `--json` and `--csv` have every field). Then the total, in words."""
-    from rich.markup import escape
-    from rich.table import Table
+    from runner.view import fit_table
 
     console = new_console()
     if not rep.jobs:
@@ -330,10 +391,9 @@ def print_cost_report(rep) -> None:
         print_cost_card(console, rep.jobs[0], since)
     else:
         wide = console.width >= 120
-        table = Table(box=None, header_style="bold", show_footer=True, title=f"What jobs cost{since}", title_justify="left")
-        columns = [("job", "total", lambda c: escape(c.job_id)),
-                   ("GPU", "", lambda c: "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"),
-                   ("GPU h", f"{total['gpu_hours']:.2f}", lambda c: f"{c.gpu_hours:.2f}"),
+        columns = [("job", "total", lambda c: c.job_id),
+                   ("GPU", "", lambda c: "own machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"),
+                   (hours_header(total["unit"]), f"{total['gpu_hours']:.2f}", lambda c: f"{c.gpu_hours:.2f}"),
                    ("billed", money(total["usd"]), lambda c: money(c.usd) + ("" if c.billed_by == "provider" else "*")),
                    ("on-demand", money(total["on_demand_usd"]), lambda c: money(c.on_demand_usd)),
                    ("saved", money(total["saving_usd"]), lambda c: money(c.saving_usd)),
@@ -344,16 +404,13 @@ def print_cost_report(rep) -> None:
                    ("Young/Daly", "", lambda c: f"{c.interval.recommended_minutes:.1f} min" if c.interval else "-")]
         if not wide:
             columns = [col for col in columns if col[0] in ("job", "billed", "saved", "preempted", "work lost")]
-        rows = [[cell(c) for _h, _f, cell in columns] for c in rep.jobs]
-        for i, (head, foot, _cell) in enumerate(columns):
-            # Figures and ids never shrink below their width: a dollar amount cut short is worse than none.
-            width = max([len(r[i]) for r in rows] + [len(foot), len(head)])
-            table.add_column(head, footer=foot, justify="left" if head in ("job", "GPU") else "right", min_width=width)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        headers = [head for head, _foot, _cell in columns]
+        # Figures and ids never shrink below their width: a dollar amount cut short is worse than none.
+        console.print(fit_table(headers, [[cell(c) for _h, _f, cell in columns] for c in rep.jobs], console.width,
+                                title=f"What jobs cost{since}", right=set(headers[2:]),
+                                footer=[foot for _h, foot, _cell in columns]))
         if not wide:
-            console.print("[dim]GPU hours, on-demand price, idle time, $ per 1,000 steps and the checkpoint interval: "
+            console.print("[dim]Hours, on-demand price, idle time, $ per 1,000 steps and the checkpoint interval: "
                           "on a wider terminal, with `--json` or `--csv`, or per job (`cost JOB`).[/]")
     if any(c.billed_by != "provider" for c in rep.jobs):
         console.print("[dim]* the runner's own observation of each attempt at the rate at launch (no provider billing "
@@ -364,6 +421,11 @@ def print_cost_report(rep) -> None:
         console.print(f"Spot {verdict} [bold]{money(abs(total['saving_usd']))}[/] ({abs(share):.0%}) against the same "
                       f"hours on-demand; {total['preemptions']} preemption(s) threw away {total['lost_steps']:,} steps "
                       f"({total['lost_hours']:.2f} h, {money(total['lost_usd'])}) that were trained again.")
+
+
+def hours_header(unit: str) -> str:
+    """The billed-hours column of jobs whose hours are of ``unit`` ("GPU", "machine", or both)."""
+    return f"{unit} h" if " " not in unit else "hours"
 
 
 def money(x: float | None) -> str:
@@ -379,20 +441,24 @@ def print_cost_card(console, c, since: str) -> None:
     from runner.view import kv_table
 
     iv = c.interval
-    where = "this machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
+    where = "your own machine" if c.capacity == "local" else f"{c.gpu or '?'} {c.capacity}"
     mtbf = "with no preemption expected" if iv is None or iv.mtbf_hours == math.inf else f"at MTBF {iv.mtbf_hours:.1f} h"
     saved = (f"spot saved [bold]{money(c.saving_usd)}[/] ({c.saving_fraction:.0%})" if c.saving_fraction and
              c.saving_usd > 0.005 else f"difference {money(c.saving_usd)}")
     estimated = "" if c.billed_by == "provider" else "[dim]*[/]"  # the runner's own observation
     rows = [
-        ("billed", f"[bold]{money(c.usd)}[/]{estimated} for {c.gpu_hours:.2f} GPU hours (compute "
-                   f"{money(c.compute_usd)}, disks {money(c.storage_usd)})"),
+        ("billed", f"[bold]{money(c.usd)}[/]{estimated} for {c.gpu_hours:.2f} {c.unit} hours (compute "
+                   f"{money(c.compute_usd)}, disks {money(c.storage_usd)}"
+                   + (f", supervisor {money(c.supervisor_usd)}" if c.supervisor_hours else "") + ")"),
         ("on-demand", f"{money(c.on_demand_usd)} for the same hours: {saved}"),
         ("idle", f"{c.idle_hours:.2f} h billed while not training ({money(c.idle_usd)}): boot, image, loading"),
         ("preemptions", f"{c.preemptions}: {c.lost_steps:,} steps trained again, {c.lost_hours:.2f} h, "
                         f"{money(c.lost_usd)}"),
         ("per 1k steps", f"{money(c.usd_per_1k_steps)} ({c.steps:,} steps)"),
     ]
+    if c.supervisor_hours:
+        rows.insert(1, ("supervisor", f"${c.supervisor_usd:.4f} for {c.supervisor_hours:.2f} h of its supervisor "
+                                      f"elsewhere (included above)"))
     if iv is not None:
         rows.append(("checkpoints", f"{escape(iv.in_use)}; Young/Daly: [bold]every {iv.recommended_minutes:.1f} "
                                     f"min[/] for a {iv.checkpoint_seconds:.2f} s checkpoint {mtbf}"))
@@ -405,9 +471,9 @@ def print_simulation(scenario, notes: list[str], results, *, json: bool, plot: s
     """The replayed strategies side by side (or as JSON), with where each figure came from; ``plot``
     also draws each strategy's cost distribution."""
     from rich.markup import escape
-    from rich.table import Table
 
     from runner.simulate import summary
+    from runner.view import fit_table
 
     if plot:
         from runner.plot import plot_simulation
@@ -430,15 +496,12 @@ def print_simulation(scenario, notes: list[str], results, *, json: bool, plot: s
     for note in notes:
         console.print(f"  [dim]- {escape(note)}[/]")
     many = results[0].trials > 1
-    table = Table(box=None, header_style="bold", title=f"Expected over {results[0].trials} run(s)" if many else "One replay",
-                  title_justify="left")
-    for col in ("strategy", "cost", "wall h", "billed h", "preempted", "work lost h", "relaunch h", "checkpoint h"):
-        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=col in ("strategy", "cost"))
-    for r in results:
-        table.add_row(escape(r.strategy.name), f"${r.usd.mean:.2f}", f"{r.wall_h.mean:.1f}", f"{r.uptime_h.mean:.1f}",
-                      f"{r.preemptions.mean:.1f}", f"{r.lost_h.mean:.2f}", f"{r.restart_h.mean:.2f}",
-                      f"{r.checkpoint_h.mean:.2f}")
-    console.print(table)
+    headers = ("strategy", "cost", "wall h", "billed h", "preempted", "work lost h", "relaunch h", "checkpoint h")
+    rows = [[r.strategy.name, f"${r.usd.mean:.2f}", f"{r.wall_h.mean:.1f}", f"{r.uptime_h.mean:.1f}",
+             f"{r.preemptions.mean:.1f}", f"{r.lost_h.mean:.2f}", f"{r.restart_h.mean:.2f}", f"{r.checkpoint_h.mean:.2f}"]
+            for r in results]
+    console.print(fit_table(headers, rows, console.width, wrap={"strategy"}, right=set(headers[1:]),
+                            title=f"Expected over {results[0].trials} run(s)" if many else "One replay"))
     for line in lines:
         console.print(line, highlight=False)
 
@@ -472,7 +535,7 @@ def print_jobs(state, jobs: list | None, json: bool, overview: bool = False) -> 
     total = sum(counts.values())
     console.print(f"[dim]{total} jobs in total: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                   + ". `python -m runner list` shows them all.[/]")
-    if any(not j.supervised() for j in active):
+    if any(not j.supervised() and not j.remote for j in active):
         console.print("[yellow]* unsupervised: no runner process watches it; `python -m runner watch` relaunches it "
                       "after a preemption.[/]")
     return None
@@ -496,50 +559,26 @@ def print_pipeline(state, stages: list, json: bool) -> None:
     console = new_console()
     console.print(jobs_table(state, stages, f"Pipeline {stages[0].pipeline}: {overall}", console.width))
     console.print(f"{len(stages)} stages ({', '.join(f'{r.stage} {r.state}' for r in stages)}); "
-                  f"{total['gpu_hours']:.2f} GPU h, {money(total['usd'])} billed, {total['preemptions']} preemption(s). "
+                  f"{total['gpu_hours']:.2f} {total['unit']} h, {money(total['usd'])} billed, {total['preemptions']} preemption(s). "
                   f"`python -m runner cost {stages[0].pipeline}` breaks it down.", highlight=False)
     return None
 
 
-def print_logs(state, row, follow_: bool, attempt: int | None) -> None:
-    """A job's output attempt by attempt; with ``follow_``, new output through relaunches until it ends."""
-    from runner.backends import BackendUnavailable, get_backend
-
-    try:
-        backend = get_backend(row.backend)
-    except BackendUnavailable as e:
-        fail(str(e))
-    shown: set[str] = set()
-    try:
-        while True:
-            for a in state.attempts(row.id):
-                if a.id in shown or a.handle is None or (attempt is not None and a.number != int(attempt)):
-                    continue
-                print(f"── attempt {a.number} ({a.id}) ──", flush=True)
-                live = follow_ and a.state != "ended"
-                for line in backend.logs(a.handle, follow=live, until=lambda: not state.job(row.id).active):
-                    print(line, flush=live)
-                shown.add(a.id)
-            if not follow_ or not state.job(row.id).active:
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        raise SystemExit(EXIT_DETACHED) from None
-    if not shown:
-        print(f"{row.id} has no output yet ({row.state}).", file=sys.stderr)
-
-
-def print_launched(state, row, json: bool, default: str, hint: bool) -> None:
-    """A job just launched with --detach: its record, or a line and how to follow and supervise it."""
+def print_detached(state, row, json: bool, what: str, pid: int | None, log) -> None:
+    """A job handed to a background launcher (``--detach``), or, with no ``pid``, to its supervisor elsewhere:
+    its record, or a line and how to follow it."""
     row = state.job(row.id)
     if json:
         from runner.describe import job_record
 
         return print_json(job_record(state, row))
-    print(f"{row.id} {row.state}: {row.reason or default}")
-    if hint:
-        print(f"  follow it:  python -m runner logs {row.id} --follow\n"
-              f"  supervise:  python -m runner watch   (relaunches it after a preemption)")
+    if pid is None:  # handed over at submit: its supervisor elsewhere launches it
+        print(f"{row.id} {row.state}: {row.reason or what} (it launches the job and relaunches it after a "
+              f"preemption, with this machine off)")
+    else:
+        print(f"{row.id} {what}; runner process {pid} builds, pushes and launches it in the background (its output: {log})")
+    print(f"  follow it:  python -m runner logs {row.id} --follow\n"
+          f"  status:     python -m runner status {row.id}")
     return None
 
 
@@ -556,17 +595,14 @@ def print_catalog(json: bool) -> None:
     catalog = load_catalog()
     if json:
         return print_json([g.to_dict() for g in catalog.gpus])
-    from rich.table import Table
+    from runner.view import fit_table
 
-    table = Table(box=None, header_style="bold", title="GPU catalog (USD per GPU-hour; runner/gpus.yaml)",
-                  title_justify="left")
-    for col in ("alias", "RunPod id", "VRAM", "on-demand", "spot", "spot saves"):
-        table.add_column(col, justify="right" if col not in ("alias", "RunPod id") else "left")
-    for g in catalog.gpus:
-        alias = g.alias + (f" ({', '.join(g.aliases)})" if g.aliases else "")
-        table.add_row(alias, g.id, f"{g.vram_gb} GB", f"${g.on_demand:.2f}", f"${g.spot:.2f}",
-                      f"{1 - g.spot / g.on_demand:.0%}")
-    new_console().print(table)
+    headers = ("alias", "RunPod id", "VRAM", "on-demand", "spot", "spot saves")
+    rows = [[g.alias + (f" ({', '.join(g.aliases)})" if g.aliases else ""), g.id, f"{g.vram_gb} GB", f"${g.on_demand:.2f}",
+             f"${g.spot:.2f}", f"{1 - g.spot / g.on_demand:.0%}"] for g in catalog.gpus]
+    console = new_console()
+    console.print(fit_table(headers, rows, console.width, title="GPU catalog (USD per GPU-hour; runner/gpus.yaml)",
+                            right=set(headers[2:])))
     return None
 
 

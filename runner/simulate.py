@@ -262,7 +262,7 @@ def build_scenario(state: Any, job: Any, gpu: Any, hours: Any, mtbf_hours: Any, 
     job file and earlier runs in ``state``; and, in words, where each figure comes from."""
     from runner import observed
     from runner.catalog import load_catalog
-    from runner.cost import estimate, storage_rate
+    from runner.cost import estimate_stages, storage_rate
     from runner.cost import restart_minutes as observed_restart
     from runner.state import StateError
 
@@ -284,18 +284,25 @@ def build_scenario(state: Any, job: Any, gpu: Any, hours: Any, mtbf_hours: Any, 
         raise ScenarioError(f"unknown GPU {alias!r}; `python -m runner gpus` lists them")
     notes.append(f"{gpu_type.alias} x {count}: ${gpu_type.spot * count:.2f}/h spot, ${gpu_type.on_demand * count:.2f}/h "
                  f"on-demand (catalog)")
-    est = estimate(spec_job, state) if spec_job is not None else None
+    stages = estimate_stages(spec_job, state) if spec_job is not None else []
     if spec_job is not None:
         disks = storage_rate("runpod", spec_job.spec.resources.container_disk_gb, spec_job.spec.resources.volume_gb)
         if disks:
             notes.append(f"disks ${disks:.4f}/h ({spec_job.spec.resources.container_disk_gb} GB container, "
                          f"{spec_job.spec.resources.volume_gb} GB volume)")
     if hours is None:
-        if est is None or est.hours is None:
+        unknown = [name or spec_job.name for name, est in stages if est.hours is None]
+        if not stages or unknown:
             raise ScenarioError("give --hours (the hours of training the job needs) or a job file whose length can "
-                                "be estimated")
-        hours = est.hours
-        notes.append(f"{hours:.2f} h of training: {est.steps:,} steps x {est.seconds_per_step:.3f} s ({est.basis})")
+                                "be estimated" + (f" ({', '.join(unknown)}: {stages[0][1].basis if len(stages) == 1 else 'unknown length'})"
+                                                  if unknown else ""))
+        hours = sum(est.hours for _name, est in stages)
+        each = [f"{est.steps:,} steps x {est.seconds_per_step:.3f} s ({est.basis})" for _name, est in stages]
+        if len(stages) == 1:
+            notes.append(f"{hours:.2f} h of training: {each[0]}")
+        else:  # a pipeline: its stages one after the other, on the same GPU type
+            notes.append(f"{hours:.2f} h of training in {len(stages)} stages, one after the other")
+            notes += [f"stage {name}: {est.hours:.2f} h, {text}" for (name, est), text in zip(stages, each, strict=True)]
     else:
         notes.append(f"{float(hours):g} h of training (given)")
     name = spec_job.name if spec_job else ""

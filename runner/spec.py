@@ -22,14 +22,16 @@ from runner.catalog import GpuType, load_catalog
 from runner.secret_guard import ENV_NAME, looks_like_secret_name, looks_like_secret_value, redact
 from trainer import jobvars
 from trainer.config import TrainConfig, parse_train, resolve_path
-from trainer.contract import ENV_ATTEMPT_ID
+from trainer.contract import ENV_ATTEMPT_ID, RUNNER_BILLING_ENV
 from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, validation_problems
 
 BACKENDS = ("local", "docker", "runpod")
-#: Backends whose trainer runs on another machine: it cannot write to a folder on this one.
+SUPERVISORS = ("none", "docker", "runpod")
+#: Backends whose trainer runs on another machine: it cannot write to a folder on this one. A provider
+#: bills those machines; the others run on machines of yours (see ``runner.cost.own_machine``).
 REMOTE_BACKENDS = ("runpod",)
 #: Environment variables the runner sets itself; a job may not set them.
-RESERVED_ENV = frozenset({ENV_ATTEMPT_ID})
+RESERVED_ENV = frozenset({ENV_ATTEMPT_ID, *RUNNER_BILLING_ENV})
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
@@ -72,6 +74,9 @@ class Resources(_Section):
     container_disk_gb: int = Field(50, ge=1)
     #: A volume disk kept across stops (mounted at /workspace); 0 for none.
     volume_gb: Annotated[int, AfterValidator(_volume_size)] = Field(0, ge=0)
+    #: What an hour of the machine costs you, USD, for the backends that run on your own machines
+    #: (local, docker): free unless set. RunPod jobs pay RunPod's prices (its live ones, or the catalog's).
+    price_per_hour: float | None = Field(None, ge=0)
 
 
 class Budget(_Section):
@@ -148,6 +153,10 @@ class JobSpec(_Section):
     train: TrainConfig | None = None
     #: Or a pipeline: stages run in this order, each its own run.
     stages: dict[str, Stage] | None = None
+    #: Who relaunches the job after a preemption: ``none`` (``runner watch`` on the submitting machine),
+    #: or a supervisor elsewhere that goes on while this machine is off: ``docker`` (any always-on
+    #: Docker host, DOCKER_HOST) or ``runpod`` (a small RunPod CPU pod). See docs/supervisor.md.
+    supervisor: Literal["none", "docker", "runpod"] = "none"
 
     @model_validator(mode="after")
     def _train_or_stages(self) -> JobSpec:
@@ -209,9 +218,9 @@ class Job:
 
 
 def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None = None, backend: str | None = None,
-             env: Mapping[str, str] | None = None) -> Job:
-    """Read and validate a job file; ``gpu``, ``backend`` and ``env`` (job variables) override the file
-    (``--gpu``, ``--backend``, ``--env NAME=VALUE``).
+             env: Mapping[str, str] | None = None, supervisor: str | None = None) -> Job:
+    """Read and validate a job file; ``gpu``, ``backend``, ``env`` (job variables) and ``supervisor``
+    override the file (``--gpu``, ``--backend``, ``--env NAME=VALUE``, ``--supervisor``).
 
     Raises :class:`JobFileError` naming every problem. Writes nothing, launches nothing."""
     path = Path(path).expanduser().absolute()
@@ -249,9 +258,19 @@ def load_job(path: str | Path, *, gpu: str | list[str] | tuple[str, ...] | None 
                 spec = spec.model_copy(update={"backend": backend})
         if gpu is not None and not more:
             spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpu": [g.alias for g in gpus]})})
+        if supervisor is not None:
+            if supervisor not in SUPERVISORS:
+                problems.append(f"--supervisor: unknown supervisor {supervisor!r}; expected one of: {', '.join(SUPERVISORS)}")
+            else:
+                spec = spec.model_copy(update={"supervisor": supervisor})
+        problems += _check_supervisor(spec, doc, supervisor)
         storage_root, more = _check_storage(spec, doc, path)
         problems += more
         problems += _check_env(spec, doc)
+        if spec.backend in REMOTE_BACKENDS and spec.resources.price_per_hour is not None:
+            problems.append(f"{doc.where(('resources', 'price_per_hour'))}: resources.price_per_hour: the {spec.backend} "
+                            f"backend pays {spec.backend}'s own prices (`python -m runner gpus`); remove it (it sets what "
+                            f"an hour of your own machine costs, for the local and docker backends)")
         if spec.backend == "local":
             for prefix, section in train_sections(raw):
                 problems += _check_local_data(section, doc, path, prefix)
@@ -410,6 +429,15 @@ def _check_storage(spec: JobSpec, doc: LocatedYaml, path: Path) -> tuple[str | N
     if not local.is_absolute():
         local = path.parent / local  # like data paths: relative to the job file's folder
     return str(local.resolve()), []
+
+
+def _check_supervisor(spec: JobSpec, doc: LocatedYaml, override: str | None) -> list[str]:
+    """A supervisor elsewhere launches RunPod pods, and reaches the submitting machine through S3."""
+    if spec.supervisor == "none" or spec.backend == "runpod":
+        return []
+    where = "--supervisor" if override is not None else f"{doc.where(('supervisor',))}: supervisor"
+    return [f"{where}: a supervisor on {spec.supervisor} relaunches RunPod pods; it needs `backend: runpod` "
+            f"(this job's backend is {spec.backend}): set the backend, or `supervisor: none` and `runner watch`"]
 
 
 def _check_env(spec: JobSpec, doc: LocatedYaml) -> list[str]:

@@ -41,7 +41,7 @@ LAUNCHING = "launching"  # intent recorded; the backend may or may not have star
 ATTEMPT_RUNNING = "running"
 ENDED = "ended"
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6  # 5: supervision elsewhere; 6: the background launcher of --detach
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -112,6 +112,21 @@ CREATE TABLE IF NOT EXISTS billing_segments (
     end_reason TEXT,
     source TEXT NOT NULL DEFAULT 'runner'
 );
+-- The time a supervisor elsewhere (a small always-on machine) spent on a job, at its share of that
+-- machine's rate: one row per supervisor process and stretch of time it held the job with the same
+-- number of other jobs. ``last_seen`` is when it last said it was alive: a process that was killed
+-- is billed up to there.
+CREATE TABLE IF NOT EXISTS supervisor_segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    session TEXT NOT NULL,
+    place TEXT NOT NULL DEFAULT '',
+    rate_per_hour REAL NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    last_seen REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS supervisor_segments_job ON supervisor_segments(job_id);
 """
 #: Columns added after version 1, as (table, column, declaration). ``ALTER TABLE ADD COLUMN`` with a
 #: default leaves every existing row valid, so a state file written by an older runner opens as it is;
@@ -141,6 +156,17 @@ _ADDED_COLUMNS = (
     ("jobs", "pipeline", "TEXT"),
     ("jobs", "stage", "TEXT"),
     ("jobs", "inputs_json", "TEXT"),
+    # Where the job is supervised: NULL (by `watch` on the machine it was submitted from), or 'docker' /
+    # 'runpod' (a supervisor elsewhere, which the submitting machine reaches through the job's storage).
+    ("jobs", "supervisor", "TEXT"),
+    # For a job supervised elsewhere: the image its pods run, resolved (built, pushed) at submit, as JSON
+    # [image reference, path of the job file in the image].
+    ("jobs", "image_ref_json", "TEXT"),
+    # The process that builds, pushes and launches a job submitted with --detach (pid and start time,
+    # as for the lease), and its output, so `status`, `logs` and `watch` know of it (version 6).
+    ("jobs", "launcher_pid", "INTEGER"),
+    ("jobs", "launcher_ident", "TEXT"),
+    ("jobs", "launcher_log", "TEXT"),
 )
 
 
@@ -170,6 +196,21 @@ class JobRow:
     pipeline: str | None = None
     stage: str | None = None
     inputs_json: str | None = None
+    supervisor: str | None = None
+    image_ref_json: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        """True when a supervisor elsewhere (not a runner process of this machine) supervises the job."""
+        return self.supervisor not in (None, "", "none")
+
+    @property
+    def image_ref(self) -> tuple[str, str] | None:
+        """(image, job file's path in it), resolved at submit for a job supervised elsewhere."""
+        return tuple(json.loads(self.image_ref_json)) if self.image_ref_json else None  # type: ignore[return-value]
+    launcher_pid: int | None = None
+    launcher_ident: str | None = None
+    launcher_log: str | None = None
 
     @property
     def inputs(self) -> dict[str, str]:
@@ -196,6 +237,10 @@ class JobRow:
     def supervised(self) -> bool:
         """True while a live runner process holds this job's lease."""
         return proc.is_alive(self.supervisor_pid, self.supervisor_ident)
+
+    def launching_in_background(self) -> bool:
+        """True while the background process of a ``--detach`` submit (or resume) still works on the job."""
+        return proc.is_alive(self.launcher_pid, self.launcher_ident)
 
 
 @dataclass
@@ -277,9 +322,48 @@ class SegmentRow:
         return self.cost(now) + self.storage_cost(now)
 
 
+@dataclass
+class SupervisorSegmentRow:
+    id: int
+    job_id: str
+    session: str
+    place: str
+    rate_per_hour: float
+    started: float
+    ended: float | None
+    last_seen: float
+
+    def hours(self, now: float | None = None, open_ok: bool = True) -> float:
+        """Hours billed: to its end, or for one still open to now (its process is alive) or, when
+        ``open_ok`` is false, to when its process was last seen."""
+        end = self.ended if self.ended is not None else ((now or time.time()) if open_ok else self.last_seen)
+        return max(0.0, end - self.started) / 3600.0
+
+    def cost(self, now: float | None = None) -> float:
+        return self.hours(now) * self.rate_per_hour
+
+
 def _row(cls, r: sqlite3.Row):
     keys = r.keys()
     return cls(**{f.name: r[f.name] for f in fields(cls) if f.name in keys})
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+    known = _columns(db, table)
+    values = {k: v for k, v in row.items() if k in known}
+    db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({','.join('?' * len(values))})", tuple(values.values()))
+
+
+def _upsert(db: sqlite3.Connection, table: str, row: dict[str, Any], key: str) -> None:
+    known = _columns(db, table)
+    values = {k: v for k, v in row.items() if k in known}
+    updates = ", ".join(f"{k} = excluded.{k}" for k in values if k != key)
+    db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({','.join('?' * len(values))})"
+               f" ON CONFLICT({key}) DO UPDATE SET {updates}", tuple(values.values()))
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
@@ -353,14 +437,17 @@ class State:
     # --- jobs -------------------------------------------------------------------------------------
     def create_job(self, *, id: str, name: str, job_file: str, job_sha256: str, spec: JobSpec, workdir: str,
                    backend: str, run_uri: str, max_steps: int = 0, pipeline: str | None = None,
-                   stage: str | None = None, inputs: dict[str, str] | None = None) -> JobRow:
+                   stage: str | None = None, inputs: dict[str, str] | None = None, supervisor: str | None = None,
+                   image_ref: tuple[str, str] | None = None) -> JobRow:
         now = time.time()
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO jobs (id, name, job_file, job_sha256, spec_json, workdir, backend, run_uri, state, created,"
-                " updated, max_steps, pipeline, stage, inputs_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " updated, max_steps, pipeline, stage, inputs_json, supervisor, image_ref_json)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (id, name, job_file, job_sha256, spec.record(), workdir, backend, run_uri, PENDING,
-                 now, now, max_steps, pipeline, stage, json.dumps(inputs) if inputs else None),
+                 now, now, max_steps, pipeline, stage, json.dumps(inputs) if inputs else None,
+                 None if supervisor in (None, "none") else supervisor, json.dumps(list(image_ref)) if image_ref else None),
             )
             self.add_event(id, "submitted", f"{backend} backend, run {run_uri}")
         return self.job(id)
@@ -461,6 +548,17 @@ class State:
                 return False
             self.update_job(job_id, supervisor_pid=pid, supervisor_ident=ident)
             return True
+
+    def hand_to_launcher(self, job_id: str, pid: int, ident: str | None, log: str) -> None:
+        """A background process builds, pushes and launches the job: it is recorded as the job's launcher
+        and holds its lease from now on (it takes it again itself when it starts), so no ``watch``
+        launches the same job meanwhile."""
+        with self.transaction():
+            job = self.job(job_id)
+            lease = {} if job.supervised() or ident is None else {"supervisor_pid": pid, "supervisor_ident": ident}
+            self.update_job(job_id, launcher_pid=pid, launcher_ident=ident, launcher_log=log, **lease)
+            self.add_event(job_id, "background", f"runner process {pid} builds, pushes and launches it in the "
+                                                 f"background; its output: {log}")
 
     def release(self, job_id: str, pid: int, ident: str) -> None:
         with self.transaction() as db:
@@ -601,8 +699,81 @@ class State:
         return [_row(SegmentRow, r) for r in rows]
 
     def spent(self, job_id: str, now: float | None = None) -> float:
-        """Dollars billed so far for the job: compute and disk."""
-        return sum(s.total_cost(now) for s in self.segments(job_id))
+        """Dollars billed so far for the job: compute and disk, and its share of a supervisor elsewhere."""
+        return (sum(s.total_cost(now) for s in self.segments(job_id))
+                + sum(s.cost(now) for s in self.supervisor_segments(job_id)))
+
+    # --- a supervisor elsewhere: its time on each job, and the job's record as it travels ------------
+    def supervisor_segments(self, job_id: str) -> list[SupervisorSegmentRow]:
+        return [_row(SupervisorSegmentRow, r) for r in
+                self.db.execute("SELECT * FROM supervisor_segments WHERE job_id = ? ORDER BY started, id", (job_id,))]
+
+    def open_supervisor_segment(self, job_id: str, session: str, place: str, rate_per_hour: float,
+                                now: float | None = None) -> None:
+        now = now or time.time()
+        with self.transaction() as db:
+            db.execute("INSERT INTO supervisor_segments (job_id, session, place, rate_per_hour, started, last_seen)"
+                       " VALUES (?,?,?,?,?,?)", (job_id, session, place, rate_per_hour, now, now))
+
+    def close_supervisor_segments(self, *, session: str | None = None, job_id: str | None = None,
+                                  others_than: str | None = None, now: float | None = None) -> None:
+        """End open segments: this ``session``'s (of one job, or all), or every other session's of
+        ``job_id`` (``others_than``: processes that are gone, billed up to when they were last seen)."""
+        now = now or time.time()
+        with self.transaction() as db:
+            if others_than is not None:
+                db.execute("UPDATE supervisor_segments SET ended = last_seen WHERE ended IS NULL AND session != ?"
+                           " AND job_id = ?", (others_than, job_id))
+                return
+            db.execute("UPDATE supervisor_segments SET ended = ?, last_seen = ? WHERE ended IS NULL AND session = ?"
+                       " AND (? IS NULL OR job_id = ?)", (now, now, session, job_id, job_id))
+
+    def touch_supervisor_segments(self, session: str, now: float | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE supervisor_segments SET last_seen = ? WHERE ended IS NULL AND session = ?",
+                       (now or time.time(), session))
+
+    def remote_jobs(self, active: bool = True) -> list[JobRow]:
+        """Jobs supervised elsewhere (``active``: only those not ended yet)."""
+        sql = "SELECT * FROM jobs WHERE supervisor IS NOT NULL AND supervisor != 'none'"
+        if active:
+            sql += f" AND state IN ({','.join('?' * len(ACTIVE_STATES))})"
+        return [_row(JobRow, r) for r in self.db.execute(sql + " ORDER BY created", ACTIVE_STATES if active else ())]
+
+    def job_bundle(self, job_id: str) -> dict[str, Any]:
+        """Everything recorded of one job, as plain data: what a supervisor elsewhere and the submitting
+        machine exchange (:mod:`runner.remote.control`). No secret is in it: the state holds none."""
+        def rows(sql: str) -> list[dict[str, Any]]:
+            return [dict(r) for r in self.db.execute(sql, (job_id,))]
+
+        job = rows("SELECT * FROM jobs WHERE id = ?")
+        if not job:
+            raise StateError(f"no job {job_id!r}")
+        return {"job": job[0], "attempts": rows("SELECT * FROM attempts WHERE job_id = ? ORDER BY number"),
+                "events": rows("SELECT * FROM events WHERE job_id = ? ORDER BY id"),
+                "billing_segments": rows("SELECT * FROM billing_segments WHERE job_id = ? ORDER BY id"),
+                "supervisor_segments": rows("SELECT * FROM supervisor_segments WHERE job_id = ? ORDER BY id")}
+
+    def load_bundle(self, bundle: dict[str, Any], keep: tuple[str, ...] = (), **job_values: Any) -> None:
+        """Replace one job's record by ``bundle`` (from :meth:`job_bundle` of another state), in one
+        transaction. The job columns named in ``keep`` stay as they are here when the job exists; ``job_values``
+        are set over the bundle's. Columns this version does not know are left out."""
+        job = dict(bundle["job"])
+        job_id = job["id"]
+        with self.transaction() as db:
+            mine = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if mine is not None:
+                job.update({k: mine[k] for k in keep})
+            job.update(job_values)
+            _upsert(db, "jobs", job, "id")
+            db.execute("DELETE FROM billing_segments WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM supervisor_segments WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            for attempt in bundle.get("attempts", []):
+                _upsert(db, "attempts", attempt, "id")
+            for table in ("events", "billing_segments", "supervisor_segments"):
+                for row in bundle.get(table, []):
+                    _insert(db, table, {k: v for k, v in row.items() if k != "id"})
 
     # --- what earlier attempts measured (estimates, cost advice, reconciling pods) -----------------------
     def preemption_exposure(self, gpu: str | None, spot: bool, backend: str | None, now: float) -> tuple[int, float]:

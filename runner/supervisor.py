@@ -33,6 +33,7 @@ from runner.backends.base import (
     SpotUnavailableError,
 )
 from runner.catalog import load_catalog
+from runner.launch_log import LaunchLog
 from runner.outcome import DONE, FAILED_PERMANENTLY, INTERRUPTED, Verdict, classify
 from runner.secret_guard import forwarded, redact
 from trainer import contract
@@ -168,7 +169,7 @@ class JobSupervisor:
         gpus = self._gpus()
         attempt = self.state.add_attempt(
             self.job.id, backend=self.job.backend, gpu=gpus[0].alias if gpus else None,
-            gpu_count=self.spec.resources.gpu_count, spot=spot and self.job.backend != "local",
+            gpu_count=self.spec.resources.gpu_count, spot=cost.spot_applies(self.job.backend, spot),
             start_step=self.job.step,
         )
         self._launch(attempt, checked=True)
@@ -224,9 +225,9 @@ class JobSupervisor:
             self.state.set_job_state(self.job.id, st.WAITING, reason, "blocked")
         self.finished = True  # nothing this process can do: leave the job to a later `watch`
 
-    def _request(self, attempt: st.AttemptRow) -> LaunchRequest:
+    def _request(self, attempt: st.AttemptRow, log: LaunchLog | None = None) -> LaunchRequest:
         values, _missing = forwarded(self.spec.secrets, self.environ)
-        env = {**self.spec.env_text(), **values, **self._checkpoint_env(attempt)}
+        env = {**self.spec.env_text(), **values, **self._checkpoint_env(attempt), **self._billing_env(attempt)}
         if self.job.stage:
             env[contract.ENV_STAGE] = self.job.stage
             env[contract.ENV_INIT_FROM] = json.dumps(self.job.inputs)
@@ -236,29 +237,42 @@ class JobSupervisor:
             workdir=Path(self.job.workdir), env=env, gpus=self._gpus(), gpu_count=attempt.gpu_count,
             spot=bool(attempt.spot), max_bid_per_gpu=resources.max_bid_per_gpu,
             container_disk_gb=resources.container_disk_gb, volume_gb=resources.volume_gb,
-            image=self.spec.image, bid_margin_per_gpu=resources.bid_margin_per_gpu,
-            report=lambda kind, message: self._event(kind, message, attempt.id),
+            image=self.spec.image, image_ref=self.job.image_ref, bid_margin_per_gpu=resources.bid_margin_per_gpu,
+            price_per_hour=resources.price_per_hour,
+            report=lambda kind, message: self._report(kind, message, attempt.id, log), log=log,
         )
+
+    def _report(self, kind: str, message: str, attempt_id: str, log: LaunchLog | None) -> None:
+        """What a backend did along the way: an event of the job, and a line of the attempt's launch log."""
+        self._event(kind, message, attempt_id)
+        if log is not None:
+            log(message)
 
     def _launch(self, attempt: st.AttemptRow, checked: bool = False) -> None:
         if not checked and not self._ready_to_launch():
             return
+        log = LaunchLog(attempt.id, self._clean)  # what happens here, readable without the provider's key
+        log(f"attempt {attempt.number}: launching on the {self.job.backend} backend"
+            + (f" ({attempt.gpu}, {'spot' if attempt.spot else 'on-demand'})" if attempt.gpu else ""))
         try:
-            launched = self.backend.launch(self._request(attempt), timeout_s=LAUNCH_TIMEOUT_SECONDS)
+            launched = self.backend.launch(self._request(attempt, log), timeout_s=LAUNCH_TIMEOUT_SECONDS)
         except (NoCapacityError, SpotUnavailableError) as e:
+            log(f"no capacity: {e}")
             self._no_capacity(attempt, e)
             return
         except BackendError as e:
+            log(f"launch failed: {e}")
             self.state.attempt_ended(attempt, outcome="failed", exit_code=None, detail=self._clean(str(e)), end_step=None)
             self._after(attempt, Verdict("failed", f"launch failed: {e}"))
             return
+        log(f"{'found it already running' if launched.adopted else 'launched'}: {launched.handle.get('where', '')}")
         catalog_gpu = load_catalog().resolve(launched.gpu) if launched.gpu else None
         self.state.attempt_started(attempt, launched.handle, gpu=launched.gpu or attempt.gpu, spot=launched.spot,
                                    rate_per_hour=launched.rate_per_hour,
                                    on_demand_rate_per_hour=(catalog_gpu.on_demand * attempt.gpu_count if catalog_gpu
                                                             else launched.on_demand_rate_per_hour),
                                    adopted=launched.adopted, storage_rate_per_hour=self._storage_rate(),
-                                   rate_source="local" if self.job.backend == "local" else "catalog",
+                                   rate_source="local" if cost.own_machine(self.job.backend) else "catalog",
                                    checkpoint_every_minutes=self._auto_minutes.get(attempt.id))
         self.launched = True
 
@@ -321,6 +335,20 @@ class JobSupervisor:
             self._event("checkpoint_interval", f"every {minutes:.1f} min ({why})", attempt.id)
 
         return {contract.ENV_CHECKPOINT_EVERY_MINUTES: f"{self._auto_minutes[attempt.id]:.3f}"}
+
+    def _billing_env(self, attempt: st.AttemptRow) -> dict[str, str]:
+        """What the job cost before this attempt, for the trainer's report: billed dollars and machine
+        hours, preemptions survived, and this attempt's rate when the GPU is known before launch."""
+        now = time.time()
+        segments = self.state.segments(self.job.id)
+        env = {contract.ENV_BILLED_USD: f"{sum(s.total_cost(now) for s in segments):.6f}",
+               contract.ENV_BILLED_HOURS: f"{sum(s.hours(now) for s in segments):.6f}",
+               contract.ENV_PREEMPTIONS: str(self.state.job(self.job.id).preemptions)}
+        gpu = load_catalog().resolve(attempt.gpu) if attempt.gpu else None
+        if gpu is not None or self.job.backend == "local":
+            rate, _ = cost.rate(gpu, attempt.gpu_count, bool(attempt.spot), self.job.backend)
+            env[contract.ENV_USD_PER_HOUR] = f"{rate + self._storage_rate():.6f}"
+        return env
 
     def _storage_rate(self) -> float:
         resources = self.spec.resources
@@ -450,14 +478,65 @@ class JobSupervisor:
         self.finished = True
 
 
+class CustodyLost(Exception):
+    """Another supervisor has taken the job over: this process must not act on it any more."""
+
+
+class StepDeferred(Exception):
+    """The step cannot be taken safely right now (the record of what is about to be done could not be
+    stored first); it is taken again at the next look."""
+
+
+class Custody:
+    """Which jobs this process may supervise. Here: the jobs of this machine's state that no supervisor
+    elsewhere owns, each held by one runner process at a time (its pid and start time in the state).
+    :class:`runner.remote.daemon.RemoteCustody` adds leases, snapshots and commands in the job's storage."""
+
+    def __init__(self, state: st.State):
+        self.state = state
+        self.pid, self.ident = proc.me()
+
+    def candidates(self) -> list[str]:
+        """The jobs to supervise when none are named: every active one."""
+        return [j.id for j in self.state.jobs(active=True) if not j.remote]
+
+    def take(self, job: st.JobRow) -> bool:
+        return not job.remote and self.state.acquire(job.id, self.pid, self.ident)
+
+    def holds(self, job_id: str) -> bool:
+        return True
+
+    def give_back(self, job_id: str) -> None:
+        self.state.release(job_id, self.pid, self.ident)
+
+    def adopt(self, sup: JobSupervisor) -> None:
+        """A job was just taken: its supervisor is ``sup`` (a hook to wrap its backend)."""
+
+    def round(self, held: Mapping[str, JobSupervisor]) -> bool:
+        """Once per look at every job; False ends the loop."""
+        return True
+
+    def me(self) -> str:
+        """This process, in events."""
+        return f"runner process {self.pid}"
+
+    def holder(self, job: st.JobRow) -> str:
+        """Who supervises a job this process may not take, in notes."""
+        if job.remote:
+            return f"a supervisor on {job.supervisor}"
+        return f"runner process {job.supervisor_pid}"
+
+
 class Supervisor:
     """Supervises a set of jobs (``submit``: one; ``watch``: every active job) until they end."""
 
-    def __init__(self, state: st.State, display: Display | None = None, environ: Mapping[str, str] | None = None):
+    def __init__(self, state: st.State, display: Display | None = None, environ: Mapping[str, str] | None = None,
+                 custody: Custody | None = None):
         self.state = state
         self.display = display or NoDisplay()
         self.environ = os.environ if environ is None else environ
-        self.pid, self.ident = proc.me()
+        self.custody = custody or Custody(state)
+        self.pid, self.ident = self.custody.pid, self.custody.ident
         self._seen_event: dict[str, int] = {}
 
     def run(self, job_ids: Iterable[str] | None = None, *, forever: bool = False, until_launched: bool = False) -> dict[str, str]:
@@ -468,26 +547,38 @@ class Supervisor:
         held: dict[str, JobSupervisor] = {}
         results: dict[str, str] = {}
         elsewhere: set[str] = set()
+        custody = self.custody
         try:
-            while True:
-                candidates = wanted if wanted is not None else [j.id for j in self.state.jobs(active=True)]
+            while custody.round(held):
+                candidates = wanted if wanted is not None else custody.candidates()
                 for job_id in candidates:
-                    if job_id in held or job_id in results:
+                    if job_id in held or (wanted is not None and job_id in results):
                         continue
                     job = self.state.job(job_id)
                     if not job.active:
                         results[job_id] = job.state
-                    elif self.state.acquire(job_id, self.pid, self.ident):
+                    elif custody.take(job):
                         held[job_id] = self._take(job)
+                        results.pop(job_id, None)
                         elsewhere.discard(job_id)
                     elif job_id not in elsewhere:
                         elsewhere.add(job_id)
-                        self.display.note(f"{job_id} is supervised by runner process {job.supervisor_pid}; leaving it be")
+                        self.display.note(f"{job_id} is supervised by {custody.holder(job)}; leaving it be")
                 for job_id, sup in list(held.items()):
-                    sup.step()
+                    try:
+                        sup.step()
+                    except StepDeferred:
+                        continue
+                    except CustodyLost:
+                        sup.finished = True
+                    lost = not custody.holds(job_id)
                     self._show(sup)
-                    if sup.finished or (until_launched and sup.launched):
+                    if lost:  # another supervisor has it now: let it go without a word to the store
+                        self.display.note(f"{job_id}: another supervisor has taken it over; leaving it be")
                         self.state.release(job_id, self.pid, self.ident)
+                        del held[job_id]
+                    elif sup.finished or (until_launched and sup.launched):
+                        custody.give_back(job_id)
                         del held[job_id]
                         results[job_id] = self.state.job(job_id).state
                 if not held and not forever:
@@ -495,18 +586,20 @@ class Supervisor:
                         results.update({j: self.state.job(j).state for j in wanted if j not in results})
                     return results
                 time.sleep(POLL_SECONDS)
+            return results
         finally:
             for job_id in held:
-                self.state.release(job_id, self.pid, self.ident)
+                custody.give_back(job_id)
 
     def _take(self, job: st.JobRow) -> JobSupervisor:
         sup = JobSupervisor(self.state, job.id, self.environ)
+        self.custody.adopt(sup)
         events = self.state.events(job.id)
         self._seen_event[job.id] = 0 if len(events) <= 1 else events[-1].id
         if len(events) > 1:  # another runner process worked on it and is gone: say who supervises it now
             attempt = self.state.current_attempt(job.id)
             now = f"; attempt {attempt.number} is {attempt.state}, adopted as it is" if attempt else ""
-            self.state.add_event(job.id, "supervising", f"runner process {self.pid} supervises the job{now}",
+            self.state.add_event(job.id, "supervising", f"{self.custody.me()} supervises the job{now}",
                                  attempt.id if attempt else None)
         return sup
 

@@ -104,39 +104,104 @@ class FollowView:
                                f" {info}", highlight=False)
 
 
-def jobs_table(state: st.State, jobs: list[st.JobRow], title: str | None = None, width: int = 80) -> Table:
-    """One line per job. Sized here rather than by rich, which drops whole columns when space is short:
-    only the reason gives way (shortened, or left out on a very narrow terminal)."""
+def jobs_table(state: st.State, jobs: list[st.JobRow], title: str | None = None, width: int = 80) -> Any:
+    """One line per job, the reason wrapped beside it; on a terminal too narrow for that, a block per job
+    (:func:`fit_table`): no id, state or reason is ever cut short."""
     counts = state.attempt_counts([j.id for j in jobs])
     now = time.time()
-    headers = ("job", "state", "backend", "gpu", "steps", "attempts", "age")
-    rows, reasons = [], []
+    headers = ("job", "state", "backend", "gpu", "steps", "attempts", "age", "reason")
+    rows = []
     for job in jobs:
         gpu = ",".join(job.wanted_gpus()) or "-"
-        state_cell = job.state + ("*" if job.active and not job.supervised() else "")  # * unsupervised
-        rows.append((job.id, state_cell, job.backend, gpu, f"{job.step}/{job.max_steps}" if job.max_steps else "-",
-                     str(counts.get(job.id, 0)), ago(job.created, now)))
-        reasons.append(job.reason)
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    room = width - sum(widths) - 2 * len(widths)
-    show_reason = room >= 10 and any(reasons)
-    table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
-    for h, w in zip(headers, widths, strict=True):
-        table.add_column(h, no_wrap=True, width=w)
-    if show_reason:
-        table.add_column("reason", no_wrap=True, width=min(room, max(len(r) for r in reasons)))
-    for row, reason in zip(rows, reasons, strict=True):
-        cells = [escape(row[0]), f"[{_STATE_STYLE.get(row[1].rstrip('*'), 'white')}]{escape(row[1])}[/]", *map(escape, row[2:])]
-        if show_reason:
-            cells.append(escape(reason if len(reason) <= room else reason[: room - 1] + "…"))
-        table.add_row(*cells)
-    return table
+        # * unsupervised (a job supervised elsewhere is its supervisor's: `status JOB` says how it is)
+        state_cell = job.state + ("*" if job.active and not job.remote and not job.supervised() else "")
+        rows.append([job.id, (state_cell, _STATE_STYLE.get(job.state, "white")), job.backend, gpu,
+                     f"{job.step}/{job.max_steps}" if job.max_steps else "-", str(counts.get(job.id, 0)),
+                     ago(job.created, now), job.reason])
+    if not any(job.reason for job in jobs):
+        headers, rows = headers[:-1], [r[:-1] for r in rows]
+    return fit_table(headers, rows, width, title=title, wrap={"reason"})
+
+
+def _text_of(cell: Any) -> str:
+    return cell[0] if isinstance(cell, tuple) else str(cell)
+
+
+def _styled(cell: Any, style: str = "") -> Any:
+    from rich.text import Text
+
+    if isinstance(cell, tuple):
+        return Text(cell[0], style=cell[1])
+    return Text(str(cell), style=style)
+
+
+def fit_table(headers: Any, rows: list[list[Any]], width: int, *, title: str | None = None, wrap: Any = (),
+              right: Any = (), footer: list[Any] | None = None) -> Any:
+    """A table that never cuts a value: columns as wide as their widest value, a header wrapped at its
+    spaces when the column is narrower, the ``wrap`` columns (free text) wrapped at word boundaries
+    into the room left. When even that does not fit in ``width``, each row becomes a block: its first
+    value, then ``header value`` pairs, packed into lines. Cells are text, or (text, rich style)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    n = len(headers)
+    lines = [*rows, *([footer] if footer else [])]
+    natural = [max([len(_text_of(r[i])) for r in lines] + [len(h)]) for i, h in enumerate(headers)]
+    words = [max([len(w) for w in h.split()] or [1]) for h in headers]
+    need = []
+    for i, h in enumerate(headers):
+        if h in wrap:  # free text: as narrow as its longest word (at least 12), wider when there is room
+            longest = max([len(w) for r in lines for w in _text_of(r[i]).split()] + [words[i]])
+            need.append(min(natural[i], max(12, longest)))
+        else:
+            need.append(max([len(_text_of(r[i])) for r in lines] + [words[i]]))
+    gaps = 2 * (n - 1)
+    if sum(need) + gaps <= width:
+        widths = list(need)
+        room = width - sum(need) - gaps
+        for i, h in enumerate(headers):  # free text first, then headers that would wrap
+            if h in wrap and room > 0:
+                extra = min(room, natural[i] - widths[i])
+                widths[i] += extra
+                room -= extra
+        for i in range(n):
+            if room > 0 and widths[i] < natural[i]:
+                extra = min(room, natural[i] - widths[i])
+                widths[i] += extra
+                room -= extra
+        table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False,
+                      show_footer=bool(footer))
+        for i, (h, w) in enumerate(zip(headers, widths, strict=True)):
+            table.add_column(h, width=w, overflow="fold", justify="right" if h in right else "left",
+                             footer=_styled(footer[i]) if footer else "")
+        for r in rows:
+            table.add_row(*(_styled(c) for c in r))
+        return table
+    # Too narrow for columns: a block per row.
+    out: list[Any] = [Text(title, style="bold")] if title else []
+    for r in [*rows, *([footer] if footer else [])]:
+        out.append(_styled(r[0], "bold"))
+        line = Text("  ")
+        for h, c in zip(headers[1:], r[1:], strict=True):
+            value = _text_of(c)
+            if not value:
+                continue
+            pair = Text.assemble((h, "dim"), " ", _styled(c))
+            if len(line) > 2 and len(line) + 3 + len(pair) > width:
+                out.append(line)
+                line = Text("  ")
+            elif len(line) > 2:
+                line.append("   ")
+            line.append_text(pair)
+        if len(line) > 2:
+            out.append(line)
+    return Group(*out)
 
 
 def kv_table(rows: list[tuple[str, str]]) -> Table:
     table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    table.add_column(style="bold", no_wrap=True, min_width=max([len(k) for k, _v in rows] or [0]))  # labels stay whole
+    table.add_column(overflow="fold")  # values wrap at their spaces
     for k, v in rows:
         table.add_row(k, v)
     return table

@@ -1,5 +1,9 @@
 """Shared test set-up. Tests under tests/integration are marked ``integration`` automatically:
-they start real processes, servers or containers. ``pytest -m "not integration"`` runs the fast ones."""
+they start real processes, servers or containers. ``pytest -m "not integration"`` runs the fast ones.
+
+Tests that train a model end to end or build and run containers are marked ``slow`` here (or in their
+module): a plain ``pytest`` leaves them out so the README's test command ends in minutes on 2 cores;
+``pytest -m slow`` runs them and CI runs both."""
 
 from __future__ import annotations
 
@@ -18,10 +22,35 @@ for _name in [n for n in os.environ if n.startswith("RUNPOD_")]:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Test modules (relative to tests/integration) that train a model end to end, build images or run
+#: containers: each takes from half a minute to several minutes on 2 cores.
+SLOW_MODULES = frozenset({
+    # images and containers on the Docker engine
+    "docker/test_compose.py", "docker/test_detach_build.py", "docker/test_docker_backend.py",
+    "docker/test_docker_secrets.py", "docker/test_engine.py", "docker/test_image.py",
+    "docker/test_preflight_images.py", "docker/test_prune.py", "docker/test_supervisor_mode.py",
+    # the runner following real trainers through preemptions, restarts, budgets and pipelines
+    "runner/test_brad_pipeline.py", "runner/test_cost_budget.py", "runner/test_multi_process_local.py",
+    "runner/test_pipeline.py", "runner/test_policy.py", "runner/test_preemption.py", "runner/test_pull.py",
+    "runner/test_quickstart.py", "runner/test_runner_restart.py", "runner/test_smoke.py",
+    # the same on the RunPod emulator, whose pods are real trainers
+    "runpod/test_cancel_runpod.py", "runpod/test_cost_runpod.py", "runpod/test_multi_gpu_runpod.py",
+    "runpod/test_pipeline_runpod.py", "runpod/test_quickstart_runpod.py",
+    "runpod/test_runner_killed_and_spot_refused.py", "runpod/test_supervisor_elsewhere.py",
+    "runpod/test_supervisor_on_runpod.py",
+    # the trainer's own end-to-end runs
+    "storage/test_s3_trainer.py", "trainer/",
+})
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "integration" in Path(str(item.fspath)).parts:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
             item.add_marker(pytest.mark.integration)
+            where = "/".join(parts[parts.index("integration") + 1:])
+            if where in SLOW_MODULES or any(m.endswith("/") and where.startswith(m) for m in SLOW_MODULES):
+                item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

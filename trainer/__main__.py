@@ -1,5 +1,5 @@
-"""``python -m trainer run JOB.yaml --run-uri URI``, ``python -m trainer restart-loop ...`` and
-``python -m trainer fetch-dataset NAME --to s3://BUCKET/PREFIX/``.
+"""``python -m trainer run JOB.yaml --run-uri URI``, ``python -m trainer restart-loop ...``,
+``python -m trainer smoke JOB.yaml --out DIR`` and ``python -m trainer fetch-dataset NAME --to s3://BUCKET/PREFIX/``.
 
 Exit codes are the contract with the runner (``trainer.contract``): 0 done, 75 interrupted after an
 emergency checkpoint, 2 invalid job file, 3 storage misconfigured, 4 diverged, 1 anything else."""
@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--max-restarts", type=int, default=5, help="crashes to recover from before giving up (default 5)")
             s.add_argument("--backoff", type=float, default=5.0, help="seconds before the first restart; doubles each time")
             s.add_argument("--nproc", type=int, default=1, help="processes per machine; more than 1 starts torchrun")
+    m = sub.add_parser("smoke", help="a short run of the job here (CPU or this GPU): does the loss fall, any NaN/Inf, "
+                                     "gradient norms, memory, seconds per step; the result as JSON in --out")
+    m.add_argument("job", help="job file (YAML); RUNNER_STAGE picks a pipeline stage, RUNNER_INIT_FROM its weights")
+    m.add_argument("--out", required=True, help=f"folder for {contract.SMOKE_RESULT} and the weights it ends with")
+    m.add_argument("--steps", type=int, default=100, help="optimizer steps at most (default 100)")
+    m.add_argument("--seconds", type=float, default=60.0, help="seconds at most from start to result, setting up the "
+                                                                 "data and model included (default 60)")
+    m.add_argument("--processes", type=int, default=1, help="processes the job trains with (its per-process batch)")
     f = sub.add_parser("fetch-dataset", help="download a public MIDI dataset (maestro, pijama) and upload its "
                                              "MIDI files to s3://BUCKET/PREFIX/")
     f.add_argument("name", help="maestro or pijama (any name with --url)")
@@ -60,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "fetch-dataset":
         return fetch_dataset_command(args.name, args.to, args.url)
+    if args.command == "smoke":
+        from trainer.smoke import run_smoke
+
+        _console_logging()
+        code = run_smoke(args.job, args.out, args.steps, args.seconds, args.processes, started=_STARTED_CLOCK)
+        # The result is written: end now. Tearing torch down costs seconds of a loaded machine, and the
+        # user waits for this process to end.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if args.command == "restart-loop":
         from trainer.restart import restart_loop
 
@@ -115,7 +133,7 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
     if stop.requested:
         return contract.EXIT_INTERRUPTED
 
-    from trainer.loop import Diverged, JobSetupError, train
+    from trainer.loop import Diverged, GradNormStop, JobSetupError, train
     from trainer.reporter import Reporter
 
     try:
@@ -124,6 +142,10 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
         log.error("%s", e)
         _record_failure(storage, Reporter, str(e), contract.EXIT_DIVERGED)
         return contract.EXIT_DIVERGED
+    except GradNormStop as e:
+        log.error("%s", e)
+        _record_failure(storage, Reporter, str(e), contract.EXIT_GRAD_NORM)
+        return contract.EXIT_GRAD_NORM
     except JobSetupError as e:
         log.error("the job cannot be set up: %s", e)
         _record_failure(storage, Reporter, f"the job cannot be set up: {e}", contract.EXIT_BAD_CONFIG)
@@ -197,6 +219,7 @@ def _peer_error(storage, world: int, before: float) -> str | None:
 
 
 _STARTED = time.time()
+_STARTED_CLOCK = time.perf_counter()  # the smoke's time budget counts from here: setting up is part of it
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 

@@ -54,6 +54,15 @@ from trainer.storage import Storage, StorageError, remove_stale_temp_files
 log = logging.getLogger("trainer")
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds of the model: its state minus frozen parameters (for a LoRA run, the
+    adapter and any buffers)."""
+    # remove_duplicate=False: a frozen tied weight (GPT-2's lm_head is wte) appears in state_dict under
+    # both names and must be left out under both, or every LoRA checkpoint carries the embedding.
+    frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
 def to_cpu_copy(obj: Any) -> Any:
     """A deep copy of ``obj`` with every tensor cloned to CPU: safe to serialise while training goes on."""
     if isinstance(obj, torch.Tensor):
@@ -394,6 +403,19 @@ class CheckpointManager:
         if records:
             log.error("no checkpoint under %s verified; starting from scratch", self.storage.uri)
         return None
+
+    def load_key(self, key: str) -> dict[str, Any] | None:
+        """The checkpoint at ``key`` (``checkpoints/best.pt``) when it is there and verifies, else None."""
+        raw = self.storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+            checksums.pick(record)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("skipping %s: its checksum file is unreadable", key)
+            return None
+        return self._load_verified(key, record)
 
     def _record(self, key: str) -> tuple[int, bool, str, dict] | None:
         """``(step, is latest.pt, key, checksum record)`` of ``key``; None (and why, in the log) when

@@ -339,6 +339,27 @@ class Guard(_Section):
     max_nonfinite_in_a_row: int = Field(5, ge=1)
     #: Log a warning when the gradient norm (before clipping) exceeds this.
     warn_grad_norm: float = Field(100.0, gt=0)
+    #: Stop the run when the gradient norm (before clipping) is above this for ``stop_grad_norm_in_a_row``
+    #: steps in a row: the last of them is not applied, the state from before the first of them (the
+    #: last good state) is written as an emergency checkpoint and the trainer exits ``EXIT_GRAD_NORM``.
+    #: The seeds' rule ("stop on norms over ~100"); ``null`` turns it off.
+    stop_grad_norm: float | None = Field(100.0, gt=0)
+    #: One step above ``stop_grad_norm`` alone is clipped (``grad_clip``) and warned about: a lone spike
+    #: a run recovers from (the quickstart has one of 115 at its peak learning rate) is not divergence.
+    stop_grad_norm_in_a_row: int = Field(3, ge=1)
+
+
+class Loader(_Section):
+    """How training batches are made, for every recipe (a custom one too). With ``workers`` above 0,
+    PyTorch DataLoader processes collate the next batches while the GPU trains on this one, in the
+    same order (a resumed run sees the same batches)."""
+
+    #: Processes that collate batches ahead; 0 collates each batch in the training process when needed.
+    workers: int = Field(0, ge=0, le=64)
+    #: Page-locked batches, copied to the GPU without blocking the step (CUDA only; ignored on CPU).
+    pin_memory: bool = False
+    #: Batches each worker keeps ready.
+    prefetch: int = Field(2, ge=1, le=64)
 
 
 class Logging(_Section):
@@ -348,6 +369,48 @@ class Logging(_Section):
     #: TensorBoard events and the trainer log are copied to the run URI this often.
     sync_seconds: float = Field(30.0, gt=0)
     progress_bar: bool = True
+
+
+class Samples(_Section):
+    """What the finished model writes under ``samples/``: text for the language models (``tiny_gpt``,
+    ``causal_lm_lora``), ``.mid`` files for the music recipes (the VQ-VAE's reconstructions of held-out
+    windows beside the originals; the hybrid's new windows in the style of held-out ones). Seeded: a
+    relaunch writes the same samples. ``samples: 0`` (or ``false``) writes none."""
+
+    count: int = Field(3, ge=0, le=100)
+    #: Text: tokens generated after each prompt.
+    max_new_tokens: int = Field(200, ge=1, le=100_000)
+    #: Text: the prompts; default: the first ``prompt_tokens`` of ``count`` validation examples.
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    prompt_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    #: Sample among the ``top_k`` likeliest tokens (or codes) only; null: among all.
+    top_k: int | None = Field(50, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_only(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"count": 3 if value else 0}
+        if isinstance(value, int):
+            return {"count": value}
+        return value
+
+
+class Finish(_Section):
+    """What the trainer does after the last step, before the run is ``done`` (``trainer/finish.py``).
+    A relaunch during it finishes without training again."""
+
+    #: What ``final/`` holds: the weights with the best validation loss (``checkpoints/best.pt``; the
+    #: last step's when the job has no validation data), or the last step's.
+    final: Literal["best", "last"] = "best"
+    #: LoRA: the adapter merged into the base model, a standalone folder ``final/merged`` that loads
+    #: with ``transformers`` alone (``AutoModelForCausalLM.from_pretrained``).
+    merge: bool = True
+    samples: Samples = Field(default_factory=Samples)
+    #: ``report.json`` and ``report.md``: validation loss, perplexity and token accuracy of the best and
+    #: the last weights (and of the base model, for LoRA), steps, hours, dollars, preemptions survived.
+    report: bool = True
 
 
 class TrainConfig(_Section):
@@ -375,7 +438,9 @@ class TrainConfig(_Section):
     eval: Eval = Field(default_factory=Eval)
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
     guard: Guard = Field(default_factory=Guard)
+    loader: Loader = Field(default_factory=Loader)
     logging: Logging = Field(default_factory=Logging)
+    finish: Finish = Field(default_factory=Finish)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: CPU threads for torch; fixed by default so a run is reproducible on the same machine.
     threads: int | None = Field(None, ge=1)

@@ -25,11 +25,15 @@ EXIT_BAD_CONFIG = 2
 EXIT_STORAGE = 3
 #: Training diverged: too many non-finite steps in a row. Retrying from the same checkpoint repeats it.
 EXIT_DIVERGED = 4
+#: The gradient-norm guard stopped the run (``train.guard.stop_grad_norm``): the step that would have
+#: applied the gradient was skipped and the last good state written as ``checkpoints/latest.pt``.
+#: Relaunching the same job repeats it; lower the learning rate or raise the threshold first.
+EXIT_GRAD_NORM = 5
 #: Stopped by SIGTERM/SIGINT after a clean emergency checkpoint (EX_TEMPFAIL): relaunch to continue.
 EXIT_INTERRUPTED = 75
 
 #: Exit codes after which relaunching the same command cannot succeed.
-EXIT_PERMANENT = frozenset({EXIT_BAD_CONFIG, EXIT_STORAGE, EXIT_DIVERGED})
+EXIT_PERMANENT = frozenset({EXIT_BAD_CONFIG, EXIT_STORAGE, EXIT_DIVERGED, EXIT_GRAD_NORM})
 
 EXIT_MEANING = {
     EXIT_DONE: "done",
@@ -37,6 +41,7 @@ EXIT_MEANING = {
     EXIT_BAD_CONFIG: "invalid job file",
     EXIT_STORAGE: "storage misconfigured",
     EXIT_DIVERGED: "training diverged",
+    EXIT_GRAD_NORM: "gradient norm above the guard's limit (last good state checkpointed)",
     EXIT_INTERRUPTED: "interrupted (emergency checkpoint written)",
 }
 
@@ -56,6 +61,18 @@ INIT_RECORD = "init.json"
 #: "source": ...}`` (hex digests; readers check the fastest one present, see ``trainer.checksums``;
 #: older records have only ``sha256``).
 CHECKSUM_SUFFIX = ".sha256"
+#: After the last step (``trainer.finish``), before ``done``: the finished model's samples (text, or
+#: ``.mid`` files for the music recipes), a LoRA adapter merged into a standalone model folder, and the
+#: run's report (``report.json``, and ``report.md`` for people).
+SAMPLES_DIR = "samples"
+MERGED_DIR = "final/merged"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+#: What of the finish is published, so that a relaunch during it does not redo it: ``{"step": N,
+#: "parts": {name: [keys]}}``.
+FINISH_RECORD = "finish.json"
+#: What ``runner pull`` brings home from a run: prefixes (folders end in ``/``) and files.
+PULLED = (FINAL_DIR + "/", SAMPLES_DIR + "/", REPORT_JSON, REPORT_MD, TENSORBOARD_DIR + "/")
 #: Under torchrun, what a rank other than 0 failed with (JSON: rank, attempt, time, error). Only rank 0
 #: writes status.json; it reads these back so the failure it records names the rank that failed first.
 RANK_ERROR = "logs/rank-{rank}.error.json"
@@ -118,6 +135,67 @@ class Status:
         return cls.from_json(raw) if raw else None
 
 
+# --- the smoke run (``python -m trainer smoke``, run by ``runner submit --smoke``) ---------------------
+#: What the smoke run writes into its ``--out`` folder: the result (:class:`SmokeResult` as JSON) and the
+#: weights it ended with (a checkpoint an ``init_from`` can load, for the next pipeline stage's smoke).
+SMOKE_RESULT = "smoke.json"
+SMOKE_WEIGHTS = "weights.pt"
+#: A loss "falls" when the mean of its last steps is at least this fraction below the mean of its first.
+SMOKE_MIN_DROP = 0.01
+#: A loss that ends this fraction above where it started has diverged (not merely failed to fall).
+SMOKE_DIVERGED_RISE = 0.10
+
+
+@dataclass
+class SmokeResult:
+    """A short run of the job's own recipe and data on this machine, as the trainer measured it. The
+    runner adds the projection for the full job on the chosen GPU (it owns the catalog)."""
+
+    passed: bool
+    reason: str
+    recipe: str
+    device: str  # cpu or cuda
+    device_name: str  # the GPU's name (torch.cuda.get_device_name) or the CPU's
+    threads: int
+    steps: int  # optimizer steps taken
+    steps_asked: int
+    seconds_asked: float
+    stopped_by: str  # steps, time, job_length, nonfinite, grad_norm
+    batch_size: int  # examples per micro-batch used here
+    job_batch_size: int  # ... and what the job asks for (per process)
+    grad_accum: int
+    tokens_per_step: float  # per optimizer step, as measured
+    job_steps: int | None  # the full job's optimizer steps (max_steps, or epochs over the whole data)
+    params: int
+    trainable_params: int
+    losses: list[float | None] = field(default_factory=list)  # per step; None where not finite
+    loss_start: float | None = None
+    loss_end: float | None = None
+    loss_fell: bool = False
+    nonfinite_steps: list[int] = field(default_factory=list)
+    max_grad_norm: float | None = None
+    max_grad_norm_step: int | None = None
+    stop_grad_norm: float | None = None
+    peak_rss_bytes: int = 0
+    cuda_peak_bytes: int | None = None
+    seconds_per_step: float | None = None  # median over the steps after the first
+    first_step_seconds: float | None = None  # includes one-off warm-up (allocations, kernels)
+    setup_seconds: float = 0.0  # data and model, before the first step
+    optimizer: str = "adamw"
+    warmup_steps: int = 0  # as used here (a long warmup is compressed so the smoke reaches the peak rate)
+    data: str = ""  # what of the data the smoke trained on
+    notes: list[str] = field(default_factory=list)
+    weights: str | None = None  # the weights it ended with (SMOKE_WEIGHTS), when written
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> SmokeResult:
+        raw: dict[str, Any] = json.loads(data)
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
 # --- TensorBoard tags the runner reads back (``runner curves``, ``runner cost``) ------------------------
 TAG_TRAIN_LOSS = "train/loss"
 TAG_VAL_LOSS = "val/loss"
@@ -133,6 +211,14 @@ ENV_CHECKPOINT_EVERY_MINUTES = "RUNNER_CHECKPOINT_EVERY_MINUTES"
 ENV_STAGE = "RUNNER_STAGE"
 #: A stage's starting weights, as JSON {name: checkpoint URI}, resolved by the runner from ``init_from``.
 ENV_INIT_FROM = "RUNNER_INIT_FROM"
+#: What the job had cost before this attempt, as the runner recorded it (its report's hours, dollars and
+#: preemptions survived): billed USD and machine hours, the preemptions the job came back from, and this
+#: attempt's rate in USD per hour (compute and disk), when the runner knows it at launch.
+ENV_BILLED_USD = "RUNNER_BILLED_USD"
+ENV_BILLED_HOURS = "RUNNER_BILLED_HOURS"
+ENV_PREEMPTIONS = "RUNNER_PREEMPTIONS"
+ENV_USD_PER_HOUR = "RUNNER_USD_PER_HOUR"
+RUNNER_BILLING_ENV = (ENV_BILLED_USD, ENV_BILLED_HOURS, ENV_PREEMPTIONS, ENV_USD_PER_HOUR)
 #: RunPod: the API both halves talk to (the runner to schedule, a pod's trainer to stop its own pod),
 #: the pod's own id and key (set by RunPod in every pod).
 ENV_RUNPOD_BASE_URL = "RUNPOD_API_BASE_URL"

@@ -56,6 +56,9 @@ class HFTokenizer:
         # "sequence longer than the model's maximum" warning would be wrong here: silence it.
         return self.tok(text, add_special_tokens=False, verbose=False)["input_ids"]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
 
 def load_tokenizer(name: str | None) -> Tokenizer:
     """``bytes`` (or None) for the byte tokenizer, else a Hugging Face tokenizer id or local folder."""

@@ -9,7 +9,6 @@ import contextlib
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +19,11 @@ import torch
 from torch import nn
 
 from trainer import contract, distributed
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import CheckpointManager, to_cpu_copy, trainable_state
 from trainer.config import TrainConfig
 from trainer.data import EpochSampler
+from trainer.finish import RunEnd, finish
+from trainer.loader import Batches
 from trainer.recipes import Recipe, build_recipe
 from trainer.reporter import Reporter
 from trainer.signals import StopRequest
@@ -45,6 +46,10 @@ class Diverged(RuntimeError):
     """Too many steps in a row with a non-finite loss or gradient."""
 
 
+class GradNormStop(RuntimeError):
+    """The gradient-norm guard stopped the run; the last good state is checkpointed (``EXIT_GRAD_NORM``)."""
+
+
 class JobSetupError(ValueError):
     """The job cannot be set up as written (data files, recipe module, sizes): a rerun cannot help."""
 
@@ -58,6 +63,10 @@ class Progress:
     nonfinite_in_a_row: int = 0
     tokens_seen: int = 0
     early_stopped: bool = False
+    #: Seconds spent training the steps this state holds, over every start (the report's hours).
+    train_seconds: float = 0.0
+    #: Starts that continued from a checkpoint.
+    resumes: int = 0
 
 
 @dataclass
@@ -169,14 +178,6 @@ class EMA:
             self.shadow[n].copy_(t)
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state minus frozen parameters: for a LoRA run, the adapter (and any buffers)."""
-    # remove_duplicate=False: a frozen tied weight (GPT-2's lm_head is wte) appears in state_dict under
-    # both names and must be left out under both, or every LoRA checkpoint carries the embedding.
-    frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k not in frozen}
-
-
 def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], key: str) -> None:
     """Load a checkpoint's trainable state. Frozen weights are not in it (they come from the base
     model), so loading is not strict, but every key it has must fit, and no trainable weight may be
@@ -233,6 +234,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     # Under torchrun each process is one rank: rank 0 writes checkpoints, status and TensorBoard;
     # every rank restores from the same checkpoint.
     world = distributed.from_env()
+    started = time.time()
     seed_everything(cfg.seed)  # the same initial weights on every rank
     torch.set_num_threads(cfg.threads or min(torch.get_num_threads(), 8))
     device = pick_device(cfg.device, world)
@@ -288,6 +290,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             ema = EMA(model, cfg.ema.decay)
         sampler.load_state_dict(payload["sampler"])
         progress = Progress(**payload["progress"])
+        progress.resumes += 1
         rng_states = payload["rng"]  # one per rank that wrote it
         if len(rng_states) != world.world_size:
             log.warning("the checkpoint was written by %d process(es), this run has %d: random streams restart",
@@ -297,9 +300,12 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     else:
         log.info("no checkpoint under %s: starting fresh", storage.uri)
     stop.steps_done = step
+    batches = Batches(recipe, sampler, cfg.loader, device)  # after the sampler's state is restored
+    trained_before, training_since = progress.train_seconds, time.perf_counter()
 
     def state() -> dict[str, Any]:
         """The full training state. A collective under torchrun: every rank must call it together."""
+        progress.train_seconds = trained_before + time.perf_counter() - training_since
         return {
             "format": CHECKPOINT_FORMAT,
             "step": step,
@@ -308,7 +314,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler else None,
             "ema": ema.state_dict() if ema else None,
-            "sampler": sampler.state_dict(),
+            "sampler": batches.state,  # not sampler's own: with loader workers it runs ahead
             "progress": asdict(progress),
             "rng": distributed.gather(rng_state(), world),
         }
@@ -346,6 +352,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     model.train()
     window_t0, window_tokens = time.perf_counter(), 0
     outcome: Outcome | None = None
+    over_limit, before_streak = 0, None  # steps in a row above guard.stop_grad_norm, and the state before them
     try:
         while step < max_steps and not progress.early_stopped:  # early_stopped: a resume after an early stop
             # Storage that refuses for good (rank 0's writers; the other ranks stop with it): steps
@@ -359,7 +366,7 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
 
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
-                batch = recipe.collate([recipe.train_set[i] for i in sampler.next_batch()])
+                batch = batches.next()
                 batch_tokens = _tokens(batch)
                 window_tokens += batch_tokens
                 progress.tokens_seen += batch_tokens
@@ -383,6 +390,22 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             # a step is skipped and the scale halved, without counting against the guard until the scale is
             # below 1 (then the unscaled gradients overflow fp16 and halving further cannot help).
             overflow = not finite and scaler is not None and math.isfinite(train_loss) and scaler.get_scale() >= 1
+            limit = cfg.guard.stop_grad_norm
+            if finite and limit is not None and grad_norm > limit:
+                if not over_limit:  # the state no over-limit gradient has touched yet: the last good one
+                    before_streak = (step, to_cpu_copy(state()))
+                over_limit += 1
+                if over_limit >= cfg.guard.stop_grad_norm_in_a_row:  # this step's gradient is not applied
+                    good_step, snapshot = before_streak
+                    written = world.is_main and _guard_checkpoint(checkpoints, good_step, snapshot)
+                    raise GradNormStop(
+                        f"step {step + 1}: gradient norm {grad_norm:.4g}; {over_limit} steps in a row above "
+                        f"guard.stop_grad_norm {limit:g}: the run stopped and " +
+                        (f"the last good state (step {good_step}) is in {contract.LATEST}" if written
+                         else f"the last good state could not be written: {checkpoints.last_error}")
+                        + "; lower the learning rate, check the data, or raise guard.stop_grad_norm (null turns it off)")
+            elif finite:
+                over_limit, before_streak = 0, None
             if finite:
                 if scaler:
                     scaler.step(optimizer)
@@ -472,12 +495,23 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                 if checkpoints.permanent_error is not None:
                     raise checkpoints.permanent_error
                 raise RuntimeError(f"the last checkpoint could not be written: {checkpoints.last_error}")
-            _write_final(recipe, model, ema, storage)
+            # One process evaluates the whole fixed validation set: the other ranks are done.
+            evaluate = (lambda m: _evaluate(m, recipe, all_val_batches, device, autocast, None, distributed.World())
+                        ) if do_eval else None
+            end = RunEnd(cfg, Path(job_path), storage, recipe, model, ema.state_dict() if ema else None, step, max_steps,
+                         progress, evaluate, lambda: checkpoints.load_key(contract.BEST), stop, started)
+            if not finish(end):
+                log.warning("%s during the finish: training is complete and checkpointed; a relaunch only finishes",
+                            stop.signal_name)
+                reporter.finish(contract.INTERRUPTED, step=step, exit_code=contract.EXIT_INTERRUPTED)
+                outcome = Outcome(contract.EXIT_INTERRUPTED, step)
+                return outcome
             reporter.finish(contract.DONE, step=step, exit_code=contract.EXIT_DONE)
             log.info("done at step %d; final weights in %s/%s", step, storage.uri, contract.FINAL_DIR)
         outcome = Outcome(contract.EXIT_DONE, step)
         return outcome
     finally:
+        batches.close()
         bar.close()
         tb.close()
         if outcome is None:  # an exception is on its way out: leave what was queued written
@@ -511,17 +545,10 @@ def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int
     return Outcome(contract.EXIT_INTERRUPTED if ok else contract.EXIT_FAILED, step, save_s)
 
 
-def _write_final(recipe: Recipe, model: nn.Module, ema: EMA | None, storage: Storage) -> None:
-    """Write ``final/`` completely before anything says done. With EMA on, the averaged weights."""
-    staging = storage.work_dir / ".final-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    with ema.applied() if ema else contextlib.nullcontext():
-        recipe.save_final(model, staging)
-    files = sorted(p for p in staging.rglob("*") if p.is_file())
-    for path in files:
-        storage.put_file(path, f"{contract.FINAL_DIR}/{path.relative_to(staging).as_posix()}", move=True)
-    shutil.rmtree(staging, ignore_errors=True)
+def _guard_checkpoint(checkpoints: CheckpointManager, step: int, snapshot: dict[str, Any]) -> bool:
+    """Write the state before a step the guard refused, and wait until it is durable."""
+    checkpoints.save(step, snapshot)
+    return checkpoints.flush(timeout=120)
 
 
 def _fixed_val_batches(recipe: Recipe, cfg: TrainConfig, batch_size: int) -> list[dict[str, Any]]:

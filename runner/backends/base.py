@@ -65,10 +65,18 @@ class LaunchRequest:
     container_disk_gb: int = 50
     volume_gb: int = 0
     image: Image | None = None  # the job file's image: section; None: its defaults
+    #: (image, job file's path in it) when resolved already: a supervisor elsewhere runs the image the
+    #: submitting machine built and pushed, and has no project to build from.
+    image_ref: tuple[str, str] | None = None
     #: Added to the live minimum spot bid (USD per GPU-hour), never above ``max_bid_per_gpu``.
     bid_margin_per_gpu: float = 0.0
+    #: What an hour of the machine costs, for the backends that run on machines of yours (None: the default).
+    price_per_hour: float | None = None
     #: Where a backend tells what it did along the way (kind, message): the job's events.
     report: Callable[[str, str], None] | None = field(default=None, repr=False, compare=False)
+    #: Where a backend writes what it does on this machine (an image's build, push or pull), line by line:
+    #: the attempt's launch log, which `runner logs` shows without the provider's key.
+    log: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ engine or on a remote one (``DOCKER_HOST=ssh://user@gpu-host``).
 - A run URI that is a folder of this machine is mounted into the container at the same path, and
   the trainer runs as your user so the files stay yours; a remote engine needs ``s3://`` storage.
 
-Ended containers are kept, so ``python -m runner logs`` can show every attempt; remove them with
-``docker container prune --filter label=org.spot-runner.job``."""
+Ended containers are kept, so ``python -m runner logs`` can show every attempt; ``runner prune``
+removes those of ended jobs (:mod:`runner.prune`)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ from typing import Any
 
 from runner.backends import docker_client
 from runner.backends.base import Backend, BackendError, Launched, LaunchRequest, Observation, drain_lines
-from runner.backends.docker_image import ensure_image
+from runner.backends.docker_image import default_console, ensure_image
 from runner.backends.local import local_rate_per_hour
+from runner.launch_log import tee
 from trainer.contract import ENV_ATTEMPT_ID, SECRETS_LAUNCHER, secrets_line, trainer_command
 
 LABEL_JOB = "org.spot-runner.job"
@@ -62,6 +63,27 @@ def _signal_of(exit_code: int | None) -> str | None:
         return f"signal {exit_code - 128}"
 
 
+def start_with_env(container: Any, env: dict[str, str]) -> None:
+    """Start ``container`` (made with ``stdin_open`` and no detach, its command behind the launcher of
+    :data:`trainer.contract.SECRETS_LAUNCHER`) and hand it ``env`` on its standard input: attached before
+    the start, so the launcher cannot miss the line; the engine closes the container's standard input
+    when this one attachment ends (``StdinOnce``). The container is removed if it cannot be started."""
+    import docker.errors
+
+    try:
+        sock = container.attach_socket(params={"stdin": 1, "stream": 1})
+        raw = getattr(sock, "_sock", sock)  # a local engine's SocketIO wraps the socket itself
+        try:
+            container.start()
+            raw.sendall(secrets_line(env))
+        finally:
+            sock.close()
+            raw.close()
+    except (docker.errors.APIError, OSError) as e:
+        container.remove(force=True)
+        raise BackendError(str(getattr(e, "explanation", None) or e)) from e
+
+
 class DockerBackend(Backend):
     name = "docker"
 
@@ -82,7 +104,7 @@ class DockerBackend(Backend):
     def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
         import docker.errors
 
-        rate = local_rate_per_hour()
+        rate = local_rate_per_hour(request.price_per_hour)
         name = container_name(request.attempt_id)
         found = self._find(name)
         if found is not None:
@@ -91,7 +113,7 @@ class DockerBackend(Backend):
             return Launched(self._handle(found), None, False, rate, rate, adopted=True)
 
         kwargs = self._run_options(request)  # before the build: a job that cannot run here fails at once
-        image = ensure_image(self.client, request.job_file, request.image, out=self._out)
+        image = ensure_image(self.client, request.job_file, request.image, out=tee(self._out or default_console(), request.log))
         try:
             command = trainer_command(image.job_path, request.run_uri, kwargs.pop("nproc"))  # one attempt, one run: the supervisor relaunches
             # The image's entrypoint (the restart loop) is replaced: one attempt is one run. Both
@@ -118,23 +140,10 @@ class DockerBackend(Backend):
         return Launched(self._handle(container), None, False, rate, rate)
 
     def _start(self, container: Any, request: LaunchRequest) -> None:
-        """Start ``container`` and hand it the job's environment on its standard input: attached
-        before the start, so the launcher cannot miss the line; the engine closes the container's
-        standard input when this one attachment ends (``StdinOnce``)."""
-        import docker.errors
-
         try:
-            sock = container.attach_socket(params={"stdin": 1, "stream": 1})
-            raw = getattr(sock, "_sock", sock)  # a local engine's SocketIO wraps the socket itself
-            try:
-                container.start()
-                raw.sendall(secrets_line(dict(request.env)))
-            finally:
-                sock.close()
-                raw.close()
-        except (docker.errors.APIError, OSError) as e:
-            container.remove(force=True)
-            raise BackendError(self._explain(e)) from None
+            start_with_env(container, dict(request.env))
+        except BackendError as e:
+            raise BackendError(self._explain(e.__cause__ or e)) from None
 
     def _run_options(self, request: LaunchRequest) -> dict[str, Any]:
         import docker.types

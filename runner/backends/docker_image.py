@@ -555,6 +555,11 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def default_console() -> Any:
+    """Where the image code shows its progress when nobody says: the terminal's standard error."""
+    return _console()
+
+
 def _console() -> Any:
     from rich.console import Console
 

@@ -44,11 +44,15 @@ PASS_THROUGH = (
 )
 
 
-def local_rate_per_hour() -> float:
+def local_rate_per_hour(price_per_hour: float | None = None) -> float:
+    """What an hour of a machine of yours costs: the job's ``resources.price_per_hour``, else
+    ``RUNNER_LOCAL_USD_PER_HOUR``, else nothing."""
+    from runner.cost import own_machine_rate
+
     try:
-        return max(0.0, float(os.environ.get(ENV_LOCAL_RATE, "0") or 0))
-    except ValueError:
-        raise BackendError(f"{ENV_LOCAL_RATE}={os.environ[ENV_LOCAL_RATE]!r} is not a number of dollars per hour") from None
+        return own_machine_rate(price_per_hour)
+    except ValueError as e:
+        raise BackendError(str(e)) from None
 
 
 def nvidia_gpu_count() -> int | None:
@@ -85,6 +89,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def trainer_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a trainer started on this machine: what it needs of the runner's own
+    (:data:`PASS_THROUGH`), then ``extra`` (the job's settings and secrets)."""
+    env = {k: v for k, v in os.environ.items() if k in PASS_THROUGH or k.startswith("LC_")}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    # The trainer must be importable whatever the job's working directory is.
+    spec = importlib.util.find_spec("trainer")
+    if spec is not None and spec.origin:
+        root = str(Path(spec.origin).resolve().parent.parent)
+        parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in parts if p != root])
+    return env
+
+
 class LocalBackend(Backend):
     name = "local"
 
@@ -97,7 +116,7 @@ class LocalBackend(Backend):
         return self.root / attempt_id
 
     def launch(self, request: LaunchRequest, timeout_s: float = 60.0) -> Launched:
-        rate = local_rate_per_hour()
+        rate = local_rate_per_hour(request.price_per_hour)
         adir = self.attempt_dir(request.attempt_id)
         adir.mkdir(parents=True, exist_ok=True)
         # The attempt's lock is the key that makes launch idempotent: it is taken here, inherited by
@@ -180,17 +199,7 @@ class LocalBackend(Backend):
             time.sleep(0.05)
 
     def _env(self, request: LaunchRequest) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k in PASS_THROUGH or k.startswith("LC_")}
-        env.update(request.env)
-        env[ENV_ATTEMPT_ID] = request.attempt_id
-        env["PYTHONUNBUFFERED"] = "1"
-        # The trainer must be importable whatever the job's working directory is.
-        spec = importlib.util.find_spec("trainer")
-        if spec is not None and spec.origin:
-            root = str(Path(spec.origin).resolve().parent.parent)
-            parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-            env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in parts if p != root])
-        return env
+        return trainer_environment({**request.env, ENV_ATTEMPT_ID: request.attempt_id})
 
     # --- poll / stop ------------------------------------------------------------------------------
     def _reap(self, handle: dict[str, Any]) -> None:

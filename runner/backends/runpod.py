@@ -99,13 +99,20 @@ class RunPodBackend(Backend):
         the image's working directory, which is where the entrypoint runs."""
         from runner.backends.docker_image import IMAGE_ROOT, ensure_image
 
+        if request.image_ref is not None:
+            name, job_path = request.image_ref
+            return name, str(PurePosixPath(job_path).relative_to(IMAGE_ROOT))
         settings = request.image
         client = None
         if settings and not settings.name and settings.push_to:  # only a build needs a Docker engine
             from runner.backends import docker_client
 
             client = docker_client.connect()
-        ref = ensure_image(client, request.job_file, request.image, registry_required=True)
+        from runner.backends.docker_image import default_console
+        from runner.launch_log import tee
+
+        ref = ensure_image(client, request.job_file, request.image, registry_required=True,
+                           out=tee(default_console(), request.log))
         return ref.name, str(PurePosixPath(ref.job_path).relative_to(IMAGE_ROOT))
 
     def _env(self, request: LaunchRequest) -> dict[str, str]:

@@ -5,12 +5,15 @@ what a forward pass returns, and the helpers the built-in recipes share. Builder
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+from trainer.config import Samples
 
 
 class LossOutput(NamedTuple):
@@ -39,6 +42,15 @@ class Recipe:
     #: Learning-rate multipliers by parameter name (default 1): newly initialised layers can learn
     #: faster than the loaded weights around them. The schedule scales every group alike.
     lr_scale: dict[str, float] = field(default_factory=dict)
+    #: After training (``trainer.finish``): writes samples of the finished model into a folder
+    #: (``samples/`` under the run URI) and returns the files written; None: the recipe makes none.
+    sample: Callable[[nn.Module, Path, Samples], list[Path]] | None = None
+    #: Writes the model as one standalone folder (LoRA: the adapter merged into the base model), into
+    #: ``final/merged``. It may change the model in place: it is the last thing done with it.
+    merge: Callable[[nn.Module, Path], None] | None = None
+    #: The model as it was before this run trained it, for the report to compare (LoRA: the adapter
+    #: switched off): a context manager taking the model.
+    base_model: Callable[[nn.Module], AbstractContextManager[Any]] | None = None
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> LossOutput:

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.config import CausalLMLoRA, LoRA, TrainConfig
+from trainer.config import CausalLMLoRA, LoRA, Samples, TrainConfig
 from trainer.data import load_datasets, load_tokenizer, pad_collate
 from trainer.recipes.base import LossOutput, Recipe, check_vocab, token_loss
+from trainer.sampling import text_prompts, write_text_samples
 
 log = logging.getLogger("trainer")
 
@@ -67,7 +68,35 @@ def build(cfg: TrainConfig, job_path: str | Path) -> Recipe:
     def save_final(m: nn.Module, folder: Path) -> None:
         m.save_pretrained(str(folder), safe_serialization=True)  # adapter_model.safetensors + adapter_config.json
 
-    return Recipe(model, train_set, val_set, collate, forward, save_final)
+    def sample(m: nn.Module, folder: Path, settings: Samples) -> list[Path]:
+        if tokenizer is None:
+            log.info("no text samples: data of format tokens has no tokenizer to decode them with")
+            return []
+        device = next(m.parameters()).device
+        torch.manual_seed(cfg.seed)  # generate() draws from the global generator: the same samples on a relaunch
+        rows = []
+        for prompt in text_prompts(settings, val_set or train_set, tokenizer.encode):
+            # A model with learned positions cannot read past them: the continuation stops there.
+            room = settings.max_new_tokens if not positions else min(settings.max_new_tokens, positions - len(prompt))
+            if room < 1:
+                log.warning("sample prompt of %d tokens leaves no room in the model's %d positions", len(prompt), positions)
+                continue
+            ids = torch.tensor([prompt], device=device)
+            out = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=room, do_sample=True,
+                             temperature=settings.temperature, top_k=settings.top_k or 0, pad_token_id=pad_id,
+                             use_cache=True)
+            rows.append((tokenizer.decode(prompt), tokenizer.decode(out[0, len(prompt):].tolist())))
+        return write_text_samples(folder, rows)
+
+    def merge(m: nn.Module, folder: Path) -> None:
+        merged = m.merge_and_unload()  # W + (alpha / r) * B @ A in each adapted layer; the adapter is gone
+        merged.config.use_cache = True  # switched off for gradient checkpointing, a training-only setting
+        merged.save_pretrained(str(folder), safe_serialization=True)
+        if tokenizer is not None and hasattr(tokenizer, "tok"):
+            tokenizer.tok.save_pretrained(str(folder))  # the folder is a model a user loads as it is
+
+    return Recipe(model, train_set, val_set, collate, forward, save_final, sample=sample, merge=merge,
+                  base_model=lambda m: m.disable_adapter())
 
 
 def wrap_with_lora(base: nn.Module, lora: LoRA) -> Any:

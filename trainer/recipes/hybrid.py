@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from trainer.config import Hybrid, TinyGPT, TrainConfig
+from trainer.config import Hybrid, Samples, TinyGPT, TrainConfig
 from trainer.recipes.base import LossOutput, Recipe, token_loss
 from trainer.recipes.music import (
     RollDecoder,
@@ -42,6 +42,14 @@ from trainer.recipes.music import (
 )
 from trainer.recipes.style_encoder import StyleNet
 from trainer.recipes.tiny_gpt import Block
+from trainer.sampling import (
+    continue_ids,
+    generator,
+    probabilities_to_roll,
+    roll_statistics,
+    spread,
+    write_midi,
+)
 
 log = logging.getLogger("trainer")
 
@@ -78,13 +86,17 @@ class HybridModel(nn.Module):
         """``roll`` [B, 88, T] → ``(logits [B, L, codebook_size], codes [B, L])``: the logits at
         position i predict code i from the style and codes < i."""
         codes = self.codes(roll)
-        style = self.style(roll)
-        vectors = self.quantizer.lookup(codes).permute(0, 2, 1)  # [B, L, code_dim]
-        x = torch.cat([self.style_proj(style).unsqueeze(1), self.code_proj(vectors[:, :-1])], dim=1)
+        return self.code_logits(self.style(roll), codes[:, :-1]), codes
+
+    def code_logits(self, style: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Style embeddings [B, embed_dim] and the codes so far [B, n] → logits [B, n + 1, codebook_size]
+        (position i predicts code i)."""
+        vectors = self.quantizer.lookup(codes).permute(0, 2, 1)  # [B, n, code_dim]
+        x = torch.cat([self.style_proj(style).unsqueeze(1), self.code_proj(vectors)], dim=1)
         x = x + self.wpe[: x.size(1)]
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.ln_f(x)), codes
+        return self.lm_head(self.ln_f(x))
 
 
 def build(cfg: TrainConfig, job_path: str | Path, init: dict[str, dict[str, torch.Tensor]] | None = None) -> Recipe:
@@ -120,4 +132,23 @@ def build(cfg: TrainConfig, job_path: str | Path, init: dict[str, dict[str, torc
         config = {**model_cfg.model_dump(), "window": window, "frames_per_beat": cfg.data.midi.frames_per_beat}
         (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
 
-    return Recipe(model, train_set, val_set, collate, forward, save_final, scales)
+    def sample(m: nn.Module, folder: Path, settings: Samples) -> list[Path]:
+        """New windows (``sample-<n>.mid``), code by code, each in the style of a held-out window
+        (``sample-<n>.style.mid``), rendered by the VQ-VAE's decoder."""
+        windows = val_set or train_set
+        stats = roll_statistics(train_set)
+        device = next(m.parameters()).device
+        gen = generator(cfg.seed, device)
+        written = []
+        for n, i in enumerate(spread(len(windows), settings.count), 1):
+            roll, _ = windows[i]
+            style = m.style(roll.float().div(127.0).unsqueeze(0).to(device))
+            codes = continue_ids(lambda c, style=style: m.code_logits(style, c), torch.zeros(1, 0, dtype=torch.long,
+                                 device=device), m.wpe.size(0), settings, gen)
+            probs = torch.sigmoid(m.decoder(m.quantizer.lookup(codes))[0])
+            for name, notes in ((f"sample-{n}.mid", probabilities_to_roll(probs, stats)), (f"sample-{n}.style.mid", roll.numpy())):
+                write_midi(notes, cfg.data.midi.frames_per_beat, folder / name)
+                written.append(folder / name)
+        return written
+
+    return Recipe(model, train_set, val_set, collate, forward, save_final, scales, sample=sample)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -11,9 +12,12 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.config import TinyGPT, TrainConfig
+from trainer.config import Samples, TinyGPT, TrainConfig
 from trainer.data import load_datasets, load_tokenizer, pad_collate
 from trainer.recipes.base import LossOutput, Recipe, check_vocab, token_loss
+from trainer.sampling import continue_ids, generator, text_prompts, write_text_samples
+
+log = logging.getLogger("trainer")
 
 
 class Block(nn.Module):
@@ -99,4 +103,19 @@ def build(cfg: TrainConfig, job_path: str | Path) -> Recipe:
         config = {**model_cfg.model_dump(), "vocab_size": vocab, "block_size": data.block_size, "tied": "lm_head.weight=wte.weight"}
         (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
 
-    return Recipe(model, train_set, val_set, collate, forward, save_final)
+    def sample(m: nn.Module, folder: Path, settings: Samples) -> list[Path]:
+        if tokenizer is None:  # token shards: nothing to turn the ids back into text with
+            log.info("no text samples: data of format tokens has no tokenizer to decode them with")
+            return []
+        device = next(m.parameters()).device
+        gen = generator(cfg.seed, device)
+        prompts = text_prompts(settings, val_set or train_set, tokenizer.encode)
+        continued: dict[int, list[int]] = {}
+        for length in sorted({len(p) for p in prompts}):  # prompts of one length are drawn as one batch
+            group = [i for i, p in enumerate(prompts) if len(p) == length]
+            ids = continue_ids(m, torch.tensor([prompts[i] for i in group], device=device), settings.max_new_tokens,
+                               settings, gen, context=data.block_size)
+            continued.update({i: ids[row, length:].tolist() for row, i in enumerate(group)})
+        return write_text_samples(folder, [(tokenizer.decode(p), tokenizer.decode(continued[i])) for i, p in enumerate(prompts)])
+
+    return Recipe(model, train_set, val_set, collate, forward, save_final, sample=sample)

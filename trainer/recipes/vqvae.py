@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.config import VQVAE, TrainConfig
+from trainer.config import VQVAE, Samples, TrainConfig
 from trainer.recipes.base import LossOutput, Recipe
 from trainer.recipes.music import (
     RollDecoder,
@@ -26,6 +26,7 @@ from trainer.recipes.music import (
     collate,
     load_windows,
 )
+from trainer.sampling import probabilities_to_roll, roll_statistics, spread, write_midi
 
 
 class VQVAEModel(nn.Module):
@@ -74,4 +75,20 @@ def build(cfg: TrainConfig, job_path: str | Path, init: dict[str, dict[str, torc
         config = {**model_cfg.model_dump(), "window": window, "frames_per_beat": cfg.data.midi.frames_per_beat}
         (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
 
-    return Recipe(model, train_set, val_set, collate, forward, save_final)
+    def sample(m: nn.Module, folder: Path, settings: Samples) -> list[Path]:
+        """The reconstructions of held-out windows (``sample-<n>.mid``) beside the windows themselves
+        (``sample-<n>.original.mid``): what the codes keep of the music, by ear."""
+        windows = val_set or train_set
+        stats = roll_statistics(train_set)
+        device = next(m.parameters()).device
+        written = []
+        for n, i in enumerate(spread(len(windows), settings.count), 1):
+            roll, _ = windows[i]
+            recon, _, _ = m(roll.float().div(127.0).unsqueeze(0).to(device))
+            for name, notes in ((f"sample-{n}.mid", probabilities_to_roll(torch.sigmoid(recon[0]), stats)),
+                                (f"sample-{n}.original.mid", roll.numpy())):
+                write_midi(notes, cfg.data.midi.frames_per_beat, folder / name)
+                written.append(folder / name)
+        return written
+
+    return Recipe(model, train_set, val_set, collate, forward, save_final, sample=sample)

@@ -98,5 +98,5 @@ def test_submit_refuses_such_a_job_before_anything_is_built(tmp_path: Path):
                           text=True, cwd=project, env=trainer_env(RUNNER_HOME=str(home)), timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"weights/init.pt would be left out of the image by line {line_of(project, '**/*.pt')}" in done.stderr
-    assert "Nothing was built or launched." in done.stderr
+    assert "Nothing was built or launched" in done.stderr
     assert not (home / "state.db").exists()

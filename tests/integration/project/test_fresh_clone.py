@@ -29,6 +29,7 @@ def _clean_env(home: Path, venv: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.timeout(1800)  # a clean venv installs torch, transformers and the rest before the quickstart runs
 def test_the_readme_quickstart_works_on_a_fresh_clone_in_a_clean_venv(tmp_path):
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout: nothing to clone")

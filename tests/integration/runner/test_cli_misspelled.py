@@ -21,7 +21,21 @@ from runner.state import State
 from tests.fixtures.jobs import ROOT, make_job, trainer_env
 from tests.unit.runner.test_cli_args import misspell
 
-COMMANDS = cli_args.commands(Commands())
+
+def _every_command(obj, prefix: str = "") -> dict[str, object]:
+    """Every command as typed (``submit``, ``supervisor up``): a group's subcommands each in their own right."""
+    found: dict[str, object] = {}
+    for name, member in cli_args.commands(obj).items():
+        if cli_args.is_group(member):
+            found.update(_every_command(member(), f"{prefix}{name} "))
+        else:
+            found[prefix + name] = member
+    return found
+
+
+COMMANDS = _every_command(Commands())
+#: Those with an option to misspell (``supervisor run`` has none).
+WITH_OPTIONS = sorted(n for n, c in COMMANDS.items() if any(not p.positional for p in cli_args.params(c)))
 
 
 def processes_with(marker: str) -> list[int]:
@@ -73,7 +87,7 @@ def snapshot(home: Path) -> tuple:
     return jobs, events, attempts, files
 
 
-@pytest.mark.parametrize("name", sorted(COMMANDS))
+@pytest.mark.parametrize("name", WITH_OPTIONS)
 def test_a_misspelled_option_exits_2_with_a_suggestion_and_does_nothing(name, active_job, runner_home, tmp_path):
     job_file, job_id = active_job
     options = [p for p in cli_args.params(COMMANDS[name]) if not p.positional]
@@ -85,7 +99,7 @@ def test_a_misspelled_option_exits_2_with_a_suggestion_and_does_nothing(name, ac
     before = snapshot(runner_home)
     marker = f"RUNNER_TEST_MARK={uuid.uuid4().hex}"
     env = trainer_env(RUNNER_HOME=str(runner_home), RUNNER_TEST_MARK=marker.split("=", 1)[1])
-    done = subprocess.run([sys.executable, "-m", "runner", name, *words, typo, "1"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "runner", *name.split(), *words, typo, "1"], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip() == f"error: unknown option {typo} for 'runner {name}'; did you mean {option.flag}?"

@@ -51,6 +51,8 @@ def test_killed_twice_relaunched_and_byte_identical(runner, tmp_path: Path):
     assert sha256_of(final) == sha256_of(tmp_path / "reference" / "final" / "model.safetensors")
     output = runner.output(submit)
     assert "preempted" in output and "relaunched" in output and f"{job_id} done" in output
+    report = json.loads((Path(record["run_uri"]) / "report.json").read_text())
+    assert (report["preemptions"], report["resumes"]) == (2, 2)  # survived, as the runner counted them
 
     # The loss curves, one segment per attempt, drawn: what was trained twice is what the SIGKILL
     # lost (back to attempt 1's last checkpoint); after SIGTERM's emergency checkpoint, nothing.

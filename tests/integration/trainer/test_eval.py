@@ -37,7 +37,8 @@ def checksum_step(run: Path, key: str) -> int:
 def test_early_stop_after_patience_keeps_best_and_stays_stopped_on_relaunch(tmp_path):
     # min_delta is out of reach after the first evaluation, so evaluations 2 and 3 "do not improve"
     # however the loss moves: the run must stop at step 15 of 40, with best.pt from step 5.
-    job = write_job(tmp_path, eval={"every_steps": 5, "batches": 4, "early_stop_patience": 2, "min_delta": 100.0})
+    job = write_job(tmp_path, eval={"every_steps": 5, "batches": 4, "early_stop_patience": 2, "min_delta": 100.0},
+                    finish={"final": "last"})
     run = tmp_path / "run"
     result = run_trainer(job, str(run))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -84,7 +84,9 @@ def test_nonfinite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(tmp_path
 def test_fp16_overflow_while_the_scaler_calibrates_is_not_divergence(tmp_path):
     # A loss 1000x larger overflows fp16 gradients at the initial scale 65536: the scaler skips
     # those steps and lowers its scale. More of them than the guard's limit must not stop the run.
-    job = custom_job(tmp_path, {"loss_multiplier": 1000.0}, precision="fp16", guard={"max_nonfinite_in_a_row": 2})
+    # The gradient-norm guard is off: a 1000x loss has 1000x gradients, which it would stop at once.
+    job = custom_job(tmp_path, {"loss_multiplier": 1000.0}, precision="fp16",
+                     guard={"max_nonfinite_in_a_row": 2, "stop_grad_norm": None})
     result = run_trainer(job, str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
     overflowed = result.stderr.count("fp16 gradients overflowed")
@@ -94,7 +96,8 @@ def test_fp16_overflow_while_the_scaler_calibrates_is_not_divergence(tmp_path):
 
 def test_fp16_overflow_that_scaling_cannot_cure_stops_the_run(tmp_path):
     # 1e30x: fp16 gradients overflow even with the scale far below 1: the run has diverged.
-    job = custom_job(tmp_path, {"loss_multiplier": 1e30}, precision="fp16", guard={"max_nonfinite_in_a_row": 3})
+    job = custom_job(tmp_path, {"loss_multiplier": 1e30}, precision="fp16",
+                     guard={"max_nonfinite_in_a_row": 3, "stop_grad_norm": None})
     result = run_trainer(job, str(tmp_path / "run"))
     assert result.returncode == contract.EXIT_DIVERGED, result.stderr[-3000:]
     assert "fp16 gradients overflowed, loss scale lowered to 1" in result.stderr
@@ -107,7 +110,7 @@ def test_ema_weights_are_evaluated_and_written_to_final(tmp_path):
 
     # eval.batches large enough that every evaluation covers the whole validation set.
     job = make_job(tmp_path, {"train": {**SMALL["train"], "max_steps": 40, "ema": {"decay": 0.9},
-                                        "eval": {"every_steps": 20, "batches": 1000}}})
+                                        "eval": {"every_steps": 20, "batches": 1000}, "finish": {"final": "last"}}})
     result = run_trainer(job, str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -118,7 +118,7 @@ def test_sigkill_and_resume_gives_the_same_adapter_bytes(workspace, straight_run
 def test_text_data_through_the_models_own_tokenizer_with_bf16_and_ema(workspace):
     job = lora_job(workspace, "text.yaml", max_steps=6, precision="bf16", ema={"decay": 0.9},
                    data={"format": "text", "train": "notes.txt", "block_size": 32, "val_fraction": 0.1},
-                   eval={"every_steps": 3, "batches": 2}, checkpoint={"every_steps": 3})
+                   eval={"every_steps": 3, "batches": 2}, checkpoint={"every_steps": 3}, finish={"final": "last"})
     result = run_trainer(job, str(workspace / "text"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val loss" in result.stderr and "bf16" in result.stderr

@@ -16,6 +16,8 @@ def misspell(flag: str) -> str:
     if "-" in flag[2:]:
         return flag[:2] + flag[2:].replace("-", "", 1)
     body = flag[2:]
+    if len(body) == 2:  # --to: its two letters swapped
+        return "--" + body[::-1]
     i = next(i for i in range(1, len(body) - 1) if body[i] != body[i + 1])
     return "--" + body[:i] + body[i + 1] + body[i] + body[i + 2:]
 

@@ -103,3 +103,22 @@ def test_cli_prints_the_verdict_and_json(runner_home, tmp_path):
                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     data = json.loads(replayed.stdout)
     assert [r["preemptions"] for r in data["results"]] == [2, 2, 0] and data["results"][0]["trials"] == 1
+
+
+def test_a_pipeline_job_file_is_simulated_as_its_stages_one_after_the_other(runner_home):
+    """`simulate jobs/brad_finetune.yaml` used to crash (a pipeline has no train: of its own)."""
+    from runner.cost import estimate_stages
+    from runner.spec import load_job
+
+    stages = estimate_stages(load_job(ROOT / "jobs" / "brad_finetune.yaml"))
+    assert [name for name, _est in stages] == ["vqvae", "style_encoder", "hybrid"]
+    done = subprocess.run([sys.executable, "-m", "runner", "simulate", "jobs/brad_finetune.yaml", "--trials", "50",
+                           "--json"], capture_output=True, text=True, cwd=ROOT,
+                          env=trainer_env(RUNNER_HOME=str(runner_home)), timeout=120)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["scenario"]["work_hours"] == pytest.approx(sum(est.hours for _name, est in stages))
+    assert data["scenario"]["gpu"] == "rtx3090"
+    notes = "\n".join(data["assumptions"])
+    assert "in 3 stages, one after the other" in notes
+    assert all(f"stage {name}: {est.hours:.2f} h" in notes for name, est in stages)

@@ -43,8 +43,9 @@ def val_metric(log: str, name: str) -> list[float]:
     return [float(v) for v in re.findall(rf"val loss [^\n]*?\b{name} ([-\d.e+]+)", log)]
 
 
-def test_the_brad_pipeline_trains_three_stages_from_s3_and_survives_a_kill_in_stage_two(runner, s3_bucket: S3Server,
-                                                                                         tmp_path: Path):
+def brad_inputs(runner, s3_bucket: S3Server, tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The job variables and environment of jobs/brad_finetune.yaml at PRESET=tiny: generated MIDI for the
+    three stages uploaded to the test S3 server, runs stored there too."""
     data = tmp_path / "midi"
     write_dataset(data / "maestro", seed=1, pieces=8, beats=128)
     write_dataset(data / "pijama", seed=2, pieces=8, beats=128)
@@ -60,6 +61,12 @@ def test_the_brad_pipeline_trains_three_stages_from_s3_and_survives_a_kill_in_st
     }
     env = {**runner.env, **{k: v for k, v in s3_bucket.env().items() if k.startswith("AWS_")},
            "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return variables, env
+
+
+def test_the_brad_pipeline_trains_three_stages_from_s3_and_survives_a_kill_in_stage_two(runner, s3_bucket: S3Server,
+                                                                                         tmp_path: Path):
+    variables, env = brad_inputs(runner, s3_bucket, tmp_path)
     args = ["submit", str(ROOT / "jobs" / "brad_finetune.yaml"), "--backend", "local"]
     for name, value in variables.items():
         args += ["--env", f"{name}={value}"]

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.jobs import ROOT, make_job
-from tests.fixtures.midi_gen import PIANISTS, write_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -70,23 +69,9 @@ def test_smoke_first_launches_only_after_a_smoke_that_passes(runner, tmp_path):
 
 @pytest.mark.slow
 def test_every_stage_of_the_brad_pipeline_smokes_in_order_from_the_previous_stage(runner, s3_bucket, tmp_path: Path):
-    from tests.integration.runner.test_brad_pipeline import upload_folder
+    from tests.integration.runner.test_brad_pipeline import brad_inputs
 
-    data = tmp_path / "midi"
-    write_dataset(data / "maestro", seed=1, pieces=8, beats=128)
-    write_dataset(data / "pijama", seed=2, pieces=8, beats=128)
-    write_dataset(data / "brad", seed=3, pieces=12, beats=128, pianists=PIANISTS[:1], corrupt=False)
-    variables = {
-        "PRESET": "tiny",
-        "MAESTRO": upload_folder(s3_bucket, data / "maestro", "maestro"),
-        "PIJAMA": upload_folder(s3_bucket, data / "pijama", "pijama"),
-        "BRAD": upload_folder(s3_bucket, data / "brad", "brad"),
-        "STORAGE": f"s3://{s3_bucket.bucket}/runs",
-        "S3_ENDPOINT": s3_bucket.endpoint,
-        "S3_REGION": s3_bucket.region,
-    }
-    env = {**runner.env, **{k: v for k, v in s3_bucket.env().items() if k.startswith("AWS_")},
-           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    variables, env = brad_inputs(runner, s3_bucket, tmp_path)
     # Time enough for 60 steps of each stage on a busy machine: this test is about the stages, not the budget.
     args = ["submit", str(ROOT / "jobs" / "brad_finetune.yaml"), "--smoke", "--json", "--smoke-steps", "60",
             "--smoke-seconds", "600"]

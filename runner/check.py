@@ -17,10 +17,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
+
+from runner.preflight import DOCKER_HUB, docker_logins, placeholder, registry_host
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
 #: Seconds any one check may take (a hung endpoint must not hang the command).
@@ -172,47 +173,6 @@ def _s3_reachable(env: dict[str, str]) -> Check:
 
 
 # --- the registry ---------------------------------------------------------------------------------
-DOCKER_HUB = "docker.io"
-_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-
-
-def registry_host(repository: str) -> str:
-    """The registry of ``HOST/REPO`` (submit's pre-flight rule), Docker Hub's other names as ``docker.io``."""
-    from runner.preflight import registry_host as host_of
-
-    return _normalise(host_of(repository))
-
-
-def _normalise(server: str) -> str:
-    host = server.split("://", 1)[-1].split("/", 1)[0]
-    return DOCKER_HUB if host in _HUB_ALIASES else host
-
-
-def docker_config_path(env: Mapping[str, str]) -> Path:
-    return Path(env.get("DOCKER_CONFIG") or Path.home() / ".docker").expanduser() / "config.json"
-
-
-def logged_in_hosts(env: Mapping[str, str], run: Callable[..., Any] = subprocess.run) -> tuple[set[str], str]:
-    """Registries the Docker configuration has credentials for (no secret is read), and where from."""
-    path = docker_config_path(env)
-    try:
-        config = jsonlib.loads(path.read_text())
-    except FileNotFoundError:
-        return set(), f"{path} does not exist"
-    except (OSError, ValueError) as e:
-        return set(), f"{path} cannot be read: {e}"
-    hosts = {_normalise(s) for s, entry in (config.get("auths") or {}).items() if entry}
-    hosts |= {_normalise(s) for s in (config.get("credHelpers") or {})}
-    store = config.get("credsStore")
-    if store:  # `docker-credential-X list` names the servers it holds, never their secrets
-        try:
-            done = run([f"docker-credential-{store}", "list"], capture_output=True, text=True, timeout=TIMEOUT_S)
-            hosts |= {_normalise(s) for s in jsonlib.loads(done.stdout or "{}")}
-        except (OSError, ValueError, subprocess.SubprocessError):
-            pass
-    return hosts, str(path)
-
-
 def registry_login(job: Any, env: dict[str, str]) -> Check:
     name = "registry login"
     push_to = job.spec.image.push_to if job is not None else None
@@ -220,20 +180,22 @@ def registry_login(job: Any, env: dict[str, str]) -> Check:
         if job is not None and job.backend == "runpod" and not job.spec.image.name:
             return Check(name, FAIL, "a RunPod job needs an image in a registry",
                          "set image.push_to: REGISTRY/REPO (and `docker login REGISTRY`), or image.name", True)
-        hosts, where = logged_in_hosts(env)
-        listed = ", ".join(sorted(hosts)) or "none"
+        logins = docker_logins(env)
+        listed = ", ".join(sorted(logins.hosts)) or "none"
         return Check(name, SKIP, f"no image.push_to to check{' (no job given)' if job is None else ''}; "
                                  f"logged in to: {listed}")
     host = registry_host(push_to)
-    from runner.preflight import placeholder
 
     if placeholder(push_to) or "<" in push_to:
         return Check(name, FAIL, f"image.push_to is still a placeholder ({push_to})",
                      "set it to a repository you can push to, e.g. ghcr.io/<you>/spot-runner", True)
-    hosts, where = logged_in_hosts(env)
-    if host in hosts:
-        return Check(name, OK, f"{host}: credentials in {where} (for {push_to})", needed=True)
-    return Check(name, FAIL, f"{host}: no credentials in {where} (image.push_to: {push_to})",
+    logins = docker_logins(env)
+    if host in logins.hosts:
+        return Check(name, OK, f"{host}: credentials in {logins.where} (for {push_to})", needed=True)
+    if logins.has(host):
+        return Check(name, OK, f"{host}: may be in the credential store {logins.unlisted_store!r}, whose helper "
+                               f"could not list its servers (for {push_to})", needed=True)
+    return Check(name, FAIL, f"{host}: no credentials in {logins.where} (image.push_to: {push_to})",
                  f"docker login {host if host != DOCKER_HUB else ''}".rstrip(), True)
 
 

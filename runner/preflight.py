@@ -30,8 +30,9 @@ NETWORK_DEADLINE_S = float(os.environ.get("RUNNER_PREFLIGHT_TIMEOUT_S", "8"))
 #: What people leave in a template for the user to replace (one path component of an image reference).
 _PLACEHOLDER = re.compile(r"^(?:your[-_]?[a-z0-9_-]*|<[^>]*>|\{[^}]*\}|changeme|change[-_]me|username|user[-_]name|"
                           r"xxx+|todo|fixme)$", re.IGNORECASE)
-#: Where Docker Hub's credentials are filed in the Docker configuration.
-_DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/")
+DOCKER_HUB = "docker.io"
+#: Docker Hub's other names, as image references and the Docker configuration spell them.
+_DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 
 @dataclass
@@ -245,11 +246,12 @@ def image_available(client: Any, ref: str, what: str) -> list[str]:
 
 # --- registries ------------------------------------------------------------------------------------
 def registry_host(repository: str) -> str:
-    """The registry a repository reference lives on (``docker.io`` when the first part names no host)."""
+    """The registry a repository reference lives on (``docker.io`` when the first part names no host, and for
+    Docker Hub's other names)."""
     first, sep, _rest = repository.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
+        return _server_host(first)
+    return DOCKER_HUB
 
 
 def _registry(push_to: str, where: str) -> list[str]:
@@ -266,8 +268,8 @@ def _registry(push_to: str, where: str) -> list[str]:
     if status is None:
         return [f"{where}: image.push_to: the registry {host} does not answer from this machine ({why}); check the "
                 f"name and the network, or push somewhere this machine reaches"]
-    if status == 401 and not has_credentials(host):
-        return [f"{where}: image.push_to: {host} wants credentials and the Docker configuration ({docker_config_path()}) "
+    if status == 401 and not (logins := docker_logins()).has(host):
+        return [f"{where}: image.push_to: {host} wants credentials and the Docker configuration ({logins.where}) "
                 f"has none for it; run `docker login {host}` (the runner never reads credentials from the job file)"]
     return []
 
@@ -295,19 +297,52 @@ def ping_registry(host: str, timeout: float = NETWORK_DEADLINE_S / 2) -> tuple[i
     return None, why
 
 
-def docker_config_path() -> Path:
-    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+# --- what `docker login` stored ----------------------------------------------------------------------
+def docker_config_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("DOCKER_CONFIG") or Path.home() / ".docker").expanduser() / "config.json"
 
 
-def has_credentials(host: str) -> bool:
-    """Whether ``docker login`` stored credentials for ``host`` (or a credential store may hold them)."""
+def _server_host(server: str) -> str:
+    """``https://index.docker.io/v1/`` -> ``docker.io``; ``https://ghcr.io`` -> ``ghcr.io``."""
+    host = server.split("://", 1)[-1].split("/", 1)[0]
+    return DOCKER_HUB if host in _DOCKER_HUB_NAMES else host
+
+
+@dataclass(frozen=True)
+class DockerLogins:
+    """The registries the Docker configuration holds credentials for; no secret is ever read."""
+
+    hosts: frozenset[str]
+    #: The configuration file, or why it could not be read.
+    where: str
+    #: A ``credsStore`` whose helper could not list its servers: it may hold credentials for any registry.
+    unlisted_store: str | None = None
+
+    def has(self, host: str) -> bool:
+        return _server_host(host) in self.hosts or self.unlisted_store is not None
+
+
+def docker_logins(env: Mapping[str, str] | None = None, run: Callable[..., Any] | None = None) -> DockerLogins:
+    """What ``docker login`` stored: ``auths`` entries, ``credHelpers``, and the servers a ``credsStore``
+    lists (``docker-credential-X list`` names them, never their secrets)."""
+    import subprocess
+
+    path = docker_config_path(env)
     try:
-        config = json.loads(docker_config_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    names = set(_DOCKER_HUB) if host in _DOCKER_HUB else {host, f"https://{host}", f"http://{host}"}
-    auths = {k.rstrip("/").removeprefix("https://").removeprefix("http://") for k in config.get("auths") or {}}
-    plain = {n.rstrip("/").removeprefix("https://").removeprefix("http://") for n in names}
-    if plain & auths or names & set(config.get("credHelpers") or {}):
-        return True
-    return bool(config.get("credsStore"))  # a store (desktop, pass, secretservice) keeps them where we cannot look
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return DockerLogins(frozenset(), f"{path} does not exist")
+    except (OSError, ValueError) as e:
+        return DockerLogins(frozenset(), f"{path} cannot be read: {e}")
+    hosts = {_server_host(s) for s, entry in (config.get("auths") or {}).items() if entry}
+    hosts |= {_server_host(s) for s in (config.get("credHelpers") or {})}
+    store, unlisted = config.get("credsStore"), None
+    if store:
+        try:
+            done = (run or subprocess.run)([f"docker-credential-{store}", "list"], capture_output=True, text=True,
+                                           timeout=NETWORK_DEADLINE_S)
+            hosts |= {_server_host(s) for s in json.loads(done.stdout or "{}")}
+        except (OSError, ValueError, subprocess.SubprocessError):
+            unlisted = store
+    return DockerLogins(frozenset(hosts), str(path), unlisted)

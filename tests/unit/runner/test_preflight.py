@@ -88,13 +88,16 @@ def test_the_registry_of_a_repository():
 
 def test_credentials_are_looked_up_where_docker_login_stores_them(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    assert not preflight.has_credentials("ghcr.io")  # no configuration at all
+    def has(host: str) -> bool:
+        return preflight.docker_logins().has(host)
+
+    assert not has("ghcr.io")  # no configuration at all
     (tmp_path / "config.json").write_text(json.dumps({"auths": {"https://ghcr.io": {"auth": "eDp5"}}}))
-    assert preflight.has_credentials("ghcr.io") and not preflight.has_credentials("quay.io")
+    assert has("ghcr.io") and not has("quay.io")
     (tmp_path / "config.json").write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": "eDp5"}}}))
-    assert preflight.has_credentials("docker.io") and not preflight.has_credentials("ghcr.io")
+    assert has("docker.io") and not has("ghcr.io")
     (tmp_path / "config.json").write_text(json.dumps({"credHelpers": {"123.dkr.ecr.us-east-1.amazonaws.com": "ecr"}}))
-    assert preflight.has_credentials("123.dkr.ecr.us-east-1.amazonaws.com")
+    assert has("123.dkr.ecr.us-east-1.amazonaws.com")
 
 
 def test_a_registry_that_does_not_answer_is_named_without_the_repository(tmp_path: Path, monkeypatch):

@@ -69,7 +69,9 @@ class Listing:
 
 
 @dataclass(frozen=True)
-class _Object:
+class RemoteObject:
+    """One object of a dataset location in S3, as listed."""
+
     rel: str  # relative to the folder ("" for a single object: its base name is used)
     key: str
     size: int
@@ -108,11 +110,36 @@ def local_path(location: str, cache_dir: str | Path | None = None, *, progress: 
     bucket = open_bucket(location)
     try:
         kind, objects = _list(bucket, location)
-        folder = data_cache_root(cache_dir) / _cache_name(location, bucket.endpoint)
-        _Sync(bucket, location, folder, objects, progress).run()
+        folder = _fetch(bucket, location, objects, data_cache_root(cache_dir), progress)
     finally:
         bucket.close()
     return folder if kind == "folder" else folder / objects[0].rel
+
+
+def list_remote(location: str) -> list[RemoteObject]:
+    """The objects an ``s3://`` data location holds (a single object: a list of one)."""
+    bucket = open_bucket(location)
+    try:
+        return _list(bucket, location)[1]
+    finally:
+        bucket.close()
+
+
+def fetch_remote(location: str, objects: list[RemoteObject], under: str | Path) -> Path:
+    """Some of ``location``'s objects (from :func:`list_remote`), downloaded into their own cache folder
+    below ``under`` in the data cache (so a partial copy never passes for the whole dataset); reused
+    when unchanged. Returns that folder, which holds them at their relative paths."""
+    bucket = open_bucket(location)
+    try:
+        return _fetch(bucket, location, objects, data_cache_root() / under, None)
+    finally:
+        bucket.close()
+
+
+def _fetch(bucket: Any, location: str, objects: list[RemoteObject], root: Path, progress: bool | None) -> Path:
+    folder = root / _cache_name(location, bucket.endpoint)
+    _Sync(bucket, location, folder, objects, progress).run()
+    return folder
 
 
 def list_location(location: str, base: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Listing:
@@ -207,7 +234,7 @@ def _environment(environ: Mapping[str, str] | None) -> Iterator[None]:
             os.environ.update(saved)
 
 
-def _list(bucket: Any, location: str) -> tuple[Literal["file", "folder"], list[_Object]]:
+def _list(bucket: Any, location: str) -> tuple[Literal["file", "folder"], list[RemoteObject]]:
     """What ``location`` names: ("file", [one object]) or ("folder", [objects, sorted])."""
     key = urlparse(location).path.lstrip("/")
     pattern = None
@@ -225,7 +252,7 @@ def _list(bucket: Any, location: str) -> tuple[Literal["file", "folder"], list[_
             o = exact[0]
             sidecar = key + CHECKSUM_SUFFIX
             has_sidecar = any(x["Key"] == sidecar for x in raw)
-            return "file", [_Object(key.rsplit("/", 1)[-1], key, int(o["Size"]), o["ETag"].strip('"'),
+            return "file", [RemoteObject(key.rsplit("/", 1)[-1], key, int(o["Size"]), o["ETag"].strip('"'),
                                     sidecar if has_sidecar else None)]
         prefix = key + "/"  # s3://b/folder without the slash: the folder
         raw = [o for o in raw if o["Key"].startswith(prefix)]
@@ -244,7 +271,7 @@ def _list(bucket: Any, location: str) -> tuple[Literal["file", "folder"], list[_
             raise StorageError(f"{location}: object {o['Key']!r} has a path that would leave the cache folder; "
                                "rename it in the bucket")
         sidecar = o["Key"] + CHECKSUM_SUFFIX
-        objects.append(_Object(rel, o["Key"], int(o["Size"]), o["ETag"].strip('"'),
+        objects.append(RemoteObject(rel, o["Key"], int(o["Size"]), o["ETag"].strip('"'),
                                sidecar if sidecar in keys else None))
     if not objects:
         if pattern:
@@ -292,7 +319,7 @@ def _sidecar_sha256(raw: bytes | None) -> str | None:
 class _Sync:
     """Make ``folder`` hold exactly ``objects``, downloading only what its manifest cannot vouch for."""
 
-    def __init__(self, bucket: Any, location: str, folder: Path, objects: list[_Object], progress: bool | None):
+    def __init__(self, bucket: Any, location: str, folder: Path, objects: list[RemoteObject], progress: bool | None):
         self.bucket, self.location, self.folder, self.objects = bucket, location, folder, objects
         self.progress = progress
         self.manifest_path = folder / MANIFEST
@@ -353,10 +380,10 @@ class _Sync:
                 removed += 0 if path.name.startswith(".") else 1
         return removed
 
-    def _classify(self) -> tuple[list[_Object], list[_Object]]:
+    def _classify(self) -> tuple[list[RemoteObject], list[RemoteObject]]:
         """(kept, to download): a file is kept when its object is unchanged since it was downloaded
         and its bytes still hash to what was written then."""
-        def intact(o: _Object) -> bool:
+        def intact(o: RemoteObject) -> bool:
             entry = self.entries.get(o.rel)
             path = self.folder / o.rel
             if not entry or entry.get("etag") != o.etag or entry.get("size") != o.size:
@@ -379,7 +406,7 @@ class _Sync:
             self.entries.pop(o.rel, None)
         return keep, fetch
 
-    def _download(self, objects: list[_Object]) -> None:
+    def _download(self, objects: list[RemoteObject]) -> None:
         if not objects:
             return
         from tqdm import tqdm
@@ -387,7 +414,7 @@ class _Sync:
         bar = tqdm(total=sum(o.size for o in objects), unit="B", unit_scale=True, unit_divisor=1024,
                    desc=f"download {self.location}", disable=None if self.progress is None else not self.progress)
 
-        def one(o: _Object) -> None:
+        def one(o: RemoteObject) -> None:
             dest = self.folder / o.rel
             got = self.bucket.get_file_sha256(o.key, dest)  # temp name, renamed into place when whole
             if got is None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from trainer.config import Data, resolve_path
-from trainer.dataset_cache import is_remote
+from trainer.dataset_cache import RemoteObject, fetch_remote, is_remote, list_remote
 
 MAX_FILES = 64
 MAX_BYTES = 16 * 2**20
@@ -37,7 +36,7 @@ class _File:
     rel: str  # relative path inside its entry (what a MIDI label is read from)
     size: int
     local: Path | None = None  # a local file
-    obj: Any = None  # an S3 object (trainer.dataset_cache._Object)
+    obj: RemoteObject | None = None  # an S3 object
 
 
 def slice_data(data: Data, job_path: str | Path, folder: Path) -> Slice:
@@ -72,15 +71,7 @@ def slice_data(data: Data, job_path: str | Path, folder: Path) -> Slice:
 
 def _list(location: str, midi: bool) -> list[_File]:
     if is_remote(location):
-        from trainer.dataset_cache import _list as list_objects
-        from trainer.dataset_cache import open_bucket
-
-        bucket = open_bucket(location)
-        try:
-            _kind, objects = list_objects(bucket, location)
-        finally:
-            bucket.close()
-        files = [_File(o.rel or Path(o.key).name, o.size, obj=o) for o in objects]
+        files = [_File(o.rel or Path(o.key).name, o.size, obj=o) for o in list_remote(location)]
         return [f for f in files if not midi or Path(f.rel).suffix.lower() in MIDI_SUFFIXES]
     path = Path(location)
     if path.is_dir():
@@ -115,14 +106,7 @@ def _materialise(location: str, files: list[_File], folder: Path, midi: bool) ->
     """A folder holding ``files`` at their relative paths: links to local files, or the S3 objects
     downloaded into the smoke's own cache (reused by the next smoke run of the same data)."""
     if files[0].local is None:
-        from trainer.dataset_cache import _cache_name, _Sync, data_cache_root, open_bucket
-
-        bucket = open_bucket(location)
-        try:
-            cache = data_cache_root() / "smoke" / _cache_name(location, bucket.endpoint)
-            _Sync(bucket, location, cache, [f.obj for f in files], progress=None).run()
-        finally:
-            bucket.close()
+        cache = fetch_remote(location, [f.obj for f in files if f.obj is not None], under="smoke")
         if midi:
             return str(cache)
         folder.mkdir(parents=True, exist_ok=True)

@@ -188,6 +188,7 @@ class CheckpointManager:
         self.on_progress: Callable[[int | None, str | None], None] | None = None
         self._last_size = 0
         self.superseded = 0  # snapshots that a newer one replaced before they were written
+        self._prefetch: _Prefetch | None = None
         self.last_stall_s = 0.0
         self.last_write_s = 0.0
         self._thread = threading.Thread(target=self._writer, name="checkpoint-writer", daemon=True)
@@ -380,6 +381,15 @@ class CheckpointManager:
     # --- loading --------------------------------------------------------------------------------
     def load(self) -> tuple[dict[str, Any], str] | None:
         """The newest checkpoint under the run URI that verifies, and its key; None for a fresh run."""
+        self._prefetch = _Prefetch.start(self.storage)
+        try:
+            return self._load()
+        finally:
+            if self._prefetch is not None:
+                self._prefetch.close()
+                self._prefetch = None
+
+    def _load(self) -> tuple[dict[str, Any], str] | None:
         keys = set(self.storage.list(contract.CHECKPOINT_DIR + "/"))
         candidates = [k for k in keys if k == contract.LATEST or contract.parse_step_checkpoint(k) is not None]
         records: list[tuple[int, bool, str, dict]] = []
@@ -452,6 +462,9 @@ class CheckpointManager:
         try:
             if path is not None:
                 digest, size = checksums.file_digest(path, algo)
+            elif key == contract.LATEST and self._prefetch is not None and (
+                    fetched := self._prefetch.take(algo, expected, record["size"])) is not None:
+                digest, size = fetched[1].digest, fetched[1].size
             elif (get_in_memory := getattr(self.storage, "get_in_memory", None)) is not None:
                 # S3: into memory, hashed while it arrives, then loaded without a copy.
                 fetched = get_in_memory(key, checksums.maker(algo))
@@ -485,6 +498,57 @@ class CheckpointManager:
                 fetched[0].close()  # the tensors made from it keep its pages
             if downloaded is not None:
                 downloaded.unlink(missing_ok=True)
+
+
+class _Prefetch:
+    """``latest.pt`` downloaded from a remote store while ``load`` lists the checkpoints and reads its record:
+    on a fast link those two requests are a fair share of a resume. Hashed as it arrives with the checksum
+    writers record first; used only when the record then names exactly those bytes, else dropped."""
+
+    ALGO = checksums.PREFERRED[0]
+
+    def __init__(self, storage: Storage) -> None:
+        self._result: tuple[Any, Any] | None = None
+        self._error: BaseException | None = None
+        self._taken = False
+        get_in_memory = storage.get_in_memory  # type: ignore[attr-defined]
+
+        def fetch() -> None:
+            try:
+                self._result = get_in_memory(contract.LATEST, checksums.maker(self.ALGO))
+            except BaseException as e:  # the regular path will meet it again and say it properly
+                self._error = e
+
+        self._thread = threading.Thread(target=fetch, name="prefetch-latest", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(cls, storage: Storage) -> _Prefetch | None:
+        remote = storage.local_path(contract.LATEST) is None and callable(getattr(storage, "get_in_memory", None))
+        return cls(storage) if remote else None
+
+    def take(self, algo: str, digest: str, size: int) -> tuple[Any, Any] | None:
+        """The prefetched ``(buffer, fetched)`` when its bytes are the ones the record names; None otherwise
+        (not there, failed, another checksum recorded, or replaced since: the caller downloads it again)."""
+        if self._taken:
+            return None
+        self._taken = True
+        self._thread.join()
+        got, self._result = self._result, None
+        if got is None:
+            return None
+        if algo != self.ALGO or got[1].digest != digest or got[1].size != size:
+            log.info("%s changed while it was prefetched; downloading it again", contract.LATEST)
+            got[0].close()
+            return None
+        return got
+
+    def close(self) -> None:
+        self._taken = True
+        self._thread.join()
+        if self._result is not None:
+            self._result[0].close()
+            self._result = None
 
 
 class _ViewFile(io.RawIOBase):

@@ -3,6 +3,7 @@ deadline when the store stalls, and a resume from the bucket falls back past a c
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,3 +102,46 @@ def test_a_new_machine_falls_back_past_corrupt_checkpoints(env: S3Server, tmp_pa
     assert found is not None and found[1] == contract.step_checkpoint(1) and found[0]["step"] == 1
     # Nothing of the failed downloads is left in the cache.
     assert not [p for p in (tmp_path / "machine-c").rglob("*") if p.is_file()]
+
+
+def test_a_resume_downloads_latest_once_while_it_lists_and_reads_the_record(env: S3Server, proxy: FaultProxy,
+                                                                            tmp_path: Path) -> None:
+    """latest.pt is fetched alongside the list and its checksum record (two requests that are a fair share of a
+    resume on a fast link), and those prefetched bytes are the ones loaded: it crosses the network once."""
+    mgr = manager(env, tmp_path / "cache")
+    for step in (1, 2):
+        mgr.save(step, state(step))
+        assert mgr.flush(timeout=60)
+    mgr.close()
+    first = len(proxy.seen)
+    found = manager(env, tmp_path / "machine-b").load()
+    assert found is not None and found[1] == contract.LATEST and found[0]["step"] == 2
+    assert torch.equal(found[0]["model"]["w"], state(2)["model"]["w"])
+    resume = proxy.seen[first:]
+    whole_gets = [n for n, method, target in resume
+                  if method == "GET" and target.split("?")[0].endswith("/" + contract.LATEST) and n not in proxy.ranges]
+    assert len(whole_gets) == 1, resume
+    assert any(method == "GET" and "list-type" in target for _n, method, target in resume), resume
+
+
+def test_prefetched_bytes_that_are_not_the_records_are_never_loaded(env: S3Server, tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The prefetch is checked against the record read after it: bytes that are not the record's are dropped and
+    latest.pt read again, so a checkpoint written meanwhile (or a torn one) is never loaded unverified."""
+    caplog.set_level(logging.INFO, logger="trainer")
+    mgr = manager(env, tmp_path / "cache")
+    for step in (1, 2):
+        mgr.save(step, state(step))
+        assert mgr.flush(timeout=60)
+    mgr.close()
+    client = env.client()
+    record_key = "run/" + contract.LATEST + contract.CHECKSUM_SUFFIX
+    record = client.get_object(Bucket=env.bucket, Key=record_key)["Body"].read()
+    # latest.pt holds step 1's bytes while its record names step 2's: what a prefetch that raced a writer sees.
+    client.copy_object(Bucket=env.bucket, Key="run/" + contract.LATEST,
+                       CopySource={"Bucket": env.bucket, "Key": "run/" + contract.step_checkpoint(1)})
+    client.put_object(Bucket=env.bucket, Key=record_key, Body=record)
+    found = manager(env, tmp_path / "machine-b").load()
+    assert found is not None and found[0]["step"] == 2 and found[1] == contract.step_checkpoint(2)
+    assert "changed while it was prefetched" in caplog.text
+    assert "skipping checkpoints/latest.pt: its bytes do not match its checksum" in caplog.text  # read again: the same

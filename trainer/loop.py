@@ -27,6 +27,7 @@ from trainer.loader import Batches
 from trainer.recipes import Recipe, build_recipe
 from trainer.reporter import Reporter
 from trainer.signals import StopRequest
+from trainer.step import Stepper
 from trainer.storage import Storage
 
 log = logging.getLogger("trainer")
@@ -352,7 +353,13 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
     model.train()
     window_t0, window_tokens = time.perf_counter(), 0
     outcome: Outcome | None = None
-    over_limit, before_streak = 0, None  # steps in a row above guard.stop_grad_norm, and the state before them
+    stepper = Stepper(optimizer, scaler, ema, trainable, cfg.grad_clip, cfg.guard)
+    before_streak: tuple[int, dict[str, Any]] | None = None  # the state before a streak above guard.stop_grad_norm
+
+    def streak_starts() -> None:  # the state no over-limit gradient has touched yet: the last good one
+        nonlocal before_streak
+        before_streak = (step, to_cpu_copy(state()))
+
     try:
         while step < max_steps and not progress.early_stopped:  # early_stopped: a resume after an early stop
             # Storage that refuses for good (rank 0's writers; the other ranks stop with it): steps
@@ -382,46 +389,23 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
             train_loss, stop_now, save_due = distributed.step_consensus(
                 loss_sum / cfg.grad_accum, stop.requested, world.is_main and checkpoints.due(step + 1), world)
 
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or math.inf).item()
-            finite = math.isfinite(train_loss) and math.isfinite(grad_norm)
-            # fp16: gradients that overflow while the loss is finite are how the scaler finds its scale; such
-            # a step is skipped and the scale halved, without counting against the guard until the scale is
-            # below 1 (then the unscaled gradients overflow fp16 and halving further cannot help).
-            overflow = not finite and scaler is not None and math.isfinite(train_loss) and scaler.get_scale() >= 1
-            limit = cfg.guard.stop_grad_norm
-            if finite and limit is not None and grad_norm > limit:
-                if not over_limit:  # the state no over-limit gradient has touched yet: the last good one
-                    before_streak = (step, to_cpu_copy(state()))
-                over_limit += 1
-                if over_limit >= cfg.guard.stop_grad_norm_in_a_row:  # this step's gradient is not applied
-                    good_step, snapshot = before_streak
-                    written = world.is_main and _guard_checkpoint(checkpoints, good_step, snapshot)
-                    raise GradNormStop(
-                        f"step {step + 1}: gradient norm {grad_norm:.4g}; {over_limit} steps in a row above "
-                        f"guard.stop_grad_norm {limit:g}: the run stopped and " +
-                        (f"the last good state (step {good_step}) is in {contract.LATEST}" if written
-                         else f"the last good state could not be written: {checkpoints.last_error}")
-                        + "; lower the learning rate, check the data, or raise guard.stop_grad_norm (null turns it off)")
-            elif finite:
-                over_limit, before_streak = 0, None
-            if finite:
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                if ema:
-                    ema.update()
+            applied = stepper.apply(train_loss, streak_starts)
+            grad_norm = applied.grad_norm
+            if applied.refused:  # this step's gradient is not applied
+                good_step, snapshot = before_streak
+                written = world.is_main and _guard_checkpoint(checkpoints, good_step, snapshot)
+                raise GradNormStop(
+                    f"step {step + 1}: gradient norm {grad_norm:.4g}; {stepper.over_limit} steps in a row above "
+                    f"guard.stop_grad_norm {cfg.guard.stop_grad_norm:g}: the run stopped and " +
+                    (f"the last good state (step {good_step}) is in {contract.LATEST}" if written
+                     else f"the last good state could not be written: {checkpoints.last_error}")
+                    + "; lower the learning rate, check the data, or raise guard.stop_grad_norm (null turns it off)")
+            if applied.finite:
                 progress.nonfinite_in_a_row = 0
-            elif overflow:
-                scaler.update()  # records the overflow: halves the scale (the step itself is skipped)
+            elif applied.overflow:
                 log.info("step %d skipped: fp16 gradients overflowed, loss scale lowered to %g", step + 1,
                          scaler.get_scale())
             else:
-                if scaler:
-                    scaler.update()  # unscale_ was called: the scaler must be told the step is over
                 progress.nonfinite_in_a_row += 1
                 log.warning("step %d skipped: loss %s, gradient norm %s (%d non-finite in a row)",
                             step + 1, train_loss, grad_norm, progress.nonfinite_in_a_row)
@@ -431,10 +415,9 @@ def train(cfg: TrainConfig, job_path: str | Path, storage: Storage, stop: StopRe
                         f"(last: loss {train_loss}, gradient norm {grad_norm}); lower the learning rate, "
                         f"use bf16 instead of fp16, or check the data"
                     )
-            optimizer.zero_grad(set_to_none=True)
             step += 1
             stop.steps_done = step
-            if finite and grad_norm > cfg.guard.warn_grad_norm:
+            if applied.finite and grad_norm > cfg.guard.warn_grad_norm:
                 log.warning("step %d: gradient norm %.1f is above %.0f (clipped to %s)", step, grad_norm,
                             cfg.guard.warn_grad_norm, cfg.grad_clip)
 

@@ -42,6 +42,7 @@ from trainer.loop import (
     seed_everything,
     trainable_state,
 )
+from trainer.step import Stepper
 
 log = logging.getLogger("trainer")
 
@@ -135,6 +136,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     trainable = [p for p in model.parameters() if p.requires_grad]
+    stepper = Stepper(optimizer, scaler, ema, trainable, cfg.grad_clip, cfg.guard)
     n = len(recipe.train_set)
     n_whole = round(n / fraction)  # the examples of the whole data, for a length in epochs
     job_steps = cfg.max_steps or (math.ceil(cfg.epochs * ((n_whole // processes) // job_batch) / cfg.grad_accum)
@@ -151,7 +153,7 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
                      f"learning rate ({cfg.optimizer.lr:g})")
         warmup = compressed
     sched_cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"warmup_steps": warmup})})
-    limit, over_limit, spikes = cfg.guard.stop_grad_norm, 0, []
+    limit, spikes = cfg.guard.stop_grad_norm, []
 
     batch = min(job_batch, n) if n else job_batch
     if batch < job_batch:
@@ -194,39 +196,21 @@ def _smoke(cfg: TrainConfig, job: str, out: Path, steps: int, seconds: float, pr
             batches.close()
             batches = Batches(recipe, _sampler(n, batch, cfg.seed), cfg.loader, device)
             continue
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or math.inf).item()
-        finite = math.isfinite(train_loss) and math.isfinite(grad_norm)
-        overflow = not finite and scaler is not None and math.isfinite(train_loss) and scaler.get_scale() >= 1
-        if finite:
+        applied = stepper.apply(train_loss)  # the same step, clipping and guards as a real run
+        grad_norm = applied.grad_norm
+        if applied.finite:
             grad_norms.append((grad_norm, step + 1))
-        if finite and limit is not None and grad_norm > limit:  # as the loop's guard: clipped until too many in a row
-            over_limit += 1
-            spikes.append(step + 1)
-            if over_limit >= cfg.guard.stop_grad_norm_in_a_row:
-                losses.append(train_loss)
-                stopped_by = "grad_norm"
-                break
-        elif finite:
-            over_limit = 0
-        if finite:
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if ema:
-                ema.update()
+            if limit is not None and grad_norm > limit:
+                spikes.append(step + 1)
+        if applied.refused:
+            losses.append(train_loss)
+            stopped_by = "grad_norm"
+            break
+        if applied.finite:
             in_a_row = 0
-        elif overflow:
-            scaler.update()
-        else:
-            if scaler:
-                scaler.update()
+        elif not applied.overflow:
             nonfinite.append(step + 1)
             in_a_row += 1
-        optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         losses.append(train_loss if math.isfinite(train_loss) else None)
         tokens_per_step.append(tokens)

@@ -40,12 +40,36 @@ def chaos_job(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(chaos_job, tmp_path_factory) -> str:
-    """sha256 of the final weights of an uninterrupted run."""
+def reference_run(chaos_job, tmp_path_factory) -> Path:
+    """An uninterrupted run of the chaos job."""
     run = tmp_path_factory.mktemp("reference")
     result = run_trainer(chaos_job, str(run))
     assert result.returncode == 0, result.stderr[-3000:]
-    return sha256_of(final_weights(run))
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> str:
+    """sha256 of the final weights of an uninterrupted run."""
+    return sha256_of(final_weights(reference_run))
+
+
+_STEP_LINE = re.compile(r"step (\d+)/\d+ loss (\S+) lr \S+ grad norm (\S+)")
+
+
+def first_divergence(run: Path, reference_run: Path) -> str:
+    """Where a resumed run's logged steps first differ from the uninterrupted run's (for a failure's message):
+    before the resume, the interrupted attempt already computed something else; after it, the resume did."""
+    def logged(folder: Path) -> dict[int, tuple[str, str]]:
+        text = (folder / contract.TRAINER_LOG).read_text(errors="replace")
+        return {int(m.group(1)): (m.group(2), m.group(3)) for m in _STEP_LINE.finditer(text)}  # the last wins
+
+    mine, ref = logged(run), logged(reference_run)
+    resumes = re.findall(r"resuming from (\S+) \(step (\d+)", (run / contract.TRAINER_LOG).read_text(errors="replace"))
+    for step in sorted(ref):
+        if mine.get(step) != ref[step]:
+            return f"first logged difference at step {step}: {mine.get(step)} vs {ref[step]}; resumes: {resumes}"
+    return f"every logged step's loss and gradient norm match the reference; resumes: {resumes}"
 
 
 def test_same_seed_same_job_gives_identical_weights(chaos_job, reference, tmp_path):
@@ -76,7 +100,7 @@ def _status(run: Path) -> dict | None:
         return None
 
 
-def test_sigkill_at_random_moments_and_mid_checkpoint_resumes_bit_for_bit(chaos_job, reference, tmp_path):
+def test_sigkill_at_random_moments_and_mid_checkpoint_resumes_bit_for_bit(chaos_job, reference, reference_run, tmp_path):
     run = tmp_path / "run"
     log = tmp_path / "trainer.out"
     rng = random.Random(20261122)
@@ -107,7 +131,7 @@ def test_sigkill_at_random_moments_and_mid_checkpoint_resumes_bit_for_bit(chaos_
 
     result = run_trainer(chaos_job, str(run))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sha256_of(final_weights(run)) == reference
+    assert sha256_of(final_weights(run)) == reference, first_divergence(run, reference_run)
 
     trainer_log = (run / contract.TRAINER_LOG).read_text()
     resumes = re.findall(r"resuming from (\S+) \(step (\d+), xxh3_128 \S+ verified\)", trainer_log)
@@ -118,7 +142,8 @@ def test_sigkill_at_random_moments_and_mid_checkpoint_resumes_bit_for_bit(chaos_
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_writes_emergency_checkpoint_and_loses_at_most_one_step(chaos_job, reference, tmp_path, sig):
+def test_stop_signal_writes_emergency_checkpoint_and_loses_at_most_one_step(chaos_job, reference, reference_run,
+                                                                             tmp_path, sig):
     run = tmp_path / "run"
     log = tmp_path / "trainer.out"
     proc = start_trainer(chaos_job, str(run), log_path=log)
@@ -145,7 +170,9 @@ def test_stop_signal_writes_emergency_checkpoint_and_loses_at_most_one_step(chao
     result = run_trainer(chaos_job, str(run))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from checkpoints/latest.pt (step {saved_step}" in (run / contract.TRAINER_LOG).read_text()
-    assert sha256_of(final_weights(run)) == reference
+    assert sha256_of(final_weights(run)) == reference, (
+        f"emergency checkpoint at step {saved_step}, signal after step {signal_step}; "
+        f"{first_divergence(run, reference_run)}")
 
 
 def test_a_finished_run_exits_zero_at_once_and_touches_nothing(chaos_job, tmp_path):

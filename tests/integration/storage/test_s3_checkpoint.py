@@ -83,13 +83,18 @@ def test_flush_and_close_keep_their_deadline_when_the_store_stalls(env: S3Server
     assert proxy.counts()["stall"] >= 1
 
 
-def test_a_new_machine_falls_back_past_corrupt_checkpoints(env: S3Server, tmp_path: Path,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
-    mgr = manager(env, tmp_path / "cache")
-    for step in (1, 2):
+def save_steps(env: S3Server, cache: Path, *steps: int) -> None:
+    """Checkpoints of ``steps``, each durable before the next, by a manager that is then closed."""
+    mgr = manager(env, cache)
+    for step in steps:
         mgr.save(step, state(step))
         assert mgr.flush(timeout=60)
     mgr.close()
+
+
+def test_a_new_machine_falls_back_past_corrupt_checkpoints(env: S3Server, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    save_steps(env, tmp_path / "cache", 1, 2)
     client = env.client()
     # Bytes that do not match their checksum, as a torn or damaged upload would leave them.
     client.put_object(Bucket=env.bucket, Key="run/" + contract.LATEST, Body=b"not a checkpoint")
@@ -108,11 +113,7 @@ def test_a_resume_downloads_latest_once_while_it_lists_and_reads_the_record(env:
                                                                             tmp_path: Path) -> None:
     """latest.pt is fetched alongside the list and its checksum record (two requests that are a fair share of a
     resume on a fast link), and those prefetched bytes are the ones loaded: it crosses the network once."""
-    mgr = manager(env, tmp_path / "cache")
-    for step in (1, 2):
-        mgr.save(step, state(step))
-        assert mgr.flush(timeout=60)
-    mgr.close()
+    save_steps(env, tmp_path / "cache", 1, 2)
     first = len(proxy.seen)
     found = manager(env, tmp_path / "machine-b").load()
     assert found is not None and found[1] == contract.LATEST and found[0]["step"] == 2
@@ -129,11 +130,7 @@ def test_prefetched_bytes_that_are_not_the_records_are_never_loaded(env: S3Serve
     """The prefetch is checked against the record read after it: bytes that are not the record's are dropped and
     latest.pt read again, so a checkpoint written meanwhile (or a torn one) is never loaded unverified."""
     caplog.set_level(logging.INFO, logger="trainer")
-    mgr = manager(env, tmp_path / "cache")
-    for step in (1, 2):
-        mgr.save(step, state(step))
-        assert mgr.flush(timeout=60)
-    mgr.close()
+    save_steps(env, tmp_path / "cache", 1, 2)
     client = env.client()
     record_key = "run/" + contract.LATEST + contract.CHECKSUM_SUFFIX
     record = client.get_object(Bucket=env.bucket, Key=record_key)["Body"].read()

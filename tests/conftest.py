@@ -3,7 +3,8 @@ they start real processes, servers or containers. ``pytest -m "not integration"`
 
 Tests that train a model end to end or build and run containers are marked ``slow`` here (or in their
 module): a plain ``pytest`` leaves them out so the README's test command ends in minutes on 2 cores;
-``pytest -m slow`` runs them and CI runs both."""
+``pytest -m slow`` runs them and CI runs both (the slow set on two workers, then the ``serial`` tests,
+which hold a time budget, alone; see .ci/run)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ def pytest_collection_modifyitems(config, items):
             where = "/".join(parts[parts.index("integration") + 1:])
             if where in SLOW_MODULES or any(m.endswith("/") and where.startswith(m) for m in SLOW_MODULES):
                 item.add_marker(pytest.mark.slow)
+            # Under `pytest -n N --dist loadgroup` (CI's slow run) a module stays on one worker, so its
+            # module-scoped fixtures are made once; the tests on the Docker engine share it, its images
+            # and its prune, so they all stay on one worker, one after another.
+            on_docker = where.startswith("docker/") or "docker_engine" in getattr(item, "fixturenames", ())
+            item.add_marker(pytest.mark.xdist_group("docker" if on_docker else where))
 
 
 @pytest.fixture

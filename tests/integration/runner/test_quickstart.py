@@ -7,18 +7,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures.jobs import ROOT
+from tests.readme_commands import readme_command
 
 
-def readme_first_command() -> str:
-    for line in (ROOT / "README.md").read_text().splitlines():
-        if line.strip().startswith("pip install"):
-            return line.strip()
-    raise AssertionError("README.md has no command")
-
-
+@pytest.mark.serial  # a time budget: not beside another test's load
 def test_the_readme_first_command_runs_the_quickstart_to_the_end(runner):
-    install, _, command = readme_first_command().partition(" && ")
+    install, _, command = readme_command("quickstart").partition(" && ")
     # The install half is what this machine already did; the rest runs exactly as written.
     assert install == "pip install torch==2.13.0 -e '.[train]'"
     assert command == "python -m runner submit jobs/quickstart.yaml"

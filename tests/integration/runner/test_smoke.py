@@ -17,6 +17,7 @@ from tests.fixtures.jobs import ROOT, make_job
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.serial  # a time budget: not beside another test's load
 def test_the_quickstart_smoke_answers_within_a_minute_with_a_falling_loss_and_a_projection(runner):
     load_before = os.getloadavg()[0]
     t0 = time.monotonic()

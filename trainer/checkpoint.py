@@ -63,17 +63,49 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
-def to_cpu_copy(obj: Any) -> Any:
-    """A deep copy of ``obj`` with every tensor cloned to CPU: safe to serialise while training goes on."""
+def to_cpu_copy(obj: Any, _copies: dict[tuple, torch.Tensor] | None = None) -> Any:
+    """A deep copy of ``obj`` with every tensor cloned to CPU: safe to serialise while training goes on.
+    Tensors that are one (a GPT's lm_head is its token embedding, under two names) stay one copy, so the
+    checkpoint says they are tied and holds them once."""
+    copies = {} if _copies is None else _copies
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        if obj.numel() == 0:
+            return obj.detach().to("cpu", copy=True)
+        same = (obj.device, obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), obj.stride(),
+                obj.dtype)
+        if same not in copies:
+            copies[same] = obj.detach().to("cpu", copy=True)
+        return copies[same]
     if isinstance(obj, dict):
-        return {k: to_cpu_copy(v) for k, v in obj.items()}
+        return {k: to_cpu_copy(v, copies) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [to_cpu_copy(v) for v in obj]
+        return [to_cpu_copy(v, copies) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(to_cpu_copy(v) for v in obj)
+        return tuple(to_cpu_copy(v, copies) for v in obj)
     return obj
+
+
+def evaluated_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A checkpoint's model state as the run evaluated it: with EMA on, the averaged weights, under every
+    name of a tied weight (the EMA keeps one, under the first name; the checkpoint holds the tensor once)."""
+    state = dict(payload["model"])
+    averaged = payload.get("ema")
+    if not isinstance(averaged, dict):
+        return state
+
+    def place(t: torch.Tensor) -> tuple:
+        return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype
+
+    names: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.numel():
+            names.setdefault(place(t), []).append(name)
+    for name, value in averaged.items():
+        if name in state:
+            tied = names.get(place(state[name]), [name]) if state[name].numel() else [name]
+            for alias in tied:
+                state[alias] = value
+    return state
 
 
 class DiskFull(StorageError):

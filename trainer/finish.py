@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from trainer import contract
-from trainer.checkpoint import trainable_state
+from trainer.checkpoint import evaluated_weights, trainable_state
 from trainer.config import TrainConfig
 from trainer.jobfile import load_yaml
 from trainer.recipes import Recipe
@@ -75,7 +75,7 @@ def finish(run: RunEnd) -> bool:
              f" ({', '.join(done_parts)} done already)" if done_parts else "")
     last = _last_weights(model, run.ema_shadow)
     best_payload = run.load_best()
-    best = _checkpoint_weights(best_payload) if best_payload is not None else None
+    best = evaluated_weights(best_payload) if best_payload is not None else None
     best_step = int(best_payload["step"]) if best_payload is not None else None
     if settings.final == "best" and best is None:
         why = "no validation data" if run.evaluate is None else f"{contract.BEST} is missing or does not verify"
@@ -158,13 +158,6 @@ def _last_weights(model: nn.Module, ema_shadow: Weights | None) -> Weights:
     """The last step's weights as the loop evaluated them: with EMA on, the averaged ones."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in trainable_state(model).items()}
     state.update({k: v.detach().to("cpu", copy=True) for k, v in (ema_shadow or {}).items() if k in state})
-    return state
-
-
-def _checkpoint_weights(payload: dict[str, Any]) -> Weights:
-    """A checkpoint's model state; with EMA on, the averaged weights it was evaluated with."""
-    state = dict(payload["model"])
-    state.update({k: v for k, v in (payload.get("ema") or {}).items() if k in state})
     return state
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from trainer import contract
-from trainer.checkpoint import sha256_file
+from trainer.checkpoint import evaluated_weights, sha256_file
 from trainer.config import TrainConfig, resolve_path
 from trainer.storage import Storage, open_storage
 
@@ -95,11 +95,8 @@ def fetch(name: str, uri: str, job_path: str | Path, download_dir: Path, expecte
         storage.close()
         if downloaded is not None:
             downloaded.unlink(missing_ok=True)
-    state = dict(payload["model"])
     # best.pt was chosen on the validation loss of the averaged weights when EMA was on: start from those.
-    ema = payload.get("ema")
-    if isinstance(ema, dict):
-        state.update({k: v for k, v in ema.items() if k in state})
+    state = evaluated_weights(payload)
     step = payload.get("step")
     log.info("init_from %s: %s (step %s, sha256 %s, %d bytes)", name, uri, step, digest, size)
     return InitWeights(name, uri, digest, size, int(step) if step is not None else None, state)

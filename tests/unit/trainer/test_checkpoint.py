@@ -283,3 +283,39 @@ def test_policy_needs_a_trigger():
             "model": {"recipe": "tiny_gpt"}, "data": {"format": "text", "train": "x"}, "max_steps": 1,
             "checkpoint": {"every_steps": None, "every_minutes": None},
         })
+
+
+class _Tied(torch.nn.Module):
+    """A GPT's shape in small: the output layer is the token embedding (one tensor, two names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = torch.nn.Embedding(8, 4)
+        self.head = torch.nn.Linear(4, 8, bias=False)
+        self.head.weight = self.wte.weight
+
+
+def test_a_tied_weight_is_saved_once_and_its_average_is_taken_under_both_names(tmp_path):
+    """With EMA on, the weights a run was evaluated with are the averaged ones: a tied weight's average
+    (kept under its first name) must reach the second name too, or loading puts the live values back."""
+    from trainer.checkpoint import evaluated_weights
+    from trainer.loop import EMA
+
+    model = _Tied()
+    ema = EMA(model, 0.5)
+    with torch.no_grad():
+        model.wte.weight.add_(1.0)  # live weights move away from the average
+    assert list(ema.shadow) == ["wte.weight"]
+    mgr = _manager(tmp_path)
+    mgr.save(1, {"step": 1, "model": model.state_dict(), "ema": ema.state_dict()})
+    assert mgr.flush(timeout=30)
+    mgr.close()
+    payload, _key = _manager(tmp_path).load()
+    saved = payload["model"]
+    assert saved["wte.weight"].untyped_storage().data_ptr() == saved["head.weight"].untyped_storage().data_ptr()
+    weights = evaluated_weights(payload)
+    assert torch.equal(weights["wte.weight"], ema.shadow["wte.weight"])
+    assert torch.equal(weights["head.weight"], ema.shadow["wte.weight"])
+    fresh = _Tied()
+    fresh.load_state_dict(weights)
+    assert torch.equal(fresh.head.weight, ema.shadow["wte.weight"])

@@ -11,17 +11,17 @@ Nothing here changes anything but a probe object it writes and deletes under the
 
 from __future__ import annotations
 
-import contextlib
 import json as jsonlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from runner.preflight import DOCKER_HUB, docker_logins, placeholder, registry_host
+from trainer.dataset_cache import s3_environment
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
 #: Seconds any one check may take (a hung endpoint must not hang the command).
@@ -102,19 +102,6 @@ def runpod_key(job: Any, env: dict[str, str]) -> Check:
 
 
 # --- S3 -------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """The trainer's S3 client reads its settings from ``os.environ`` when it is made: the job's stand in."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def s3_storage(job: Any, env: dict[str, str]) -> Check:
     name = "S3 storage"
     if job is None:
@@ -130,7 +117,7 @@ def s3_storage(job: Any, env: dict[str, str]) -> Check:
                    "TRAINER_S3_READ_TIMEOUT": str(int(TIMEOUT_S))}
     uri = root.rstrip("/")  # each run is a prefix under it, named when the job is submitted
     try:
-        with tempfile.TemporaryDirectory() as work, _environment(trainer_env):
+        with tempfile.TemporaryDirectory() as work, s3_environment(trainer_env):
             storage = open_storage(uri, cache_dir=work)
             try:
                 storage.check()  # the trainer's own probe: list, write and delete an object under the run
@@ -207,7 +194,7 @@ def docker_engine(job: Any, env: dict[str, str]) -> Check:
     from runner.backends import docker_client
     from runner.backends.base import BackendError
 
-    with _environment(env):
+    with s3_environment(env):
         host = docker_client.docker_host()
         try:
             client = docker_client.connect(timeout=int(TIMEOUT_S))

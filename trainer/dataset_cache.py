@@ -210,7 +210,7 @@ def open_bucket(location: str, environ: Mapping[str, str] | None = None) -> Any:
         raise StorageError(f"{location!r} names no bucket; expected s3://BUCKET/PREFIX/ or s3://BUCKET/KEY")
     # S3Storage reads its endpoint, region and keys from os.environ when it is made (the trainer's
     # way); the runner checks with the job's settings, so they stand in for that moment only.
-    with _environment(environ):
+    with s3_environment(environ):
         # Nothing is written into the work dir of a listing client; an existing folder will do.
         return DatasetBucket(f"s3://{parsed.netloc}", work_dir=tempfile.gettempdir())
 
@@ -219,7 +219,10 @@ _ENV_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _environment(environ: Mapping[str, str] | None) -> Iterator[None]:
+def s3_environment(environ: Mapping[str, str] | None) -> Iterator[None]:
+    """``os.environ`` replaced by ``environ`` for the block (None: left as it is): the trainer's S3 clients
+    read their settings from it when they are made, and a job's own environment stands in for the trainer's.
+    One block at a time in this process."""
     if environ is None:
         yield
         return

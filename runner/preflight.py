@@ -268,8 +268,8 @@ def _registry(push_to: str, where: str) -> list[str]:
     if status is None:
         return [f"{where}: image.push_to: the registry {host} does not answer from this machine ({why}); check the "
                 f"name and the network, or push somewhere this machine reaches"]
-    if status == 401 and not (logins := docker_logins()).has(host):
-        return [f"{where}: image.push_to: {host} wants credentials and the Docker configuration ({logins.where}) "
+    if status == 401 and not docker_logins().has(host):
+        return [f"{where}: image.push_to: {host} wants credentials and the Docker configuration ({docker_config_path()}) "
                 f"has none for it; run `docker login {host}` (the runner never reads credentials from the job file)"]
     return []
 

@@ -175,7 +175,7 @@ def test_preempted_twice_and_supervisor_killed_the_job_finishes_identical_and_is
     gpu_usd = sum(emulator.billed_usd(p) for p in pods)
     assert cost["supervisor_usd"] > 0 and cost["supervisor_hours"] > 0
     supervisor_usd = sum(s["usd"] for s in record["supervisor_segments"])
-    assert cost["supervisor_usd"] == pytest.approx(supervisor_usd, rel=1e-6)
+    assert cost["supervisor_usd"] == pytest.approx(supervisor_usd, abs=1e-5)  # each segment's dollars are rounded
     assert cost["usd"] == pytest.approx(gpu_usd + supervisor_usd, abs=0.01)
     text = runner.run("cost", job_id)
     assert "supervisor" in text.stdout, text.stdout

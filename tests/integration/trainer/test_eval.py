@@ -12,18 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.fixtures.jobs import run_trainer, sha256_of
+from tests.fixtures.jobs import custom_recipe_job, run_trainer, sha256_of
 from trainer import contract
-
-
-def write_job(folder: Path, **train) -> Path:
-    doc = {"train": {"seed": 1, "model": {"recipe": "tests.fixtures.custom_recipe:build", "options": {"n_train": 256}},
-                     "batch_size": 16, "max_steps": 40, "optimizer": {"lr": 1e-2}, "schedule": {"warmup_steps": 2},
-                     "eval": {"every_steps": 5, "batches": 4}, "checkpoint": {"every_steps": 100},
-                     "logging": {"progress_bar": False}, "threads": 1, **train}}
-    path = folder / "job.yaml"
-    path.write_text(json.dumps(doc))
-    return path
 
 
 def val_losses(log: str) -> dict[int, float]:
@@ -37,7 +27,7 @@ def checksum_step(run: Path, key: str) -> int:
 def test_early_stop_after_patience_keeps_best_and_stays_stopped_on_relaunch(tmp_path):
     # min_delta is out of reach after the first evaluation, so evaluations 2 and 3 "do not improve"
     # however the loss moves: the run must stop at step 15 of 40, with best.pt from step 5.
-    job = write_job(tmp_path, eval={"every_steps": 5, "batches": 4, "early_stop_patience": 2, "min_delta": 100.0},
+    job = custom_recipe_job(tmp_path, eval={"every_steps": 5, "batches": 4, "early_stop_patience": 2, "min_delta": 100.0},
                     finish={"final": "last"})
     run = tmp_path / "run"
     result = run_trainer(job, str(run))
@@ -69,7 +59,7 @@ def test_early_stop_after_patience_keeps_best_and_stays_stopped_on_relaunch(tmp_
 
 def test_best_follows_the_lowest_val_loss(tmp_path):
     run = tmp_path / "run"
-    result = run_trainer(write_job(tmp_path, max_steps=30), str(run))
+    result = run_trainer(custom_recipe_job(tmp_path, max_steps=30), str(run))
     assert result.returncode == 0, result.stderr[-3000:]
     losses = val_losses(result.stderr)
     assert sorted(losses) == [5, 10, 15, 20, 25, 30]

@@ -17,8 +17,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.fixtures.jobs import ROOT, make_job, run_trainer, sha256_of, start_trainer, trainer_env, wait_for
+from tests.fixtures.jobs import (
+    ROOT,
+    custom_recipe_job,
+    make_job,
+    run_trainer,
+    sha256_of,
+    start_trainer,
+    trainer_env,
+    wait_for,
+)
 from trainer import contract
+from trainer.checkpoint import evaluated_weights
 
 
 def tensor_sha(t: torch.Tensor) -> str:
@@ -28,26 +38,16 @@ def tensor_sha(t: torch.Tensor) -> str:
 def best_weights(run: Path) -> tuple[int, dict[str, torch.Tensor]]:
     """best.pt's step and its weights as evaluated: with EMA on, the averaged ones."""
     best = torch.load(run / contract.BEST, map_location="cpu", weights_only=True)
-    return best["step"], {**best["model"], **(best.get("ema") or {})}
+    return best["step"], evaluated_weights(best)
 
 
 def report_of(run: Path) -> dict:
     return json.loads((run / contract.REPORT_JSON).read_text())
 
 
-def custom_job(folder: Path, **train) -> Path:
-    doc = {"train": {"seed": 1, "model": {"recipe": "tests.fixtures.custom_recipe:build", "options": {"n_train": 256}},
-                     "batch_size": 16, "max_steps": 40, "optimizer": {"lr": 1e-2}, "schedule": {"warmup_steps": 2},
-                     "eval": {"every_steps": 5, "batches": 4}, "checkpoint": {"every_steps": 100},
-                     "logging": {"progress_bar": False}, "threads": 1, **train}}
-    path = folder / "job.yaml"
-    path.write_text(json.dumps(doc))
-    return path
-
-
 def test_final_holds_the_best_weights_and_the_report_says_which(tmp_path):
     # min_delta out of reach: the first evaluation (step 5) is the best, training goes on to step 15.
-    job = custom_job(tmp_path, eval={"every_steps": 5, "batches": 4, "early_stop_patience": 2, "min_delta": 100.0})
+    job = custom_recipe_job(tmp_path, eval={"every_steps": 5, "batches": 4, "early_stop_patience": 2, "min_delta": 100.0})
     run = tmp_path / "run"
     result = run_trainer(job, str(run))
     assert result.returncode == 0, result.stderr[-3000:]

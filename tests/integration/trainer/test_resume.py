@@ -108,6 +108,7 @@ def test_sigkill_at_random_moments_and_mid_checkpoint_resumes_bit_for_bit(chaos_
     kills = 0
     # Alternate: kill the moment a checkpoint file is being written, or after a random time.
     for round_no in range(6):
+        saved_before = (_status(run) or {}).get("last_checkpoint_step") or 0
         proc = start_trainer(chaos_job, str(run), log_path=log)
         try:
             wait_for(lambda p=proc: (_status(run) or {}).get("pid") == p.pid or p.poll() is not None,
@@ -119,7 +120,11 @@ def test_sigkill_at_random_moments_and_mid_checkpoint_resumes_bit_for_bit(chaos_
                 while not _checkpoint_temp_files(run) and proc.poll() is None and time.monotonic() < deadline:
                     pass
             else:
-                time.sleep(rng.uniform(0.2, 2.0))  # a random moment is the point of this round
+                # Once this round has a checkpoint of its own (so each resume moves on, however slow the
+                # machine), a random moment is the point of this round.
+                wait_for(lambda p=proc, b=saved_before: ((_status(run) or {}).get("last_checkpoint_step") or 0) > b
+                         or p.poll() is not None, timeout=120, what="a checkpoint of this round")
+                time.sleep(rng.uniform(0.0, 1.5))
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)

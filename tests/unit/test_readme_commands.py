@@ -23,7 +23,11 @@ def test_the_readme_opens_with_the_quickstart_then_the_test_command():
 def test_ci_runs_the_readme_test_command_and_then_the_slow_tests():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "tests/readme_commands.py test" in ci
-    assert ci.index("tests/readme_commands.py test") < ci.index("python -m pytest -m slow")
+    readme_at = ci.index("tests/readme_commands.py test")
+    # The slow set in two parts that together are all of it: in parallel, then what holds a time budget.
+    parallel = ci.index('python -m pytest -m "slow and not serial" -n 2')
+    serial = ci.index('python -m pytest -m "slow and serial"')
+    assert readme_at < parallel < serial
 
 
 def test_a_missing_command_is_named(tmp_path: Path):

@@ -44,6 +44,13 @@ SLOW_MODULES = frozenset({
 })
 
 
+#: The longest groups of the slow set (several minutes each on 2 cores), handed to workers first so that the
+#: parallel run does not end on one of them alone.
+LONGEST_FIRST = ("docker", "project/test_fresh_clone.py", "runpod/test_pipeline_runpod.py",
+                 "runner/test_brad_pipeline.py", "trainer/test_resume.py", "runner/test_smoke.py",
+                 "trainer/test_distributed.py", "storage/test_s3_trainer.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the xdist_group marks into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -58,6 +65,12 @@ def pytest_collection_modifyitems(config, items):
             # and its prune, so they all stay on one worker, one after another.
             on_docker = where.startswith("docker/") or "docker_engine" in getattr(item, "fixturenames", ())
             item.add_marker(pytest.mark.xdist_group("docker" if on_docker else where))
+    if getattr(config.option, "numprocesses", None):  # only under pytest -n: a plain run keeps the file order
+        def rank(item) -> int:
+            group = item.get_closest_marker("xdist_group")
+            name = group.args[0] if group and group.args else ""
+            return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        items.sort(key=rank)  # stable: within a group, the file's order
 
 
 @pytest.fixture

@@ -85,6 +85,11 @@ def to_cpu_copy(obj: Any, _copies: dict[tuple, torch.Tensor] | None = None) -> A
     return obj
 
 
+def _place(t: torch.Tensor) -> tuple:
+    """Where a tensor's values are: two names with the same place are one tensor (a tied weight)."""
+    return t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype
+
+
 def evaluated_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     """A checkpoint's model state as the run evaluated it: with EMA on, the averaged weights, under every
     name of a tied weight (the EMA keeps one, under the first name; the checkpoint holds the tensor once)."""
@@ -92,17 +97,13 @@ def evaluated_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     averaged = payload.get("ema")
     if not isinstance(averaged, dict):
         return state
-
-    def place(t: torch.Tensor) -> tuple:
-        return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype
-
     names: dict[tuple, list[str]] = {}
     for name, t in state.items():
         if isinstance(t, torch.Tensor) and t.numel():
-            names.setdefault(place(t), []).append(name)
+            names.setdefault(_place(t), []).append(name)
     for name, value in averaged.items():
         if name in state:
-            tied = names.get(place(state[name]), [name]) if state[name].numel() else [name]
+            tied = names.get(_place(state[name]), [name]) if state[name].numel() else [name]
             for alias in tied:
                 state[alias] = value
     return state
@@ -541,15 +542,14 @@ class _Prefetch:
 
     def __init__(self, storage: Storage) -> None:
         self._result: tuple[Any, Any] | None = None
-        self._error: BaseException | None = None
         self._taken = False
         get_in_memory = storage.get_in_memory  # type: ignore[attr-defined]
 
         def fetch() -> None:
             try:
                 self._result = get_in_memory(contract.LATEST, checksums.maker(self.ALGO))
-            except BaseException as e:  # the regular path will meet it again and say it properly
-                self._error = e
+            except Exception:  # noqa: BLE001 - the regular path meets it again and says it properly
+                self._result = None
 
         self._thread = threading.Thread(target=fetch, name="prefetch-latest", daemon=True)
         self._thread.start()

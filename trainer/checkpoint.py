@@ -71,8 +71,7 @@ def to_cpu_copy(obj: Any, _copies: dict[tuple, torch.Tensor] | None = None) -> A
     if isinstance(obj, torch.Tensor):
         if obj.numel() == 0:
             return obj.detach().to("cpu", copy=True)
-        same = (obj.device, obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), obj.stride(),
-                obj.dtype)
+        same = _place(obj)
         if same not in copies:
             copies[same] = obj.detach().to("cpu", copy=True)
         return copies[same]

@@ -81,9 +81,10 @@ def test_no_secret_value_is_readable_from_docker_during_or_after_the_attempt(doc
             name = container_name(f"{job_id}-1")
             container = wait_for(lambda: _running(docker_engine, name), 300, what="the container running")
 
-            # Running: the trainer has every value (it reads them from its standard input)...
-            environ = container.exec_run(["sh", "-c", "cat /proc/[0-9]*/environ | tr '\\0' '\\n'"]).output
-            assert f"HF_TOKEN={values['HF_TOKEN']}".encode() in environ
+            # Running: the trainer gets every value (the launcher reads them from its standard input, which the
+            # runner writes once the container has started, then execs the trainer with them)...
+            wanted = f"HF_TOKEN={values['HF_TOKEN']}".encode()
+            wait_for(lambda: wanted in _environments(container), 120, 0.5, what="the trainer's environment with HF_TOKEN")
             # ... and Docker shows none of them.
             assert leaks(docker("inspect", name), values) == []
             assert leaks(json.dumps(container.attrs).encode(), values) == []
@@ -113,6 +114,11 @@ def test_no_secret_value_is_readable_from_docker_during_or_after_the_attempt(doc
     finally:
         if job_id:
             remove_containers(docker_engine, tmp_path / "containers", label=f"{LABEL_JOB}={job_id}")
+
+
+def _environments(container) -> bytes:
+    """The environment of every process in the container, one variable per line."""
+    return container.exec_run(["sh", "-c", "cat /proc/[0-9]*/environ | tr '\\0' '\\n'"]).output
 
 
 def _running(client, name: str):

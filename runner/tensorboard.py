@@ -164,3 +164,4 @@ def serve(job: str, port: int = 6006) -> None:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()

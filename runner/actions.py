@@ -21,19 +21,6 @@ def _missing_secrets(names: list[str], environ: Mapping[str, str]) -> list[str]:
     return forwarded(names, environ)[1]
 
 
-def check_inputs(spec_job: Any, environ: Mapping[str, str] = os.environ,
-                 extra: Sequence[tuple[str, str]] = ()) -> list[Any]:
-    """The data part of the pre-flight alone: every location the job reads (its data, and ``extra``
-    ``(field, URI)`` pairs) exists and is readable with the trainer's credentials; what each holds."""
-    from runner.datacheck import DataCheckError, check_job_data
-
-    try:
-        return check_job_data(spec_job, extra, environ)
-    except DataCheckError as e:
-        raise ActionError(f"{e}\nNothing was built or launched; fix the location (or upload the data) and submit "
-                          f"again.") from None
-
-
 def _preflight(spec_job: Any, environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> None:
     """Everything the job needs here (:mod:`runner.preflight`) and in its GPUs' memory (:mod:`runner.memory`),
     or a refusal listing every problem at once. What else the user should hear goes to stderr."""

@@ -373,6 +373,8 @@ class Estimate:
 #: them, so they are free unless the job says what an hour costs you (``resources.price_per_hour``, or
 #: ``RUNNER_LOCAL_USD_PER_HOUR`` for every job); there is no spot capacity and no catalog price.
 OWN_MACHINE_BACKENDS = ("local", "docker")
+#: What an hour of a machine of yours costs, in USD, for a job that does not say (default: free).
+ENV_LOCAL_RATE = "RUNNER_LOCAL_USD_PER_HOUR"
 
 
 def own_machine(backend: str) -> bool:
@@ -385,9 +387,9 @@ def own_machine_rate(price_per_hour: float | None = None) -> float:
     if price_per_hour is not None:
         return float(price_per_hour)
     try:
-        return max(0.0, float(os.environ.get("RUNNER_LOCAL_USD_PER_HOUR", "0") or 0))
+        return max(0.0, float(os.environ.get(ENV_LOCAL_RATE, "0") or 0))
     except ValueError:
-        raise ValueError(f"RUNNER_LOCAL_USD_PER_HOUR={os.environ['RUNNER_LOCAL_USD_PER_HOUR']!r} is not a number of "
+        raise ValueError(f"{ENV_LOCAL_RATE}={os.environ[ENV_LOCAL_RATE]!r} is not a number of "
                          f"dollars per hour") from None
 
 

@@ -277,13 +277,13 @@ def _capacity(backend: str, spot: bool) -> str:
 
 def _price_basis(job, spot: bool) -> str:
     """Where the plan's price comes from: the provider's catalog, or what the job says a machine of yours costs."""
-    from runner.cost import own_machine
+    from runner.cost import ENV_LOCAL_RATE, own_machine
 
     if not own_machine(job.backend):
         return f"catalog {'spot' if spot else 'on-demand'}"
     if job.spec.resources.price_per_hour is not None:
         return "resources.price_per_hour"
-    return "RUNNER_LOCAL_USD_PER_HOUR" if float(os.environ.get("RUNNER_LOCAL_USD_PER_HOUR") or 0) else "free"
+    return ENV_LOCAL_RATE if float(os.environ.get(ENV_LOCAL_RATE) or 0) else "free"
 
 
 def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:

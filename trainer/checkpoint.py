@@ -222,7 +222,6 @@ class CheckpointManager:
         self.superseded = 0  # snapshots that a newer one replaced before they were written
         self._prefetch: _Prefetch | None = None
         self.last_stall_s = 0.0
-        self.last_write_s = 0.0
         self._thread = threading.Thread(target=self._writer, name="checkpoint-writer", daemon=True)
         self._thread.start()
 
@@ -291,12 +290,10 @@ class CheckpointManager:
                 self._pending_latest = self._pending_best = None
                 self._busy = True
             try:
-                t0 = time.perf_counter()
                 if latest is not None:
                     self._write(latest, also_best=best is latest)
                 if best is not None and best is not latest:
                     self._write(best, also_best=True, history=False)
-                self.last_write_s = time.perf_counter() - t0
                 self.last_error = None
                 self._tell(None)
             except Exception as e:  # keep training; the error surfaces at flush and in the log

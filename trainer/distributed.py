@@ -53,11 +53,6 @@ def init(world: World, device: torch.device) -> None:
     log.info("process group up: rank %d of %d (%s)", world.rank, world.world_size, backend)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

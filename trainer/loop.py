@@ -74,7 +74,6 @@ class Progress:
 class Outcome:
     exit_code: int
     step: int
-    emergency_save_s: float | None = None
 
 
 # --- small pieces the loop uses -------------------------------------------------------------------
@@ -525,7 +524,7 @@ def _emergency_exit(checkpoints: CheckpointManager, stop: StopRequest, step: int
         log.error("emergency checkpoint at step %d could not be written in time: %s", step, checkpoints.last_error)
     reporter.finish(contract.INTERRUPTED, step=step, exit_code=contract.EXIT_INTERRUPTED)
     distributed.barrier(world)
-    return Outcome(contract.EXIT_INTERRUPTED if ok else contract.EXIT_FAILED, step, save_s)
+    return Outcome(contract.EXIT_INTERRUPTED if ok else contract.EXIT_FAILED, step)
 
 
 def _guard_checkpoint(checkpoints: CheckpointManager, step: int, snapshot: dict[str, Any]) -> bool:

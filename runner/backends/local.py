@@ -31,8 +31,6 @@ from trainer.contract import ENV_ATTEMPT_ID, trainer_command
 LAUNCH_RECORD = "launch.json"
 LOCK_FILE = "attempt.lock"
 OUTPUT_LOG = "output.log"
-#: What an hour of this machine costs you, in USD, counted against a job's budget (default: free).
-ENV_LOCAL_RATE = "RUNNER_LOCAL_USD_PER_HOUR"
 #: Variables of the runner's own environment the trainer needs to start at all. Nothing else is
 #: inherited: credentials reach the trainer only when the job lists them under ``secrets:``.
 PASS_THROUGH = (

@@ -4,6 +4,7 @@ what a forward pass returns, and the helpers the built-in recipes share. Builder
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -51,6 +52,16 @@ class Recipe:
     #: The model as it was before this run trained it, for the report to compare (LoRA: the adapter
     #: switched off): a context manager taking the model.
     base_model: Callable[[nn.Module], AbstractContextManager[Any]] | None = None
+
+
+def save_weights(m: nn.Module, folder: Path, config: dict[str, Any], leave_out: str | None = None) -> None:
+    """The finished weights as ``model.safetensors`` (on CPU, contiguous; without the tensor named
+    ``leave_out``, a tied one) beside the ``config.json`` that rebuilds the model."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items() if k != leave_out}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> LossOutput:

@@ -19,16 +19,14 @@ What trains:
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from trainer.config import Hybrid, Samples, TinyGPT, TrainConfig
-from trainer.recipes.base import LossOutput, Recipe, token_loss
+from trainer.recipes.base import LossOutput, Recipe, save_weights, token_loss
 from trainer.recipes.music import (
     RollDecoder,
     RollEncoder,
@@ -127,10 +125,8 @@ def build(cfg: TrainConfig, job_path: str | Path, init: dict[str, dict[str, torc
         return token_loss(logits, codes)
 
     def save_final(m: nn.Module, folder: Path) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         config = {**model_cfg.model_dump(), "window": window, "frames_per_beat": cfg.data.midi.frames_per_beat}
-        (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        save_weights(m, folder, config)
 
     def sample(m: nn.Module, folder: Path, settings: Samples) -> list[Path]:
         """New windows (``sample-<n>.mid``), code by code, each in the style of a held-out window

@@ -10,17 +10,15 @@ the held-out metric: a validation window counts as right when its nearest centro
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
 from trainer.config import StyleEncoder, TrainConfig
-from trainer.recipes.base import LossOutput, Recipe
+from trainer.recipes.base import LossOutput, Recipe, save_weights
 from trainer.recipes.music import RollEncoder, check_window, collate, load_part, load_windows, lr_scales
 
 log = logging.getLogger("trainer")
@@ -105,9 +103,6 @@ def build(cfg: TrainConfig, job_path: str | Path, init: dict[str, dict[str, torc
         return LossOutput(loss, logits, labels.masked_fill(~known, -100), metrics={"pianist_accuracy": accuracy.detach()})
 
     def save_final(m: nn.Module, folder: Path) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        config = {**model_cfg.model_dump(), "pianists": pianists}
-        (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        save_weights(m, folder, {**model_cfg.model_dump(), "pianists": pianists})
 
     return Recipe(model, train_set, val_set, collate, forward, save_final, scales)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
 from trainer.config import Samples, TinyGPT, TrainConfig
 from trainer.data import load_datasets, load_tokenizer, pad_collate
-from trainer.recipes.base import LossOutput, Recipe, check_vocab, token_loss
+from trainer.recipes.base import LossOutput, Recipe, check_vocab, save_weights, token_loss
 from trainer.sampling import continue_ids, generator, text_prompts, write_text_samples
 
 log = logging.getLogger("trainer")
@@ -98,10 +96,8 @@ def build(cfg: TrainConfig, job_path: str | Path) -> Recipe:
         return token_loss(m(batch["idx"]), batch["targets"])
 
     def save_final(m: nn.Module, folder: Path) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items() if k != "lm_head.weight"}
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         config = {**model_cfg.model_dump(), "vocab_size": vocab, "block_size": data.block_size, "tied": "lm_head.weight=wte.weight"}
-        (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        save_weights(m, folder, config, leave_out="lm_head.weight")
 
     def sample(m: nn.Module, folder: Path, settings: Samples) -> list[Path]:
         if tokenizer is None:  # token shards: nothing to turn the ids back into text with

@@ -8,16 +8,14 @@ term (the codebook itself moves by moving averages, see :class:`~trainer.recipes
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
 from trainer.config import VQVAE, Samples, TrainConfig
-from trainer.recipes.base import LossOutput, Recipe
+from trainer.recipes.base import LossOutput, Recipe, save_weights
 from trainer.recipes.music import (
     RollDecoder,
     RollEncoder,
@@ -70,10 +68,8 @@ def build(cfg: TrainConfig, job_path: str | Path, init: dict[str, dict[str, torc
         return LossOutput(rec + vq_loss, metrics=metrics)
 
     def save_final(m: nn.Module, folder: Path) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         config = {**model_cfg.model_dump(), "window": window, "frames_per_beat": cfg.data.midi.frames_per_beat}
-        (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        save_weights(m, folder, config)
 
     def sample(m: nn.Module, folder: Path, settings: Samples) -> list[Path]:
         """The reconstructions of held-out windows (``sample-<n>.mid``) beside the windows themselves

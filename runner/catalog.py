@@ -60,12 +60,7 @@ class Catalog:
         ids = {_norm(g.id): g.alias for g in self.gpus}
         close = difflib.get_close_matches(_norm(name), names, n=n, cutoff=0.5)
         close += [ids[i] for i in difflib.get_close_matches(_norm(name), list(ids), n=n, cutoff=0.6)]
-        resolved = []
-        for c in close:
-            alias = self.resolve(c).alias
-            if alias not in resolved:
-                resolved.append(alias)
-        return resolved[:n]
+        return list(dict.fromkeys(self.resolve(c).alias for c in close))[:n]  # each alias once, nearest first
 
 
 def _norm(name: str) -> str:

@@ -250,10 +250,7 @@ def canonical(name: str, spec: list[Param], options: dict[str, Any]) -> list[str
 
 
 def usage(name: str, spec: list[Param], prog: str = "runner") -> str:
-    words = []
-    for p in spec:
-        if p.positional:
-            words.append(p.name.upper() if p.required else f"[{p.name.upper()}]")
+    words = [p.name.upper() if p.required else f"[{p.name.upper()}]" for p in spec if p.positional]
     if any(not p.positional for p in spec):
         words.append("[options]")
     return " ".join([prog, name, *words])
@@ -264,10 +261,7 @@ def command_help(obj: Any, name: str, prog: str = "runner") -> str:
     spec = params(method)
     _first, text = summary(method)
     out = [f"usage: {usage(name, spec, prog)}", "", text, ""]
-    rows = []
-    for p in spec:
-        if p.positional:
-            rows.append((p.name.upper(), p.help))
+    rows = [(p.name.upper(), p.help) for p in spec if p.positional]
     if rows:
         out.append("arguments:")
         out += _rows(rows)

@@ -134,9 +134,7 @@ def _lines(path: Path, locations: Sequence[tuple[str, str]]) -> dict[str, str]:
         return {}
     out = {}
     for field, _location in locations:
-        loc: list[str | int] = []
-        for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
-            loc.append(int(index) if index else name)
+        loc = (int(index) if index else name for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field))
         out[field] = doc.where(tuple(loc))
     return out
 

@@ -99,12 +99,9 @@ def send(store: Store, job_id: str, kind: str, **args: Any) -> str:
 def pending(store: Store, job_id: str, keys: list[str] | None = None) -> list[dict[str, Any]]:
     """The job's commands not answered yet, oldest first (``keys``: a listing already made)."""
     prefix = f"jobs/{job_id}/commands/"
-    out = []
-    for key in sorted(k for k in (keys if keys is not None else store.list(prefix)) if k.startswith(prefix)):
-        got = store.get(key)
-        if got is not None:
-            out.append(json.loads(got[0]))
-    return out
+    listed = keys if keys is not None else store.list(prefix)
+    found = (store.get(key) for key in sorted(k for k in listed if k.startswith(prefix)))
+    return [json.loads(got[0]) for got in found if got is not None]
 
 
 def answer(store: Store, job_id: str, command: dict[str, Any], ok: bool, message: str) -> None:

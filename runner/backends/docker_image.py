@@ -15,6 +15,7 @@ registry); credentials come from the Docker configuration (``docker login``), ne
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -399,7 +400,7 @@ def ensure_image(client: Any, job_file: Path, settings: Image | None, *, registr
     the job's build, reused when unchanged, built otherwise, pushed when ``image.push_to`` is set.
     ``registry_required``: the image will run on a machine that can only pull it (RunPod)."""
     settings = settings or Image()
-    out = out or _console()
+    out = out or default_console()
     if settings.name:
         context, _ = find_context(job_file, settings)
         job_path = job_path_in_image(job_file, context)
@@ -426,7 +427,7 @@ def build(client: Any, plan: BuildPlan, out: Any = None, log_dir: Path | None = 
     ``nocache``: rebuild every layer (for measuring a full build)."""
     import docker.errors
 
-    out = out or _console()
+    out = out or default_console()
     log_path = (log_dir or paths.state_dir() / "builds") / f"{plan.digest[:16]}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out.print(f"building {plan.tag} from {plan.context} ({len(plan.files)} files; log: {log_path})")
@@ -451,7 +452,7 @@ def push(client: Any, repository: str, tag: str, out: Any = None) -> bool:
     configuration (``docker login REGISTRY``). Returns True when it pushed."""
     import docker.errors
 
-    out = out or _console()
+    out = out or default_console()
     ref = f"{repository}:{tag}"
     image = client.images.get(ref)
     if any(d.startswith(f"{repository}@") for d in image.attrs.get("RepoDigests") or []):
@@ -541,9 +542,7 @@ def _follow(stream: Iterable[dict[str, Any]], log: Any, out: Any, every_s: float
                 layers[chunk["id"]] = chunk["status"]
                 if time.monotonic() - shown >= every_s:
                     shown = time.monotonic()
-                    counts: dict[str, int] = {}
-                    for state in layers.values():
-                        counts[state] = counts.get(state, 0) + 1
+                    counts = collections.Counter(layers.values())
                     out.print("[dim]  layers: " + ", ".join(f"{n} {_escape(k.lower())}" for k, n in counts.items()) + "[/]")
             else:
                 out.print(f"[dim]  {_escape(line)}[/]")
@@ -557,10 +556,6 @@ def _escape(text: str) -> str:
 
 def default_console() -> Any:
     """Where the image code shows its progress when nobody says: the terminal's standard error."""
-    return _console()
-
-
-def _console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)

@@ -10,6 +10,7 @@ Output goes to ``<state dir>/attempts/<attempt id>/output.log``."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
 import json
@@ -229,25 +230,21 @@ class LocalBackend(Backend):
 
     def stop(self, handle: dict[str, Any], grace_s: float = 60.0, timeout_s: float = 30.0) -> Observation:
         wrapper, trainer = self._alive(handle)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             if wrapper:
                 os.kill(handle["pid"], signal.SIGTERM)  # forwarded to the trainer: emergency checkpoint, exit 75
             elif trainer:
                 os.kill(self._trainer(handle)[0], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + grace_s
         while any(self._alive(handle)) and time.monotonic() < deadline:
             time.sleep(0.05)
         wrapper, trainer = self._alive(handle)
         if wrapper or trainer:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 if wrapper:
                     os.killpg(handle["pid"], signal.SIGKILL)  # the wrapper leads its own process group
                 if trainer:
                     os.kill(self._trainer(handle)[0], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + timeout_s
             while any(self._alive(handle)):
                 if time.monotonic() > deadline:

@@ -101,12 +101,8 @@ class LocalStorage(Storage):
         base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
         if not base.is_dir():
             return []
-        keys = []
-        for path in _walk(base):
-            key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix) and not path.name.startswith("."):
-                keys.append(key)
-        return sorted(keys)
+        keys = (path.relative_to(self.root).as_posix() for path in _walk(base) if not path.name.startswith("."))
+        return sorted(key for key in keys if key.startswith(prefix))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

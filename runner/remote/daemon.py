@@ -45,7 +45,7 @@ from runner.remote import (
 )
 from runner.remote.lease import Leases
 from runner.remote.store import Store, StoreError, VersionConflict, open_store
-from runner.supervisor import Custody, CustodyLost, JobSupervisor, StepDeferred, Supervisor
+from runner.supervisor import Custody, CustodyLost, JobSupervisor, NoDisplay, StepDeferred, Supervisor
 
 #: Seconds with no job left before the supervisor stops.
 ENV_IDLE_SECONDS = "RUNNER_SUPERVISOR_IDLE_SECONDS"
@@ -354,14 +354,11 @@ class RemoteCustody(Custody):
         print(f"{time.strftime('%H:%M:%S')} supervisor: {message}", flush=True)
 
 
-class LogDisplay:
-    """What the supervisor does, as lines on its output (`docker logs`, the pod's logs)."""
+class LogDisplay(NoDisplay):
+    """What the supervisor does, as lines on its output (`docker logs`, the pod's logs); no progress."""
 
     def event(self, job: st.JobRow, event: st.EventRow) -> None:
         print(f"{time.strftime('%H:%M:%S', time.localtime(event.time))} {job.id} {event.kind}: {event.message}", flush=True)
-
-    def progress(self, job: st.JobRow, attempt: st.AttemptRow | None, status: Any) -> None:
-        pass
 
     def note(self, message: str) -> None:
         RemoteCustody.log(message)

@@ -84,11 +84,8 @@ class LocalStore(Store):
         import fcntl
 
         with open(self.root / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file is closed, however the block ends
+            yield
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -122,14 +119,9 @@ class LocalStore(Store):
         return hashlib.sha256(data).hexdigest()
 
     def list(self, prefix: str) -> list[str]:
-        base = self.root
-        out = []
-        for path in base.rglob("*"):
-            if path.is_file() and not path.name.startswith("."):
-                key = path.relative_to(base).as_posix()
-                if key.startswith(prefix):
-                    out.append(key)
-        return sorted(out)
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                if p.is_file() and not p.name.startswith("."))
+        return sorted(key for key in keys if key.startswith(prefix))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

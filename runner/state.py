@@ -352,24 +352,20 @@ def _columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
-def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any], upsert_key: str | None = None) -> None:
+    """Insert ``row``'s values for the columns ``table`` has; with ``upsert_key``, over the row with that key."""
     known = _columns(db, table)
     values = {k: v for k, v in row.items() if k in known}
-    db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({','.join('?' * len(values))})", tuple(values.values()))
-
-
-def _upsert(db: sqlite3.Connection, table: str, row: dict[str, Any], key: str) -> None:
-    known = _columns(db, table)
-    values = {k: v for k, v in row.items() if k in known}
-    updates = ", ".join(f"{k} = excluded.{k}" for k in values if k != key)
-    db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({','.join('?' * len(values))})"
-               f" ON CONFLICT({key}) DO UPDATE SET {updates}", tuple(values.values()))
+    sql = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({','.join('?' * len(values))})"
+    if upsert_key is not None:
+        updates = ", ".join(f"{k} = excluded.{k}" for k in values if k != upsert_key)
+        sql += f" ON CONFLICT({upsert_key}) DO UPDATE SET {updates}"
+    db.execute(sql, tuple(values.values()))
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
     for table, column, declaration in _ADDED_COLUMNS:
-        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if column not in present:
+        if column not in _columns(db, table):
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
@@ -415,24 +411,21 @@ class State:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE: writers queue here, never half-way through)."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield self.db
-            finally:
-                self._depth -= 1
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        outermost = not self._depth  # a nested block is part of the transaction around it
+        if outermost:
+            self.db.execute("BEGIN IMMEDIATE")
+        self._depth += 1
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if outermost:
+                self.db.execute("ROLLBACK")
             raise
         else:
-            self.db.execute("COMMIT")
+            if outermost:
+                self.db.execute("COMMIT")
         finally:
-            self._depth = 0
+            self._depth -= 1
 
     # --- jobs -------------------------------------------------------------------------------------
     def create_job(self, *, id: str, name: str, job_file: str, job_sha256: str, spec: JobSpec, workdir: str,
@@ -478,10 +471,8 @@ class State:
 
     def jobs(self, *, active: bool | None = None, limit: int | None = None) -> list[JobRow]:
         sql = "SELECT * FROM jobs"
-        if active is True:
-            sql += f" WHERE state IN ({','.join('?' * len(ACTIVE_STATES))})"
-        elif active is False:
-            sql += f" WHERE state NOT IN ({','.join('?' * len(ACTIVE_STATES))})"
+        if active is not None:
+            sql += f" WHERE state {'' if active else 'NOT '}IN ({','.join('?' * len(ACTIVE_STATES))})"
         sql += " ORDER BY created DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
@@ -692,10 +683,8 @@ class State:
 
     # --- billing ----------------------------------------------------------------------------------
     def segments(self, job_id: str | None = None) -> list[SegmentRow]:
-        if job_id is None:
-            rows = self.db.execute("SELECT * FROM billing_segments ORDER BY started")
-        else:
-            rows = self.db.execute("SELECT * FROM billing_segments WHERE job_id = ? ORDER BY started", (job_id,))
+        rows = self.db.execute("SELECT * FROM billing_segments WHERE ? IS NULL OR job_id = ? ORDER BY started",
+                               (job_id, job_id))
         return [_row(SegmentRow, r) for r in rows]
 
     def spent(self, job_id: str, now: float | None = None) -> float:
@@ -765,12 +754,12 @@ class State:
             if mine is not None:
                 job.update({k: mine[k] for k in keep})
             job.update(job_values)
-            _upsert(db, "jobs", job, "id")
+            _insert(db, "jobs", job, upsert_key="id")
             db.execute("DELETE FROM billing_segments WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM supervisor_segments WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
             for attempt in bundle.get("attempts", []):
-                _upsert(db, "attempts", attempt, "id")
+                _insert(db, "attempts", attempt, upsert_key="id")
             for table in ("events", "billing_segments", "supervisor_segments"):
                 for row in bundle.get(table, []):
                     _insert(db, table, {k: v for k, v in row.items() if k != "id"})

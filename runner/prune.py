@@ -71,7 +71,7 @@ def plan_docker(state: st.State, client: Any, plan: Plan) -> None:
 
     ended = [j for j in jobs.values() if not j.active]
     active = [j for j in jobs.values() if j.active]
-    protected = {i for ref in _images_of(state, active) if (i := _image_id(client, ref))}
+    protected = {image.id for ref in _images_of(state, active) if (image := _image(client, ref)) is not None}
     in_use: dict[str, str] = {}  # image id -> a container that stays and uses it
     for c in client.containers.list(all=True):
         if c.id not in leaving:
@@ -97,18 +97,6 @@ def _image(client: Any, ref: str) -> Any | None:
         return client.images.get(ref)
     except docker.errors.ImageNotFound:
         return None
-
-
-def _image_id(client: Any, ref: str) -> str | None:
-    image = _image(client, ref)
-    return image.id if image is not None else None
-
-
-def _remove_docker(client: Any, r: Removal) -> None:
-    if r.kind == "container":
-        client.containers.get(r.id).remove()
-    else:
-        client.images.remove(r.name)
 
 
 # --- RunPod pods ----------------------------------------------------------------------------------
@@ -145,8 +133,10 @@ def execute(state: st.State, plan: Plan, docker: Any, runpod: Any) -> None:
         try:
             if r.kind == "pod":
                 runpod.terminate(r.id)
+            elif r.kind == "container":
+                docker.containers.get(r.id).remove()
             else:
-                _remove_docker(docker, r)
+                docker.images.remove(r.name)
             r.done = True
         except Exception as e:
             r.done, r.error = False, str(getattr(e, "explanation", None) or e)[:300]

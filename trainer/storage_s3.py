@@ -181,10 +181,10 @@ class S3Storage(Storage):
         self.part_size = max(MIN_PART, part_size)
         self.multipart_threshold = max(self.part_size, multipart_threshold)
         self.copy_part_size = max(MIN_PART, copy_part_size)
-        self.concurrency = concurrency or _env_int(ENV_CONCURRENCY, 8)
-        self.connect_timeout = connect_timeout or _env_float(ENV_CONNECT_TIMEOUT, 5.0)
-        self.read_timeout = read_timeout or _env_float(ENV_READ_TIMEOUT, 60.0)
-        self.max_attempts = max_attempts or _env_int(ENV_MAX_ATTEMPTS, 8)
+        self.concurrency = concurrency or _env_number(ENV_CONCURRENCY, 8, int)
+        self.connect_timeout = connect_timeout or _env_number(ENV_CONNECT_TIMEOUT, 5.0, float)
+        self.read_timeout = read_timeout or _env_number(ENV_READ_TIMEOUT, 60.0, float)
+        self.max_attempts = max_attempts or _env_number(ENV_MAX_ATTEMPTS, 8, int)
         self.max_retry_seconds = max_retry_seconds
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
@@ -365,29 +365,36 @@ class S3Storage(Storage):
 
     def _multipart_upload(self, local: Path, key: str, size: int, meta: dict[str, str]) -> None:
         full = self._key(key)
-        upload_id = self._call(f"start upload {key}", lambda: self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=full, Metadata=meta), doing="write to")["UploadId"]
         ranges = self._part_ranges(size, self.part_size)
+        fd = os.open(local, os.O_RDONLY)
         try:
-            fd = os.open(local, os.O_RDONLY)
-            try:
-                def upload(i: int, offset: int, length: int) -> dict[str, Any]:
-                    def attempt() -> Any:
-                        # Read inside the attempt: a retried part is sent again from the file, and
-                        # at most `concurrency` parts are in memory at once.
-                        body = os.pread(fd, length, offset)
-                        if len(body) != length:
-                            raise OSError(f"{local} shrank while it was being uploaded")
-                        return self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                                       PartNumber=i, Body=body)
+            def upload(upload_id: str, i: int, offset: int, length: int) -> dict[str, Any]:
+                def attempt() -> Any:
+                    # Read inside the attempt: a retried part is sent again from the file, and
+                    # at most `concurrency` parts are in memory at once.
+                    body = os.pread(fd, length, offset)
+                    if len(body) != length:
+                        raise OSError(f"{local} shrank while it was being uploaded")
+                    return self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                   PartNumber=i, Body=body)
 
-                    etag = self._call(f"upload {key} part {i}/{len(ranges)}", attempt, doing="write to")["ETag"]
-                    return {"PartNumber": i, "ETag": etag}
+                etag = self._call(f"upload {key} part {i}/{len(ranges)}", attempt, doing="write to")["ETag"]
+                return {"PartNumber": i, "ETag": etag}
 
-                parts = _parallel(self.concurrency, [
-                    (lambda i=i, o=o, n=n: upload(i, o, n)) for i, (o, n) in enumerate(ranges, 1)])
-            finally:
-                os.close(fd)
+            self._assemble(f"upload {key}", key, ranges, upload, meta, size)
+        finally:
+            os.close(fd)
+
+    def _assemble(self, what: str, key: str, ranges: list[tuple[int, int]],
+                  part: Callable[[str, int, int, int], dict[str, Any]], meta: dict[str, str], size: int) -> None:
+        """A multipart upload of ``key`` from ``part(upload_id, number, offset, length)`` for each of
+        ``ranges`` (in parallel), completed, or aborted when any part fails."""
+        full = self._key(key)
+        upload_id = self._call(f"start {what}", lambda: self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=full, Metadata=meta), doing="write to")["UploadId"]
+        try:
+            parts = _parallel(self.concurrency, [(lambda i=i, o=o, n=n: part(upload_id, i, o, n))
+                                                 for i, (o, n) in enumerate(ranges, 1)])
             self._complete(key, full, upload_id, parts, meta, size)
         except BaseException:
             self._abort(key, full, upload_id)
@@ -524,22 +531,15 @@ class S3Storage(Storage):
                         meta: dict[str, str]) -> None:
         """CopyObject stops at 5 GiB; above that the copy is assembled from server-side part copies."""
         full = self._key(dst_key)
-        upload_id = self._call(f"start copy to {dst_key}", lambda: self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=full, Metadata=meta), doing="write to")["UploadId"]
         ranges = self._part_ranges(size, self.copy_part_size)
-        try:
-            def part(i: int, offset: int, length: int) -> dict[str, Any]:
-                resp = self._call(f"copy {src_key} part {i}/{len(ranges)}", lambda: self.client.upload_part_copy(
-                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=i, CopySource=source,
-                    CopySourceRange=f"bytes={offset}-{offset + length - 1}"), doing="write to")
-                return {"PartNumber": i, "ETag": resp["CopyPartResult"]["ETag"]}
 
-            parts = _parallel(self.concurrency, [(lambda i=i, o=o, n=n: part(i, o, n))
-                                                 for i, (o, n) in enumerate(ranges, 1)])
-            self._complete(dst_key, full, upload_id, parts, meta, size)
-        except BaseException:
-            self._abort(dst_key, full, upload_id)
-            raise
+        def part(upload_id: str, i: int, offset: int, length: int) -> dict[str, Any]:
+            resp = self._call(f"copy {src_key} part {i}/{len(ranges)}", lambda: self.client.upload_part_copy(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=i, CopySource=source,
+                CopySourceRange=f"bytes={offset}-{offset + length - 1}"), doing="write to")
+            return {"PartNumber": i, "ETag": resp["CopyPartResult"]["ETag"]}
+
+        self._assemble(f"copy to {dst_key}", dst_key, ranges, part, meta, size)
 
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
@@ -617,17 +617,11 @@ def _parallel(workers: int, calls: list[Callable[[], T]]) -> list[T]:
     return [f.result() for f in futures]
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_number(name: str, default: T, kind: Callable[[str], T]) -> T:
+    """The tuning knob ``name`` as ``kind`` (int or float), ``default`` when unset."""
     raw = os.environ.get(name)
     try:
-        return float(raw) if raw else default
+        return kind(raw) if raw else default
     except ValueError:
-        raise StorageError(f"{name}={raw!r} is not a number of seconds") from None
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise StorageError(f"{name}={raw!r} is not a whole number") from None
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise StorageError(f"{name}={raw!r} is not {what}") from None

@@ -23,7 +23,7 @@ from runner.secret_guard import ENV_NAME, looks_like_secret_name, looks_like_sec
 from trainer import jobvars
 from trainer.config import TrainConfig, parse_train, resolve_path
 from trainer.contract import ENV_ATTEMPT_ID, RUNNER_BILLING_ENV
-from trainer.jobfile import JobFileError, LocatedYaml, load_yaml, validation_problems
+from trainer.jobfile import JobFileError, LocatedYaml, dotted, load_yaml, validation_problems
 
 BACKENDS = ("local", "docker", "runpod")
 SUPERVISORS = ("none", "docker", "runpod")
@@ -330,11 +330,11 @@ def _secret_problems(raw: dict[str, Any], doc: LocatedYaml) -> tuple[list[str], 
             kind = looks_like_secret_value(value, strict=loc[:1] == ("env",))
             if kind:
                 found.append(value)
-                problems.append(f"{doc.where(loc)}: {_dotted(loc)}: this looks like {kind}; credentials must never be "
+                problems.append(f"{doc.where(loc)}: {dotted(loc)}: this looks like {kind}; credentials must never be "
                                 f"written in a job file: {move}")
             elif len(loc) == 2 and loc[0] == "env" and looks_like_secret_name(str(loc[1])) and value.strip():
                 found.append(value)
-                problems.append(f"{doc.where(loc)}: {_dotted(loc)}: {loc[1]} names a credential, so its value must not "
+                problems.append(f"{doc.where(loc)}: {dotted(loc)}: {loc[1]} names a credential, so its value must not "
                                 f"be in the job file: {move}")
 
     walk(raw, ())
@@ -472,7 +472,7 @@ def _check_local_data(train: dict[str, Any], doc: LocatedYaml, path: Path,
                 continue
             resolved = resolve_path(path, item)
             if not Path(resolved).exists():
-                problems.append(f"{doc.where(loc)}: {_dotted(loc)}: file not found: {resolved} "
+                problems.append(f"{doc.where(loc)}: {dotted(loc)}: file not found: {resolved} "
                                 f"(paths are relative to the job file's folder)")
     return problems
 
@@ -483,13 +483,6 @@ _MAPPING = re.compile(r"Input should be a valid dictionary or instance of \w+")
 
 def _friendlier(problem: str) -> str:
     return _MAPPING.sub("expected a mapping of fields", problem).replace("Input should be", "expected")
-
-
-def _dotted(loc: tuple[str | int, ...]) -> str:
-    s = ""
-    for part in loc:
-        s += f"[{part}]" if isinstance(part, int) else (f".{part}" if s else str(part))
-    return s
 
 
 def _line_of(problem: str) -> int:

@@ -242,21 +242,21 @@ class _Builder:
             raise _Refused(at, f"more than {MAX_VALUES:,} values once its aliases are expanded (the first alias is on "
                                f"this line); write the values out, or use fewer aliases")
         if len(loc) > MAX_DEPTH:
-            raise _Refused(line, f"{_dotted(loc[:4])}...: nested more than {MAX_DEPTH} levels deep once its aliases are "
+            raise _Refused(line, f"{dotted(loc[:4])}...: nested more than {MAX_DEPTH} levels deep once its aliases are "
                                  f"expanded")
         self.out.lines.setdefault(loc, line)
         if isinstance(node, yaml.ScalarNode):
             try:
                 return self.loader.construct_object(node, deep=True)
             except (ValueError, OverflowError) as e:  # a date like 2024-13-45, a 5,000-digit number
-                self.problems.append(f"{self.out.path}:{line}: {_dotted(loc)}: cannot read the value "
+                self.problems.append(f"{self.out.path}:{line}: {dotted(loc)}: cannot read the value "
                                      f"{node.value[:40]!r}: {_one_line(str(e).split(';')[0])}")
                 return None
         if node.tag not in (_SEQ_TAG, _MAP_TAG):  # !!set, !!omap, !!python/...: a job file is plain data
-            raise _Refused(line, f"{_dotted(loc)}: the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed "
+            raise _Refused(line, f"{dotted(loc)}: the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed "
                                  f"in a job file; write plain mappings and lists")
         if id(node) in self.open:
-            raise _Refused(line, f"{_dotted(loc)}: a recursive alias: the value contains itself, so it never ends")
+            raise _Refused(line, f"{dotted(loc)}: a recursive alias: the value contains itself, so it never ends")
         self.open.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
@@ -275,7 +275,7 @@ class _Builder:
                 sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 for source in sources:
                     if not isinstance(source, yaml.MappingNode):
-                        self.problems.append(f"{path}:{key_line}: {_dotted(loc)}: `<<` merges mappings only, got "
+                        self.problems.append(f"{path}:{key_line}: {dotted(loc)}: `<<` merges mappings only, got "
                                              f"{_kind(self.build(source, loc))}")
                         continue
                     for k, v in self.build(source, loc).items():
@@ -291,7 +291,7 @@ class _Builder:
                 continue
             if key in result:
                 self.problems.append(
-                    f"{path}:{key_line}: {_dotted(loc + (key,))} is given twice (first on line {lines[loc + (key,)]})"
+                    f"{path}:{key_line}: {dotted(loc + (key,))} is given twice (first on line {lines[loc + (key,)]})"
                 )
                 continue
             lines[loc + (key,)] = key_line
@@ -300,7 +300,8 @@ class _Builder:
         return {**merged, **result} if merged else result
 
 
-def _dotted(loc: Iterable[str | int]) -> str:
+def dotted(loc: Iterable[str | int]) -> str:
+    """A field's path as a job file's reader writes it: ``train.data.train[0]``."""
     s = ""
     for part in loc:
         s += f"[{part}]" if isinstance(part, int) else (f".{part}" if s else str(part))
@@ -324,7 +325,7 @@ def validation_problems(
         # Union members show up in the location as tags ("tiny_gpt", "function-after[...]"); drop them.
         raw_loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
         loc = prefix + tuple(p for p in raw_loc if p not in _TAGS)
-        field_name = _dotted(loc)
+        field_name = dotted(loc)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"

@@ -54,13 +54,11 @@ def check(job: Any, environ: Mapping[str, str] = os.environ, extra: Sequence[tup
     threads = [_spawn(parts, "backend", lambda: _backend(job)),
                _spawn(parts, "data", lambda: _data(job, environ, extra, found)),
                _spawn(parts, "image", lambda: _image(job, where))]
-    secrets = _secrets(job, environ, where)
+    parts["secrets"] = _secrets(job, environ, where)
     for thread in threads:
         thread.join(NETWORK_DEADLINE_S + 60 if thread.name == "data" else NETWORK_DEADLINE_S + 2)
     for name in ("backend", "secrets", "data", "image"):
-        if name == "secrets":
-            found.problems += secrets
-        elif name in parts:
+        if name in parts:
             found.problems += parts[name]
         else:  # still waiting: say so rather than wait on
             found.problems.append(f"the {name} check did not finish within {NETWORK_DEADLINE_S:.0f}s (a network that does "
@@ -183,10 +181,7 @@ def _image(job: Any, where: Callable) -> list[str]:
 
 def placeholder(reference: str) -> str | None:
     """The placeholder component of an image reference (``YOUR_USER`` of ``ghcr.io/YOUR_USER/x``), if any."""
-    for part in re.split(r"[/:@]", reference):
-        if _PLACEHOLDER.match(part):
-            return part
-    return None
+    return next((part for part in re.split(r"[/:@]", reference) if _PLACEHOLDER.match(part)), None)
 
 
 def _check_contents(job: Any) -> None:

@@ -92,6 +92,8 @@ def plot_curves(segments: list[Segment], path: str | Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from runner.plot import save_figure
+
     fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
     colors = plt.get_cmap("tab10").colors
     for i, (seg, redone) in enumerate(zip(segments, redone_steps(segments), strict=True)):
@@ -121,8 +123,4 @@ def plot_curves(segments: list[Segment], path: str | Path, title: str) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, framealpha=0.9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -9,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner import state as st
 
@@ -63,9 +64,13 @@ def _money(x: float, _pos: object = None) -> str:
 
 def plot_costs(curves: list[Curve], path: str | Path, title: str = "What each job cost over time") -> Path:
     """Write the chart as a PNG (or any format matplotlib knows from the file's suffix)."""
+    return save_figure(cost_figure(curves, title), path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (its folder made if need be) and close it; the path written."""
     import matplotlib.pyplot as plt
 
-    fig = cost_figure(curves, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -137,7 +142,6 @@ def plot_simulation(results: list, path: str | Path, title: str) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
     colors = ["#1f77b4", "#ff7f0e", "#7f7f7f"]
     values = [v for r in results for v in r.samples_usd]
@@ -158,7 +162,4 @@ def plot_simulation(results: list, path: str | Path, title: str) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

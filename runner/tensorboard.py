@@ -30,10 +30,6 @@ START_TIMEOUT_S = 120.0
 _MANIFEST = ".synced.json"
 
 
-def is_s3(run_uri: str) -> bool:
-    return urlparse(run_uri).scheme == "s3"
-
-
 def local_logdir(run_uri: str) -> Path:
     path = urlparse(run_uri).path if run_uri.startswith("file://") else run_uri
     return Path(path).expanduser() / contract.TENSORBOARD_DIR
@@ -98,6 +94,7 @@ def _answers(url: str) -> bool:
 def serve(job: str, port: int = 6006) -> None:
     """Sync (for S3), start TensorBoard on 127.0.0.1, print its URL and keep syncing until Ctrl-C."""
     from runner.show import fail, find_job, new_console, open_state
+    from trainer.dataset_cache import is_remote
 
     state = open_state()
     row = find_job(state, job)
@@ -106,7 +103,7 @@ def serve(job: str, port: int = 6006) -> None:
         fail("TensorBoard is not installed here: pip install tensorboard (it comes with the project's train extra: "
              "pip install -e '.[train]')")
     console = new_console(stderr=True)
-    remote = is_s3(row.run_uri)
+    remote = is_remote(row.run_uri)
     logdir = cache_dir(row.id) if remote else local_logdir(row.run_uri)
     if remote:
         from trainer.storage_api import StorageError

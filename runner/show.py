@@ -289,6 +289,7 @@ def _price_basis(job, spot: bool) -> str:
 def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
     from rich.markup import escape
 
+    from runner.cost import ENV_LOCAL_RATE
     from runner.view import duration, kv_table
 
     gpu, spot = (job.gpus[0] if job.gpus else None), plan["capacity"] == "spot"
@@ -307,7 +308,7 @@ def _print_plan(job, plan: dict, est: Any, data: list, title: str) -> None:
         price += f" spot (on-demand ${est.on_demand_rate_per_hour:.2f}/h)"
     elif plan["price_basis"] == "free":
         price += " (your own machine: free; resources.price_per_hour sets what an hour of it costs you)"
-    elif plan["price_basis"] in ("resources.price_per_hour", "RUNNER_LOCAL_USD_PER_HOUR"):
+    elif plan["price_basis"] in ("resources.price_per_hour", ENV_LOCAL_RATE):
         price += f" (your own machine, at {plan['price_basis']})"
     steps = f"{est.steps:,}" if est.steps else "unknown (the job gives epochs; known after its first run)"
     cost = "unknown" if est.usd is None else f"${est.usd:.2f}"

@@ -124,8 +124,7 @@ class Status:
     @classmethod
     def from_json(cls, data: bytes | str) -> Status:
         raw: dict[str, Any] = json.loads(data)
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-        return cls(**known)
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
 
     @classmethod
     def read(cls, storage: Any) -> Status | None:

@@ -132,25 +132,18 @@ def free_bytes(folder: Path) -> int:
 
 def state_bytes(obj: Any) -> int:
     """The bytes of the tensors in ``obj`` (each storage once): about what ``torch.save`` writes."""
-    seen: set[int] = set()
-    total = 0
+    sizes: dict[int, int] = {}  # storage address: its bytes
 
     def walk(o: Any) -> None:
-        nonlocal total
         if isinstance(o, torch.Tensor):
             storage = o.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
+            sizes.setdefault(storage.data_ptr(), storage.nbytes())
+        elif isinstance(o, (dict, list, tuple)):
+            for v in o.values() if isinstance(o, dict) else o:
                 walk(v)
 
     walk(obj)
-    return total
+    return sum(sizes.values())
 
 
 #: Room kept free beyond the checkpoint itself: its checksum, status.json, the log's next lines.
@@ -445,23 +438,16 @@ class CheckpointManager:
 
     def load_key(self, key: str) -> dict[str, Any] | None:
         """The checkpoint at ``key`` (``checkpoints/best.pt``) when it is there and verifies, else None."""
-        raw = self.storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
-        if raw is None:
-            return None
-        try:
-            record = json.loads(raw)
-            checksums.pick(record)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("skipping %s: its checksum file is unreadable", key)
-            return None
-        return self._load_verified(key, record)
+        found = self._record(key, missing_ok=True)
+        return None if found is None else self._load_verified(key, found[3])
 
-    def _record(self, key: str) -> tuple[int, bool, str, dict] | None:
-        """``(step, is latest.pt, key, checksum record)`` of ``key``; None (and why, in the log) when
-        it has no readable record."""
+    def _record(self, key: str, missing_ok: bool = False) -> tuple[int, bool, str, dict] | None:
+        """``(step, is latest.pt, key, checksum record)`` of ``key``; None (and why, in the log, unless
+        ``missing_ok`` and it has none) when it has no readable record."""
         raw = self.storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
         if raw is None:
-            log.warning("skipping %s: it has no checksum (a write that did not finish)", key)
+            if not missing_ok:
+                log.warning("skipping %s: it has no checksum (a write that did not finish)", key)
             return None
         try:
             record = json.loads(raw)

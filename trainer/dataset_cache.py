@@ -298,7 +298,7 @@ def _cache_name(location: str, endpoint: str | None) -> str:
     return f"{tail}-{digest}"
 
 
-def _sha256_file(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -306,7 +306,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _sidecar_sha256(raw: bytes | None) -> str | None:
+def sidecar_sha256(raw: bytes | None) -> str | None:
     """The sha256 in a sidecar: the checkpoints' JSON ``{"sha256": ...}`` or a ``sha256sum`` line."""
     if not raw:
         return None
@@ -396,7 +396,7 @@ class _Sync:
                     return False
             except OSError:
                 return False
-            if _sha256_file(path) == entry.get("sha256"):
+            if file_sha256(path) == entry.get("sha256"):
                 return True
             log.warning("dataset %s: cached %s is corrupted (its sha256 changed); downloading it again",
                         self.location, o.rel)
@@ -425,7 +425,7 @@ class _Sync:
                                         "the dataset was downloading: start again")
             sha, size = got
             if o.sidecar is not None:
-                expected = _sidecar_sha256(self.bucket.get_bytes(o.sidecar))
+                expected = sidecar_sha256(self.bucket.get_bytes(o.sidecar))
                 if expected is not None and expected != sha:
                     dest.unlink(missing_ok=True)
                     raise StorageError(f"{self.location}: s3://{self.bucket.bucket}/{o.key} does not match its "

@@ -26,6 +26,7 @@ import torch
 from trainer import contract
 from trainer.checkpoint import evaluated_weights, sha256_file
 from trainer.config import TrainConfig, resolve_path
+from trainer.dataset_cache import sidecar_sha256
 from trainer.storage import Storage, open_storage
 
 log = logging.getLogger("trainer")
@@ -107,16 +108,9 @@ def _sidecar_sha256(storage: Storage, key: str) -> str | None:
     raw = storage.get_bytes(key + contract.CHECKSUM_SUFFIX)
     if raw is None:
         return None
-    text = raw.decode("utf-8", errors="replace").strip()
-    try:
-        value = json.loads(text)
-        if isinstance(value, dict) and isinstance(value.get("sha256"), str):
-            return value["sha256"].lower()
-    except ValueError:
-        pass
-    first = text.split()[0].lower() if text else ""
-    if len(first) == 64 and all(c in "0123456789abcdef" for c in first):
-        return first
+    found = sidecar_sha256(raw)
+    if found is not None:
+        return found
     raise InitError(f"{storage.uri}/{key}{contract.CHECKSUM_SUFFIX}: unreadable checksum file (expected the "
                     "trainer's JSON record or a sha256sum line); remove it or write a valid one")
 

@@ -345,6 +345,8 @@ def inputs_digest(context: Path, dockerfile: str, files: Iterable[str], buildarg
                   base_id: str) -> str:
     """sha256 over every input of the build: each file's path, mode and bytes, the build
     arguments and the id of the base image."""
+    from trainer.dataset_cache import file_sha256
+
     h = hashlib.sha256(_HASH_VERSION)
     h.update(f"dockerfile {dockerfile}\nbase {base_id}\nargs {json.dumps(buildargs, sort_keys=True)}\n".encode())
     for rel in files:
@@ -353,15 +355,7 @@ def inputs_digest(context: Path, dockerfile: str, files: Iterable[str], buildarg
         if stat.S_ISLNK(st.st_mode):
             h.update(f"L {rel} -> {os.readlink(path)}\n".encode())
         elif stat.S_ISREG(st.st_mode):
-            h.update(f"F {rel} {'x' if st.st_mode & 0o111 else '-'} {_file_sha256(path)}\n".encode())
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+            h.update(f"F {rel} {'x' if st.st_mode & 0o111 else '-'} {file_sha256(path)}\n".encode())
     return h.hexdigest()
 
 

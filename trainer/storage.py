@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -101,7 +100,8 @@ class LocalStorage(Storage):
         base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
         if not base.is_dir():
             return []
-        keys = (path.relative_to(self.root).as_posix() for path in _walk(base) if not path.name.startswith("."))
+        files = (Path(folder) / name for folder, _dirs, names in os.walk(base) for name in names)
+        keys = (path.relative_to(self.root).as_posix() for path in files if not path.name.startswith("."))
         return sorted(key for key in keys if key.startswith(prefix))
 
     def delete(self, key: str) -> None:
@@ -109,12 +109,6 @@ class LocalStorage(Storage):
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
-
-
-def _walk(base: Path) -> Iterator[Path]:
-    for dirpath, _dirs, files in os.walk(base):
-        for name in files:
-            yield Path(dirpath) / name
 
 
 def open_storage(uri: str, cache_dir: str | Path | None = None) -> Storage:
@@ -186,13 +180,10 @@ def fsync_dir(path: Path) -> None:
 
 
 def remove_stale_temp_files(folder: Path) -> int:
-    """Delete ``.*.tmp`` files that a killed process left behind; they are never read."""
+    """Delete ``.*.tmp`` and ``.*.link`` files that a killed process left behind; they are never read."""
     count = 0
     if folder.is_dir():
-        for path in folder.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
-            count += 1
-        for path in folder.glob(".*.link"):
+        for path in [*folder.glob(".*.tmp"), *folder.glob(".*.link")]:
             path.unlink(missing_ok=True)
             count += 1
     return count

@@ -88,9 +88,7 @@ class CheckpointCost:
 def checkpoint_cost(state: st.State | None, job_name: str, gpu: str | None = None) -> CheckpointCost:
     """What one checkpoint costs the loop for this job: the median of what its earlier attempts
     measured, on the same GPU type when there are any, else on any."""
-    rows = []
-    if state is not None:
-        rows = state.checkpoint_stalls_of(job_name)
+    rows = state.checkpoint_stalls_of(job_name) if state is not None else []
     same = [r for r in rows if r[0] == gpu] or rows
     if not same:
         return CheckpointCost(DEFAULT_CHECKPOINT_SECONDS, 0,

@@ -314,9 +314,9 @@ class SegmentRow:
         return self.provider_usd if self.provider_usd is not None else self.hours(now) * self.rate_per_hour
 
     def storage_cost(self, now: float | None = None) -> float:
-        if self.provider_storage_usd is not None:
-            return self.provider_storage_usd
-        return self.hours(now) * self.storage_rate_per_hour
+        """Disk dollars: the provider's billed amount once settled, else billed hours x disk rate."""
+        settled = self.provider_storage_usd
+        return settled if settled is not None else self.hours(now) * self.storage_rate_per_hour
 
     def total_cost(self, now: float | None = None) -> float:
         return self.cost(now) + self.storage_cost(now)

@@ -105,21 +105,16 @@ def _choose(files: list[tuple[int, _File]], midi: bool) -> list[tuple[int, _File
 def _materialise(location: str, files: list[_File], folder: Path, midi: bool) -> str:
     """A folder holding ``files`` at their relative paths: links to local files, or the S3 objects
     downloaded into the smoke's own cache (reused by the next smoke run of the same data)."""
+    cache = None
     if files[0].local is None:
         cache = fetch_remote(location, [f.obj for f in files if f.obj is not None], under="smoke")
         if midi:
             return str(cache)
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in files:  # only the slice: the cache may hold more from an earlier smoke of another slice
-            target = folder / f.rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(cache / f.rel)
-        return str(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for f in files:
+    for f in files:  # of the cache only the slice: it may hold more from an earlier smoke of another slice
         target = folder / f.rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(f.local.resolve())
+        target.symlink_to(f.local.resolve() if cache is None else cache / f.rel)
     return str(folder)
 
 

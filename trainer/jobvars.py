@@ -99,10 +99,7 @@ def apply_preset(doc: LocatedYaml) -> LocatedYaml:
 
     def merge(base: Any, over: Any, loc: Loc) -> Any:
         if isinstance(base, dict) and isinstance(over, dict):
-            out = dict(base)
-            for k, v in over.items():
-                out[k] = merge(base.get(k), v, loc + (k,))
-            return out
+            return {**base, **{k: merge(base.get(k), v, loc + (k,)) for k, v in over.items()}}
         for key, line in doc.lines.items():  # the preset's lines now stand for these fields
             if key[:len(loc) + 2] == ("presets", chosen, *loc):
                 lines[key[2:]] = line

@@ -439,9 +439,7 @@ def storage_rate(backend: str, container_disk_gb: int, volume_gb: int) -> float:
 
 def restart_minutes(state: st.State | None, backend: str, gpu: str | None) -> tuple[float, str]:
     """Billed minutes from launch to training, the median over earlier attempts on this backend and GPU."""
-    rows = []
-    if state is not None:
-        rows = state.launch_delays(backend, gpu)
+    rows = state.launch_delays(backend, gpu) if state is not None else []
     if rows:
         import statistics
 

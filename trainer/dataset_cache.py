@@ -37,7 +37,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -186,24 +185,8 @@ def _list_local(location: str, base: str | Path | None) -> Listing:
 
 # --- S3 ---------------------------------------------------------------------------------------------
 def open_bucket(location: str, environ: Mapping[str, str] | None = None) -> Any:
-    """The run storage's S3 client at the root of ``location``'s bucket."""
+    """The run storage's S3 client at the root of ``location``'s bucket (``objects(prefix)`` lists it)."""
     from trainer.storage_s3 import S3Storage
-
-    class DatasetBucket(S3Storage):
-        def objects(self, prefix: str) -> list[dict[str, Any]]:
-            """Every object under ``prefix``: key, size and ETag (one request per page)."""
-            found: list[dict[str, Any]] = []
-            token: str | None = None
-            while True:
-                kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-                if token:
-                    kwargs["ContinuationToken"] = token
-                page = self._call(f"list s3://{self.bucket}/{prefix}",
-                                  lambda kw=kwargs: self.client.list_objects_v2(**kw), doing="list")
-                found += page.get("Contents", [])
-                token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
-                if not token:
-                    return found
 
     parsed = urlparse(location)
     if not parsed.netloc:
@@ -212,7 +195,7 @@ def open_bucket(location: str, environ: Mapping[str, str] | None = None) -> Any:
     # way); the runner checks with the job's settings, so they stand in for that moment only.
     with s3_environment(environ):
         # Nothing is written into the work dir of a listing client; an existing folder will do.
-        return DatasetBucket(f"s3://{parsed.netloc}", work_dir=tempfile.gettempdir())
+        return S3Storage(f"s3://{parsed.netloc}", work_dir=tempfile.gettempdir())
 
 
 _ENV_LOCK = threading.Lock()
@@ -402,7 +385,9 @@ class _Sync:
                         self.location, o.rel)
             return False
 
-        checks = _threads(lambda o: (o, intact(o)), self.objects, self.bucket.concurrency)
+        from trainer.storage_s3 import parallel  # the bucket is an S3Storage: loaded already
+
+        checks = parallel(self.bucket.concurrency, [lambda o=o: (o, intact(o)) for o in self.objects], "dataset")
         keep = [o for o, ok in checks if ok]
         fetch = [o for o, ok in checks if not ok]
         for o in fetch:
@@ -413,6 +398,8 @@ class _Sync:
         if not objects:
             return
         from tqdm import tqdm
+
+        from trainer.storage_s3 import parallel
 
         bar = tqdm(total=sum(o.size for o in objects), unit="B", unit_scale=True, unit_divisor=1024,
                    desc=f"download {self.location}", disable=None if self.progress is None else not self.progress)
@@ -437,25 +424,9 @@ class _Sync:
             self._write_manifest()
 
         try:
-            _threads(one, objects, self.bucket.concurrency)
+            parallel(self.bucket.concurrency, [lambda o=o: one(o) for o in objects], "dataset")
         finally:
             bar.close()
-
-
-def _threads(fn: Any, items: list[Any], workers: int) -> list[Any]:
-    """``fn`` over ``items`` on up to ``workers`` threads; results in order; the first error is raised."""
-    if len(items) <= 1 or workers <= 1:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="dataset") as pool:
-        futures = [pool.submit(fn, i) for i in items]
-        try:
-            for f in as_completed(futures):
-                f.result()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        return [f.result() for f in futures]
 
 
 def _size(n: float) -> str:

@@ -393,7 +393,7 @@ class S3Storage(Storage):
         upload_id = self._call(f"start {what}", lambda: self.client.create_multipart_upload(
             Bucket=self.bucket, Key=full, Metadata=meta), doing="write to")["UploadId"]
         try:
-            parts = _parallel(self.concurrency, [(lambda i=i, o=o, n=n: part(upload_id, i, o, n))
+            parts = parallel(self.concurrency, [(lambda i=i, o=o, n=n: part(upload_id, i, o, n))
                                                  for i, (o, n) in enumerate(ranges, 1)])
             self._complete(key, full, upload_id, parts, meta, size)
         except BaseException:
@@ -542,22 +542,25 @@ class S3Storage(Storage):
         self._assemble(f"copy to {dst_key}", dst_key, ranges, part, meta, size)
 
     def list(self, prefix: str) -> list[str]:
-        keys: list[str] = []
+        keys = (obj["Key"][len(self.prefix):] for obj in self.objects(self._key(prefix), f"list {prefix or '/'}"))
+        # Not the probes and temp names (a dot first), as locally.
+        return sorted(k for k in keys if not k.rsplit("/", 1)[-1].startswith("."))
+
+    def objects(self, full_prefix: str, what: str | None = None) -> list[dict[str, Any]]:
+        """Every object under ``full_prefix`` (a key from the bucket's root, not the run's): key, size
+        and ETag, as S3 lists them. One request per page, each retried on its own."""
+        found: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
             if token:
                 kwargs["ContinuationToken"] = token
-            # One request per page, each retried on its own.
-            page = self._call(f"list {prefix or '/'}", lambda kw=kwargs: self.client.list_objects_v2(**kw),
-                              doing="list")
-            for obj in page.get("Contents", []):
-                key = obj["Key"][len(self.prefix):]
-                if not key.rsplit("/", 1)[-1].startswith("."):  # probes and temp names, as locally
-                    keys.append(key)
+            page = self._call(what or f"list s3://{self.bucket}/{full_prefix}",
+                              lambda kw=kwargs: self.client.list_objects_v2(**kw), doing="list")
+            found += page.get("Contents", [])
             token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
             if not token:
-                return sorted(keys)
+                return found
 
     def delete(self, key: str) -> None:
         def delete() -> None:
@@ -599,14 +602,14 @@ class S3Storage(Storage):
             close()
 
 
-def _parallel(workers: int, calls: list[Callable[[], T]]) -> list[T]:
+def parallel(workers: int, calls: list[Callable[[], T]], name: str = "s3-part") -> list[T]:
     """Run ``calls`` on up to ``workers`` threads and return their results in order.
 
     On the first failure the calls not yet started are cancelled; the error is raised once the
     running ones have finished, so no part is still writing into a file that is being removed."""
     if len(calls) <= 1 or workers <= 1:
         return [c() for c in calls]
-    with ThreadPoolExecutor(max_workers=min(workers, len(calls)), thread_name_prefix="s3-part") as pool:
+    with ThreadPoolExecutor(max_workers=min(workers, len(calls)), thread_name_prefix=name) as pool:
         futures = [pool.submit(c) for c in calls]
         wait(futures, return_when=FIRST_EXCEPTION)
         for f in futures:

@@ -50,7 +50,7 @@ def _images_of(state: st.State, jobs: list[st.JobRow]) -> set[str]:
 
 def plan_docker(state: st.State, client: Any, plan: Plan) -> None:
     from runner.backends.docker import LABEL_JOB
-    from runner.backends.docker_image import LABEL_INPUTS
+    from runner.backends.docker_image import LABEL_INPUTS, find_image
 
     jobs = {j.id: j for j in state.jobs()}
     containers = client.containers.list(all=True, filters={"label": LABEL_JOB})
@@ -71,13 +71,13 @@ def plan_docker(state: st.State, client: Any, plan: Plan) -> None:
 
     ended = [j for j in jobs.values() if not j.active]
     active = [j for j in jobs.values() if j.active]
-    protected = {image.id for ref in _images_of(state, active) if (image := _image(client, ref)) is not None}
+    protected = {image.id for ref in _images_of(state, active) if (image := find_image(client, ref)) is not None}
     in_use: dict[str, str] = {}  # image id -> a container that stays and uses it
     for c in client.containers.list(all=True):
         if c.id not in leaving:
             in_use.setdefault(c.attrs.get("Image", ""), c.name)
     for ref in sorted(_images_of(state, ended)):
-        image = _image(client, ref)
+        image = find_image(client, ref)
         if image is None or LABEL_INPUTS not in (image.labels or {}):
             continue  # gone already, or not built by the runner (a prebuilt image.name is the user's)
         if image.id in protected:
@@ -88,15 +88,6 @@ def plan_docker(state: st.State, client: Any, plan: Plan) -> None:
         users = sorted(j.id for j in ended if ref in _images_of(state, [j]))
         plan.removals.append(Removal("image", ref, image.short_id.removeprefix("sha256:"),
                                      f"built for ended job(s) {', '.join(users)}", users[0] if users else None))
-
-
-def _image(client: Any, ref: str) -> Any | None:
-    import docker.errors
-
-    try:
-        return client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        return None
 
 
 # --- RunPod pods ----------------------------------------------------------------------------------

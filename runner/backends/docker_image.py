@@ -406,7 +406,7 @@ def ensure_image(client: Any, job_file: Path, settings: Image | None, *, registr
                            "repository (and `docker login` to it), or give a prebuilt image as image.name")
     plan = plan_build(client, job_file, settings, out)
     built = False
-    if _image_exists(client, plan.tag):
+    if find_image(client, plan.tag) is not None:
         out.print(f"[dim]image {plan.tag} is up to date (built from {plan.context})[/]")
     else:
         build(client, plan, out, log_dir)
@@ -437,7 +437,7 @@ def build(client: Any, plan: BuildPlan, out: Any = None, log_dir: Path | None = 
         raise BackendError(f"the engine refused to build {plan.tag}: {e.explanation or e}; log: {log_path}") from None
     except BackendError as e:
         raise BackendError(f"building {plan.tag} failed: {e}; the full log is {log_path}") from None
-    if not _image_exists(client, plan.tag):
+    if find_image(client, plan.tag) is None:
         raise BackendError(f"the build of {plan.tag} ended without an image; see {log_path}")
 
 
@@ -495,14 +495,14 @@ def _split(ref: str) -> tuple[str, str | None]:
     return repo, tag or ("latest" if "@" not in ref else None)
 
 
-def _image_exists(client: Any, ref: str) -> bool:
+def find_image(client: Any, ref: str) -> Any | None:
+    """The engine's image ``ref``, or None when it has none of that name."""
     import docker.errors
 
     try:
-        client.images.get(ref)
-        return True
+        return client.images.get(ref)
     except docker.errors.ImageNotFound:
-        return False
+        return None
 
 
 def _follow(stream: Iterable[dict[str, Any]], log: Any, out: Any, every_s: float = 5.0) -> None:

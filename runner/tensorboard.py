@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -91,6 +92,18 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP all end the serve loop the same way (TensorBoard is stopped, not orphaned).
+    SIGINT is set even when this process inherited it ignored (a parent that ignores it, as a test runner's
+    worker may): the command says "Ctrl-C stops it", so it must."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 def serve(job: str, port: int = 6006) -> None:
     """Sync (for S3), start TensorBoard on 127.0.0.1, print its URL and keep syncing until Ctrl-C."""
     from runner.show import fail, find_job, new_console, open_state
@@ -125,6 +138,7 @@ def serve(job: str, port: int = 6006) -> None:
     url = f"http://127.0.0.1:{port}/"
     log_path = paths.state_dir() / "tensorboard" / f"{row.id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    _stop_on_signals()
     with open(log_path, "wb") as log:  # the child keeps its own descriptor
         child = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
                                   "127.0.0.1", "--port", str(port), "--reload_interval", "5"],

@@ -136,17 +136,24 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
     from trainer.loop import Diverged, GradNormStop, JobSetupError, train
     from trainer.reporter import Reporter
 
-    # The failures the trainer knows, and the exit code that tells the runner which (first match wins).
-    known = {Diverged: contract.EXIT_DIVERGED, GradNormStop: contract.EXIT_GRAD_NORM,
-             JobSetupError: contract.EXIT_BAD_CONFIG, StorageError: contract.EXIT_STORAGE}
     try:
         return train(cfg, job, storage, stop).exit_code
-    except tuple(known) as e:
-        code = next(c for kind, c in known.items() if isinstance(e, kind))
-        error = f"the job cannot be set up: {e}" if isinstance(e, JobSetupError) else str(e)
-        log.error("storage: %s" if isinstance(e, StorageError) else "%s", error)
-        _record_failure(storage, Reporter, error, code)
-        return code
+    except Diverged as e:
+        log.error("%s", e)
+        _record_failure(storage, Reporter, str(e), contract.EXIT_DIVERGED)
+        return contract.EXIT_DIVERGED
+    except GradNormStop as e:
+        log.error("%s", e)
+        _record_failure(storage, Reporter, str(e), contract.EXIT_GRAD_NORM)
+        return contract.EXIT_GRAD_NORM
+    except JobSetupError as e:
+        log.error("the job cannot be set up: %s", e)
+        _record_failure(storage, Reporter, f"the job cannot be set up: {e}", contract.EXIT_BAD_CONFIG)
+        return contract.EXIT_BAD_CONFIG
+    except StorageError as e:
+        log.error("storage: %s", e)
+        _record_failure(storage, Reporter, str(e), contract.EXIT_STORAGE)
+        return contract.EXIT_STORAGE
     except Exception as e:
         log.exception("training failed: %s", e)
         _record_failure(storage, Reporter, f"{type(e).__name__}: {e}", contract.EXIT_FAILED)

@@ -283,10 +283,12 @@ class CheckpointManager:
                 self._pending_latest = self._pending_best = None
                 self._busy = True
             try:
-                if latest is not None:
-                    self._write(latest, also_best=best is latest)
+                # A best snapshot that a newer one superseded goes first, for the same reason as in
+                # _write_staged: the newer one's progress already counts it as the best.
                 if best is not None and best is not latest:
                     self._write(best, also_best=True, history=False)
+                if latest is not None:
+                    self._write(latest, also_best=best is latest)
                 self.last_error = None
                 self._tell(None)
             except Exception as e:  # keep training; the error surfaces at flush and in the log
@@ -365,18 +367,22 @@ class CheckpointManager:
             os.fsync(raw.fileno())
         digests, size = out.hashes.record(), out.size
         self._last_size = size
-        if history:
-            key = contract.step_checkpoint(job.step)
-            self._publish_file(staged, key, digests, size, job.step)
-            # Durable now: fsynced, published and its checksum beside it, so a resume finds it.
-            self.last_written_step = job.step
-            self._tell(None)
-            self._publish_copy(key, contract.LATEST, digests, size, job.step)
-            if also_best:
-                self._publish_copy(key, contract.BEST, digests, size, job.step)
-            self._apply_retention()
-        else:
+        if not history:
             self._publish_file(staged, contract.BEST, digests, size, job.step)
+            return
+        key = contract.step_checkpoint(job.step)
+        # best.pt before the step's own file: a resume takes the newest step file, and the progress in it
+        # says this step was the best, so a kill between the two must not leave an older best.pt behind.
+        if also_best:
+            self._publish_file(staged, contract.BEST, digests, size, job.step)
+            self._publish_copy(contract.BEST, key, digests, size, job.step)
+        else:
+            self._publish_file(staged, key, digests, size, job.step)
+        # Durable now: fsynced, published and its checksum beside it, so a resume finds it.
+        self.last_written_step = job.step
+        self._tell(None)
+        self._publish_copy(key, contract.LATEST, digests, size, job.step)
+        self._apply_retention()
 
     def _publish_file(self, staged: Path, key: str, digests: dict[str, str], size: int, step: int) -> None:
         sidecar = key + contract.CHECKSUM_SUFFIX

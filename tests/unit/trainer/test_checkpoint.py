@@ -319,3 +319,73 @@ def test_a_tied_weight_is_saved_once_and_its_average_is_taken_under_both_names(t
     fresh = _Tied()
     fresh.load_state_dict(weights)
     assert torch.equal(fresh.head.weight, ema.shadow["wte.weight"])
+
+
+class _Crash(Exception):
+    """What a SIGKILL does to the writer, at one chosen storage call: nothing after it happens."""
+
+
+class _CrashingStorage(LocalStorage):
+    """Local storage that fails its ``crash_at``-th write, delete or copy (counted from 0)."""
+
+    crash_at: int | None = None
+    calls = 0
+
+    def _tick(self) -> None:
+        if self.crash_at is not None:
+            if self.calls == self.crash_at:
+                raise _Crash(f"killed at storage call {self.calls}")
+            self.calls += 1
+
+    def put_file(self, *args, **kwargs):
+        self._tick()
+        return super().put_file(*args, **kwargs)
+
+    def put_bytes(self, *args, **kwargs):
+        self._tick()
+        return super().put_bytes(*args, **kwargs)
+
+    def copy(self, *args, **kwargs):
+        self._tick()
+        return super().copy(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        self._tick()
+        return super().delete(*args, **kwargs)
+
+
+@pytest.mark.parametrize("superseded", [False, True], ids=["best-is-latest", "best-superseded"])
+def test_a_kill_at_any_point_of_a_save_never_resumes_past_a_best_that_best_pt_lacks(tmp_path, superseded):
+    """The loop's progress in a checkpoint says which step was the best, and final/ is best.pt: a resume
+    from a checkpoint at or after a new best must find that best in best.pt, wherever the kill landed."""
+    policy = Checkpoint(every_steps=10, every_minutes=None, keep_last=3)
+    outcomes = set()
+    for crash_at in range(40):
+        storage = _CrashingStorage(tmp_path / f"run{crash_at}")
+        mgr = CheckpointManager(storage, policy)
+        mgr.save(10, _state(10), best=True)
+        assert mgr.flush(timeout=30)
+        storage.crash_at = crash_at
+        storage.calls = 0
+        with mgr._cond:  # the writer cannot take a job until both are queued
+            mgr.save(20, _state(20), best=True)
+            if superseded:
+                mgr.save(25, _state(25))
+        finished = mgr.flush(timeout=30)
+        mgr.close()
+
+        resumed = CheckpointManager(LocalStorage(storage.root), policy)
+        payload, _ = resumed.load()
+        best = resumed.load_key(contract.BEST)
+        resumed.close()
+        if payload["step"] >= 20:
+            held = "nothing that verifies" if best is None else f"step {best['step']}"
+            assert best is not None and best["step"] == 20, (
+                f"killed at storage call {crash_at}: resumed from step {payload['step']} but best.pt holds "
+                f"{held}, not the best (step 20)")
+        outcomes.add(payload["step"])
+        if finished:  # the crash point is past the last call: every point was tried
+            break
+    else:
+        pytest.fail("the save never finished: more storage calls than the test tries")
+    assert outcomes == ({10, 25} if superseded else {10, 20}), "kills landed both before and after the new checkpoint"

@@ -5,6 +5,7 @@ exit code 4; EMA weights are what is evaluated and what final/ holds."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,23 @@ from trainer import contract
 
 # The quickstart, smaller. fp16 matmuls are slow on CPU, so the model is tiny.
 SMALL = {"train": {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "max_steps": 40, "batch_size": 8,
-                   "checkpoint": {"every_steps": 10}, "eval": {"every_steps": 20, "batches": 2}}}
+                   "checkpoint": {"every_steps": 10}, "eval": {"every_steps": 20, "batches": 2},
+                   "logging": {"every_steps": 1}}}
+_STEP_LINE = re.compile(r"step (\d+)/\d+ loss (\S+) lr \S+ grad norm (\S+)")
+
+
+def first_difference(straight: str, *resumed_logs: str) -> str:
+    """Where two runs of the same job part: the first step whose logged loss or gradient norm differs
+    (a failure then says whether the resume started wrong or drifted later)."""
+    want = {int(m[1]): m.group(0) for m in _STEP_LINE.finditer(straight)}
+    got: dict[int, str] = {}
+    for log in resumed_logs:  # later logs win: a step trained again after the resume is the one that counts
+        got.update({int(m[1]): m.group(0) for m in _STEP_LINE.finditer(log)})
+    resumed_at = re.findall(r"resuming from .*", resumed_logs[-1])
+    for step in sorted(want):
+        if got.get(step) != want[step]:
+            return f"{resumed_at}; first difference at step {step}: straight {want[step]!r}, killed+resumed {got.get(step)!r}"
+    return f"{resumed_at}; every logged step agrees, so the difference is after the last step (final/ selection)"
 
 
 def load_ckpt(run: Path, key: str = contract.LATEST) -> dict:
@@ -50,7 +67,8 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path, precision):
     assert "(step 40," not in resumed.stderr  # it resumed mid-run, not from the end
 
     final = "final/model.safetensors"
-    assert sha256_of(straight / final) == sha256_of(killed / final)
+    assert sha256_of(straight / final) == sha256_of(killed / final), first_difference(
+        done.stderr, (tmp_path / "killed.log").read_text(errors="replace"), resumed.stderr)
     scaler = load_ckpt(killed)["scaler"]
     if precision == "fp16":  # the scaler's state is part of the checkpoint, and was restored
         assert scaler == load_ckpt(straight)["scaler"] and scaler["scale"] > 0

@@ -20,6 +20,14 @@ from tests.fixtures.s3 import s3_bucket, s3_server  # noqa: F401  (a real Seawee
 for _name in [n for n in os.environ if n.startswith("RUNPOD_")]:
     del os.environ[_name]
 
+# OpenMP threads that wait sleep instead of spinning. The slow set runs two workers on two cores, each
+# starting trainers of two threads: spinning threads then take the cores the other worker's trainer needs
+# (two quickstart trainers side by side: 35 s spinning, 17 s sleeping; one alone: 13.5 s either way).
+# How threads wait changes no result: a run's weights are the same bit for bit. Set before torch loads
+# (OpenMP reads it once), and inherited by every trainer the tests start; test containers get it from
+# their job's env (tests/fixtures/docker.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runner.backends.docker import LABEL_JOB, container_name
 from runner.state import State
-from tests.fixtures.docker import remove_containers
+from tests.fixtures.docker import CONTAINER_ENV, remove_containers
 from tests.fixtures.jobs import ROOT, trainer_env, wait_for
 from trainer import contract
 
@@ -54,8 +54,8 @@ def test_quickstart_survives_docker_kill_and_docker_stop(docker_engine, docker_p
         # The reference: the image's own entrypoint (the restart loop), never interrupted.
         ref = docker_engine.containers.run(
             project_image.name, ["jobs/docker-quick.yaml", "--run-uri", reference.uri], detach=True,
-            network_mode="host", environment={k: v for k, v in s3.env().items() if k.startswith("AWS_")},
-            labels={LABEL_JOB: "reference"},
+            network_mode="host", labels={LABEL_JOB: "reference"},
+            environment={**CONTAINER_ENV, **{k: v for k, v in s3.env().items() if k.startswith("AWS_")}},
         )
         result = ref.wait(timeout=600)
         assert result["StatusCode"] == 0, ref.logs().decode()[-3000:]

@@ -60,6 +60,7 @@ from botocore.exceptions import (
     SSLError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.utils import determine_content_length
 
 from trainer.s3_download import Destination, Download, Fetched, FileDestination, Hash, MemoryBuffer, Replaced
 from trainer.storage_api import Storage, StorageError
@@ -138,6 +139,24 @@ def describe(exc: BaseException) -> str:
         return f"{code} (HTTP {status})" if status else code
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def no_continue_on_empty_bodies(client: Any) -> Any:
+    """``client`` (a boto3 S3 client), no longer sending ``Expect: 100-continue`` on a PUT with an empty body.
+
+    botocore sends it on every S3 PUT. A Go server (SeaweedFS, MinIO) rightly answers an empty body with the
+    final response and no interim ``100 Continue``; botocore takes that answer for the interim one, and the
+    next request on the same pooled connection then waits for the read timeout (60 s) and is sent again
+    (boto/botocore#3755; botocore's own switch, ``BOTO_EXPERIMENTAL__NO_EMPTY_CONTINUE``, is experimental).
+    An empty object is a normal thing to store: an empty log, an empty file in a dataset."""
+    client.meta.events.register_last("before-call.s3", _drop_continue_on_empty_body)
+    return client
+
+
+def _drop_continue_on_empty_body(params: dict[str, Any], **_: Any) -> None:
+    headers = params.get("headers") or {}
+    if "Expect" in headers and determine_content_length(params.get("body")) == 0:
+        del headers["Expect"]
 
 
 class StorageUnavailable(Exception):
@@ -225,7 +244,7 @@ class S3Storage(Storage):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        return session.client("s3", endpoint_url=self.endpoint, config=config)
+        return no_continue_on_empty_bodies(session.client("s3", endpoint_url=self.endpoint, config=config))
 
     # --- plumbing ---------------------------------------------------------------------------------
     def _key(self, key: str) -> str:

@@ -229,3 +229,20 @@ def test_check_names_an_unreachable_endpoint_quickly(env: S3Server, tmp_path: Pa
     with pytest.raises(StorageError, match="unreachable endpoint"):
         s.check()
     assert time.monotonic() - t0 < 15
+
+
+def test_an_empty_object_does_not_stall_the_next_request(env: S3Server, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """An empty log or dataset file is stored like any other. SeaweedFS (Go's HTTP server) answers an
+    empty PUT at once, without a "100 Continue"; a client that sent ``Expect: 100-continue`` anyway then
+    hung on its next request over that connection until the read timeout, and sent it again."""
+    caplog.set_level(logging.INFO, logger="trainer")
+    s = make_storage(env, tmp_path, read_timeout=5.0, max_attempts=1)
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    for put_empty in (lambda: s.put_bytes("empty.json", b""), lambda: s.put_file(empty, "logs/empty.log")):
+        put_empty()
+        # The same pooled connection; one attempt, so a stall until the read timeout fails here.
+        s.put_bytes("status.json", b'{"state": "running"}')
+    assert retry_lines(caplog) == []
+    assert s.get_bytes("empty.json") == b"" and s.get_bytes("logs/empty.log") == b""

@@ -77,7 +77,10 @@ def test_report_dollars_are_the_emulators_bill_to_the_cent(runner, emulator, s3_
     # Saving: the same hours at the catalog's on-demand price, less what was billed.
     assert round(job["on_demand_usd"], 2) == round(job["gpu_hours"] * ON_DEMAND + job["storage_usd"], 2)
     assert round(job["saving_usd"], 2) == round(job["on_demand_usd"] - job["usd"], 2)
-    assert job["saving_usd"] == pytest.approx(hours * (ON_DEMAND - SPOT), rel=0.05)
+    # gpu_hours may be off the real hours by the 2% allowed above, and each of its hours is priced on demand:
+    # the saving is held to that, not to a share of itself ($100 of $440 an hour saved here, so 2% of the
+    # hours is about 9% of the saving).
+    assert job["saving_usd"] == pytest.approx(hours * (ON_DEMAND - SPOT), abs=0.02 * hours * ON_DEMAND)
 
     # Preemptions and the work they threw away, from what each attempt's status.json said at the end.
     state = runner_state(runner)

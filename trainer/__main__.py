@@ -139,21 +139,13 @@ def run(job: str, run_uri: str, cache_dir: str | None = None) -> int:
     try:
         return train(cfg, job, storage, stop).exit_code
     except Diverged as e:
-        log.error("%s", e)
-        _record_failure(storage, Reporter, str(e), contract.EXIT_DIVERGED)
-        return contract.EXIT_DIVERGED
+        return _known_failure(storage, Reporter, str(e), contract.EXIT_DIVERGED)
     except GradNormStop as e:
-        log.error("%s", e)
-        _record_failure(storage, Reporter, str(e), contract.EXIT_GRAD_NORM)
-        return contract.EXIT_GRAD_NORM
+        return _known_failure(storage, Reporter, str(e), contract.EXIT_GRAD_NORM)
     except JobSetupError as e:
-        log.error("the job cannot be set up: %s", e)
-        _record_failure(storage, Reporter, f"the job cannot be set up: {e}", contract.EXIT_BAD_CONFIG)
-        return contract.EXIT_BAD_CONFIG
+        return _known_failure(storage, Reporter, f"the job cannot be set up: {e}", contract.EXIT_BAD_CONFIG)
     except StorageError as e:
-        log.error("storage: %s", e)
-        _record_failure(storage, Reporter, str(e), contract.EXIT_STORAGE)
-        return contract.EXIT_STORAGE
+        return _known_failure(storage, Reporter, str(e), contract.EXIT_STORAGE, log_prefix="storage: ")
     except Exception as e:
         log.exception("training failed: %s", e)
         _record_failure(storage, Reporter, f"{type(e).__name__}: {e}", contract.EXIT_FAILED)
@@ -171,6 +163,13 @@ def _sync_log(storage) -> None:
         storage.sync_dir(storage.work_dir / contract.LOGS_DIR, contract.LOGS_DIR)
     except Exception as e:
         logging.getLogger("trainer").warning("could not copy the end of the log to %s: %s", storage.uri, e)
+
+
+def _known_failure(storage, reporter_cls, error: str, code: int, log_prefix: str = "") -> int:
+    """A failure the trainer expects (no traceback): logged, recorded in status.json, and its exit code."""
+    logging.getLogger("trainer").error("%s%s", log_prefix, error)
+    _record_failure(storage, reporter_cls, error, code)
+    return code
 
 
 def _record_failure(storage, reporter_cls, error: str, code: int) -> None:

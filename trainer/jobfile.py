@@ -62,6 +62,7 @@ MAX_BYTES = 1 << 20
 MAX_VALUES = 10_000
 #: Nesting depth (a real job goes five levels deep).
 MAX_DEPTH = 64
+TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep; a job file needs a few"
 #: Characters in one value or field name.
 MAX_VALUE_CHARS = 65_536
 
@@ -105,7 +106,7 @@ class _BoundedComposer(Composer):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise _Refused(line, f"nested more than {MAX_DEPTH} levels deep; a job file needs a few")
+                raise _Refused(line, TOO_DEEP)
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -157,6 +158,10 @@ def load_yaml(path: str | Path) -> LocatedYaml:
     except _Refused as e:
         raise JobFileError(path, [f"{path}:{e.line}: {e.what}"]) from None
     except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        if "maximum nesting depth" in str(getattr(e, "problem", "")) and mark is not None:
+            # libyaml 0.2.5+ (PyYAML 6.0.4's wheels) stops at its own depth, before the count above sees it.
+            raise JobFileError(path, [f"{path}:{mark.line + 1}: {TOO_DEEP}"]) from None
         raise JobFileError(path, [_yaml_problem(path, text, e)]) from None
     except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as e:  # a last guard: never a traceback
         raise JobFileError(path, [f"{path}: cannot read the file: {_one_line(str(e)) or type(e).__name__}"]) from None
